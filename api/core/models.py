@@ -1,0 +1,10 @@
+"""Every ORM model in one import, for Alembic's metadata and for the worker."""
+
+from api.auth.models import ApiKey, Tenant
+from api.checkpoints.models import Checkpoint
+from api.core.db import Base
+from api.datasets.models import Dataset
+from api.jobs.models import Job, JobEvent
+from api.reward_models.models import RewardModel
+
+__all__ = ["ApiKey", "Base", "Checkpoint", "Dataset", "Job", "JobEvent", "RewardModel", "Tenant"]

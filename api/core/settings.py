@@ -1,0 +1,92 @@
+"""One typed settings object, read once from ALIGND_* environment variables (DESIGN §8).
+
+With nothing set, everything lives under one data directory: a SQLite database, a SQLite broker
+(kombu's SQLAlchemy transport) and local artifacts, and `alignd serve` runs an embedded worker.
+Nothing else in api/ or worker/ reads the environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALIGND_", use_attribute_docstrings=True)
+
+    environment: Literal["development", "production"] = "development"
+    """production refuses the embedded SQLite defaults and the development CORS/keys shortcuts."""
+    data_dir: Path = Path("alignd-data")
+    """Root of the embedded defaults (database, broker, artifacts, models, job scratch)."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default sqlite:///<data_dir>/alignd.db. Postgres: postgresql+psycopg://..."""
+    broker_url: str | None = None
+    """Celery broker URL; default sqla+sqlite:///<data_dir>/broker.db. Redis: redis://..."""
+    storage_url: str | None = None
+    """Artifact store: file:///path (default <data_dir>/artifacts) or s3://bucket/prefix."""
+    models_dir: Path | None = None
+    """Server model directory, one folder per model name; default <data_dir>/models."""
+    work_dir: Path | None = None
+    """Scratch space of the worker for running jobs; default <data_dir>/work."""
+    max_upload_bytes: int = Field(2 * 1024**3, ge=1)
+    """Largest dataset upload accepted (413 above it)."""
+    allow_hub_models: bool = True
+    """Accept Hugging Face hub ids as base_model (resolved by the worker's hub cache)."""
+    trust_remote_code: bool = False
+    """Allow models that ship their own Python code (off: weights load from safetensors only)."""
+    lease_seconds: int = Field(120, ge=5)
+    """A running job whose lease is not renewed for this long goes back to the queue."""
+    heartbeat_seconds: float = Field(15.0, gt=0)
+    """How often a worker renews the lease of its running job."""
+    reap_interval_seconds: float = Field(30.0, gt=0)
+    """How often a worker looks for jobs with expired leases."""
+    max_attempts: int = Field(3, ge=1)
+    """Attempts before a job whose worker keeps dying is failed."""
+    queue: str = "alignd"
+    """Celery queue jobs are sent to (route GPU kinds with separate queues)."""
+    worker_id: str | None = None
+    """Name of this worker in job rows; default hostname:pid."""
+    event_batch_size: int = Field(50, ge=1)
+    """Trainer events relayed to the database per transaction."""
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.environment == "production":
+            missing = [n for n in ("database_url", "broker_url") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"production needs ALIGND_{missing[0].upper()} (no SQLite defaults)")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'alignd.db'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir.resolve() / 'broker.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"file://{self.data_dir.resolve() / 'artifacts'}"
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def resolved_work_dir(self) -> Path:
+        return (self.work_dir or self.data_dir / "work").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the embedded SQLite one (serve then runs a worker itself)."""
+        return self.resolved_broker_url.startswith("sqla+")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

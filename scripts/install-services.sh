@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the servers the tests start (Postgres, Redis) from Debian packages when absent.
+# Tests start and stop their own instances on loopback (tests/services.py); nothing runs here.
+set -euo pipefail
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+id postgres >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-services: need ${need[*]} (run as root, or install them yourself)" >&2
+    exit 1
+  fi
+  echo "install-services: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # The packages start system-wide servers; the tests start their own.
+  service postgresql stop >/dev/null 2>&1 || true
+  service redis-server stop >/dev/null 2>&1 || true
+fi

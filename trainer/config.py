@@ -1,0 +1,325 @@
+"""Typed hyperparameters for every algorithm: the one source of truth.
+
+The API validates job requests with these same classes, so this module imports pydantic only
+(never torch). Each field carries its one-line description as a docstring right under it
+(pydantic turns those into the JSON-schema description shown in `/docs`).
+
+How the batch sizes relate (the only derived sizes, computed here and nowhere else):
+- `batch_size` is what one optimizer step consumes: pairs (dpo, reward), prompts (grpo, ppo)
+  or rows (sft), summed over all processes.
+- `micro_batch_size` is what one forward/backward pass sees on one process (defaults to
+  `batch_size`). Gradient accumulation steps = batch_size / (micro_batch_size * world_size).
+- For grpo, each prompt yields `num_generations` completions, so one step trains on
+  batch_size * num_generations sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Algorithm = Literal["dpo", "reward", "sft", "grpo", "ppo"]
+
+# The dataset kind each algorithm trains on (see trainer.formats).
+DATASET_KIND: dict[str, str] = {
+    "dpo": "preference",
+    "reward": "preference",
+    "sft": "sft",
+    "grpo": "prompt",
+    "ppo": "prompt",
+}
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class CommonConfig(_Config):
+    learning_rate: float = Field(1e-5, gt=0, le=1)
+    """Peak learning rate of AdamW."""
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    """Learning-rate schedule after warmup."""
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    """Fraction of the total steps spent warming the learning rate up linearly from 0."""
+    num_epochs: float = Field(1.0, gt=0, le=100)
+    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = Field(None, ge=1, le=1_000_000)
+    """Optimizer steps to run; wins over num_epochs when set."""
+    batch_size: int = Field(8, ge=1, le=8192)
+    """Examples per optimizer step, over all processes (pairs, prompts or rows)."""
+    micro_batch_size: int | None = Field(None, ge=1, le=8192)
+    """Examples per forward/backward pass on one process; gradient accumulation is derived."""
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6)
+    """Clip the global gradient norm to this value (0 disables clipping)."""
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    """Decoupled weight decay of AdamW."""
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    """AdamW beta1."""
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    """AdamW beta2."""
+    max_length: int = Field(1024, ge=8, le=131072)
+    """Longest tokenized sequence (prompt + completion); completions are cut from the right."""
+    max_prompt_length: int = Field(512, ge=1, le=131072)
+    """Longest tokenized prompt; prompts are cut from the left so the end of the prompt survives."""
+    save_every: int | None = Field(None, ge=1, le=1_000_000)
+    """Save a resumable checkpoint every this many steps (the final one is always saved)."""
+    eval_every: int | None = Field(None, ge=1, le=1_000_000)
+    """Evaluate on the eval file every this many steps (and always at the end)."""
+    logging_every: int = Field(1, ge=1, le=10000)
+    """Emit a metrics event every this many steps."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory at ~30% more compute."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Parameter/compute precision: auto uses bf16 on a GPU that supports it, else fp32."""
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> CommonConfig:
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError("micro_batch_size must not exceed batch_size")
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ValueError("batch_size must be a multiple of micro_batch_size")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        return self
+
+    def accumulation_steps(self, world_size: int = 1) -> int:
+        """Forward/backward passes per optimizer step on each process."""
+        micro = self.micro_batch_size or self.batch_size
+        per_step = micro * world_size
+        if self.batch_size % per_step:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of "
+                f"micro_batch_size {micro} x {world_size} processes"
+            )
+        return self.batch_size // per_step
+
+    def total_steps(self, train_examples: int) -> int:
+        """Optimizer steps the run will take for this many training examples."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(train_examples * self.num_epochs / self.batch_size))
+
+
+class DPOConfig(CommonConfig):
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    """Peak learning rate of AdamW (DPO wants it small; ~5e-5 with LoRA)."""
+    beta: float = Field(0.1, gt=0, le=100)
+    """Strength of the implicit KL to the reference (higher stays closer to it)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """DPO (sigmoid), IPO (squared, length-normalised log-probs) or SLiC hinge loss."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """Assumed rate of flipped labels (conservative DPO); sigmoid loss only."""
+    precompute_ref_logps: bool = True
+    """Compute reference log-probs once before training so no reference model stays in memory."""
+
+    @model_validator(mode="after")
+    def _check_smoothing(self) -> DPOConfig:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError("label_smoothing applies only to loss_type 'sigmoid'")
+        return self
+
+
+class RewardConfig(CommonConfig):
+    learning_rate: float = Field(1e-5, gt=0, le=1)
+    """Peak learning rate of AdamW."""
+    center_rewards_coefficient: float | None = Field(None, ge=0, le=100)
+    """Weight of a penalty on the squared sum of the pair's rewards, keeping scores centred at 0."""
+
+
+class SFTConfig(CommonConfig):
+    learning_rate: float = Field(2e-5, gt=0, le=1)
+    """Peak learning rate of AdamW."""
+    completion_only_loss: bool = True
+    """Train on completion tokens only (prompt tokens are masked out of the loss)."""
+    packing: bool = False
+    """Pack several rows into each max_length sequence (no padding, faster)."""
+
+
+class GenerationConfig(_Config):
+    max_new_tokens: int = Field(128, ge=1, le=32768)
+    """Longest completion sampled per prompt; sampling also stops at EOS."""
+    temperature: float = Field(1.0, gt=0, le=10)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus-sampling mass."""
+
+
+class GRPOConfig(CommonConfig, GenerationConfig):
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    """Peak learning rate of AdamW."""
+    batch_size: int = Field(4, ge=1, le=8192)
+    """Prompts per optimizer step, over all processes (each yields num_generations completions)."""
+    num_generations: int = Field(8, ge=2, le=1024)
+    """Completions sampled per prompt (the group size G)."""
+    beta: float = Field(0.04, ge=0, le=100)
+    """Weight of the k3 KL to the reference in the loss; 0 loads no reference model."""
+    epsilon_low: float = Field(0.2, ge=0, le=10)
+    """Lower clip of the probability ratio: ratio >= 1 - epsilon_low."""
+    epsilon_high: float = Field(0.2, ge=0, le=10)
+    """Upper clip of the probability ratio: ratio <= 1 + epsilon_high (DAPO raises it to 0.28)."""
+    num_iterations: int = Field(1, ge=1, le=64)
+    """Updates per generated batch (>1 reuses it with stored old log-probs)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's reward std, the batch's, or nothing (Dr. GRPO)."""
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+    """How per-token losses are averaged; see trainer.losses.aggregate_token_loss."""
+
+
+class PPOConfig(CommonConfig, GenerationConfig):
+    learning_rate: float = Field(3e-6, gt=0, le=1)
+    """Peak learning rate of AdamW."""
+    batch_size: int = Field(8, ge=1, le=8192)
+    """Prompts per rollout (one completion each), over all processes."""
+    max_new_tokens: int = Field(53, ge=1, le=32768)
+    """Longest completion sampled per prompt; sampling also stops at EOS."""
+    temperature: float = Field(0.7, gt=0, le=10)
+    """Sampling temperature."""
+    kl_coef: float = Field(0.05, ge=0, le=100)
+    """Weight of the per-token KL penalty folded into the reward."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator: k1 = log-ratio (unbiased), k3 = ratio - 1 - log-ratio (>= 0)."""
+    adaptive_kl_target: float | None = Field(None, gt=0, le=1000)
+    """If set, adapt kl_coef so the observed KL tracks this target (Ziegler et al. 2019)."""
+    adaptive_kl_horizon: int = Field(10000, ge=1, le=10_000_000)
+    """Horizon of the adaptive KL controller, in samples."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount factor of GAE."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """Lambda of GAE (bias/variance trade-off of the advantage)."""
+    cliprange: float = Field(0.2, gt=0, le=10)
+    """Clip of the policy probability ratio."""
+    cliprange_value: float = Field(0.2, gt=0, le=1000)
+    """Clip of the value prediction around its rollout-time value."""
+    vf_coef: float = Field(0.1, ge=0, le=100)
+    """Weight of the value loss against the policy loss."""
+    ppo_epochs: int = Field(4, ge=1, le=100)
+    """Passes of PPO updates over each rollout batch."""
+    num_minibatches: int = Field(1, ge=1, le=1024)
+    """Minibatches each rollout batch is split into per PPO epoch."""
+    missing_eos_penalty: float | None = Field(None, ge=0, le=1000)
+    """Subtract this from the score of completions that hit max_new_tokens without EOS."""
+    whiten_rewards: bool = False
+    """Whiten the per-token rewards before GAE."""
+    value_model: Literal["head", "separate"] = "head"
+    """Value head on the policy trunk (one model) or a separate copy of the reward backbone."""
+
+    @model_validator(mode="after")
+    def _check_minibatches(self) -> PPOConfig:
+        if self.batch_size % self.num_minibatches:
+            raise ValueError("batch_size must be a multiple of num_minibatches")
+        return self
+
+
+HYPERPARAMETERS: dict[str, type[CommonConfig]] = {
+    "dpo": DPOConfig,
+    "reward": RewardConfig,
+    "sft": SFTConfig,
+    "grpo": GRPOConfig,
+    "ppo": PPOConfig,
+}
+
+
+class LoraConfig(_Config):
+    r: int = Field(16, ge=1, le=1024)
+    """Rank of the low-rank update."""
+    alpha: int = Field(32, ge=1, le=4096)
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or all-linear for every linear layer but the output head."""
+    merge: bool = False
+    """Also save the base model with the adapter merged in (loads without peft)."""
+
+
+# Reward components (grpo/ppo). A reward spec is a weighted list of these.
+
+
+class _Component(_Config):
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name used in metrics (rewards/<name>); defaults to the rule or 'model'."""
+    weight: float = Field(1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
+    """Weight of this component in the summed reward."""
+
+
+class ModelComponent(_Component):
+    type: Literal["model"] = "model"
+    model: str = Field(min_length=1)
+    """A sequence-classification model: a MODEL_REF in the API, a local folder in a trainer spec."""
+
+
+class RuleComponent(_Component):
+    type: Literal["rule"] = "rule"
+    rule: Literal["exact_match", "contains", "regex", "length", "format"]
+    """Which rule scores the completion (see trainer.rewards)."""
+    column: str = "answer"
+    """Dataset column the rule compares against (exact_match, contains)."""
+    pattern: str | None = None
+    """Regular expression for regex/format rules."""
+    target_length: int | None = Field(None, ge=1, le=1_000_000)
+    """Target completion length in characters for the length rule."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern does not compile: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _needs(self) -> RuleComponent:
+        if self.rule in ("regex", "format") and not self.pattern:
+            raise ValueError(f"rule '{self.rule}' needs a pattern")
+        if self.rule == "length" and self.target_length is None:
+            raise ValueError("rule 'length' needs target_length")
+        return self
+
+
+RewardComponent = Annotated[ModelComponent | RuleComponent, Field(discriminator="type")]
+
+
+class TrainSpec(_Config):
+    """What `python -m trainer run SPEC.json` reads (DESIGN §7). Paths are local."""
+
+    algorithm: Algorithm
+    """Which algorithm to run."""
+    base_model: str
+    """Local Hugging Face folder (or a GGUF file) of the starting model."""
+    train_file: str
+    """Local JSONL (or .jsonl.gz) training data."""
+    eval_file: str | None = None
+    """Local JSONL evaluation data of the same kind."""
+    reward: list[RewardComponent] | None = None
+    """Reward components for grpo/ppo, with local model paths."""
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    """Algorithm hyperparameters; validated by the algorithm's config class."""
+    lora: LoraConfig | None = None
+    """LoRA settings, or null for full fine-tuning."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seed for data order, initialisation and sampling."""
+    dataset_sha256: dict[str, str] = Field(default_factory=dict)
+    """Recorded in alignd.json of each checkpoint (filled by the worker)."""
+    job_id: str | None = None
+    """Recorded in alignd.json when run by the service."""
+
+    def config(self) -> CommonConfig:
+        """The validated hyperparameters of this spec's algorithm."""
+        return parse_hyperparameters(self.algorithm, self.hyperparameters)
+
+    @model_validator(mode="after")
+    def _reward_for_online(self) -> TrainSpec:
+        if self.algorithm in ("grpo", "ppo") and not self.reward:
+            raise ValueError(f"{self.algorithm} needs a reward (a list of reward components)")
+        return self
+
+
+def parse_hyperparameters(algorithm: str, values: dict[str, Any]) -> CommonConfig:
+    """Validate `values` with the algorithm's config class (raises pydantic.ValidationError)."""
+    return HYPERPARAMETERS[algorithm].model_validate(values)
