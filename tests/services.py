@@ -57,9 +57,7 @@ def postgres_server() -> Iterator[str]:
     )
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        _as_postgres(
-            [_pg_bin("pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(root / "log"), "-w", "start"]
-        ),
+        _as_postgres([_pg_bin("pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(root / "log"), "-w", "start"]),
         check=True,
         capture_output=True,
     )

@@ -90,8 +90,7 @@ class CommonConfig(_Config):
         per_step = micro * world_size
         if self.batch_size % per_step:
             raise ValueError(
-                f"batch_size {self.batch_size} is not a multiple of "
-                f"micro_batch_size {micro} x {world_size} processes"
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {micro} x {world_size} processes"
             )
         return self.batch_size // per_step
 

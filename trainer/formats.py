@@ -278,7 +278,7 @@ class LineError:
 
 def open_jsonl(path: str) -> io.BufferedReader | gzip.GzipFile:
     """Open a .jsonl or .jsonl.gz file for binary line reading (gzip is sniffed, not guessed)."""
-    fh = open(path, "rb")
+    fh = open(path, "rb")  # noqa: SIM115 (returned to the caller, who closes it)
     if fh.peek(2)[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=fh)
     return fh
@@ -311,8 +311,7 @@ def read_examples(path: str, kind: str | None = None) -> tuple[str, list[Example
                 if kind is not None and FORMATS[fmt] != kind:
                     raise RowError(
                         None,
-                        f"this is a {FORMATS[fmt]} dataset ({fmt} format) but the algorithm "
-                        f"needs a {kind} dataset",
+                        f"this is a {FORMATS[fmt]} dataset ({fmt} format) but the algorithm needs a {kind} dataset",
                     )
             examples.append(parse_row(row, fmt))
         except RowError as exc:
