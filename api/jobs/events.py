@@ -1,0 +1,47 @@
+"""Appending job events: the one place sequence numbers are handed out.
+
+Both the API (status changes on create/cancel) and the worker (status changes, relayed trainer
+events) append through `append_events`. It locks the job row (SELECT ... FOR UPDATE on Postgres;
+SQLite serialises writers anyway), so seqs are gap-free and strictly increasing per job even with
+several writers. The caller commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.jobs.models import Job, JobEvent
+
+EVENT_TYPES = ("status", "metrics", "checkpoint", "log", "sample")
+
+
+def lock_job(session: Session, job_id: str) -> Job:
+    """Re-read a job row with a write lock held until the transaction ends."""
+    job = session.execute(
+        select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
+    return job
+
+
+def append_events(session: Session, job: Job, events: Iterable[tuple[str, dict[str, Any]]]) -> list[JobEvent]:
+    """Add events (type, data) to a job whose row the caller has locked (see lock_job)."""
+    rows = []
+    for type_, data in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+        job.last_event_seq += 1
+        row = JobEvent(job_id=job.id, seq=job.last_event_seq, type=type_, data=data)
+        session.add(row)
+        rows.append(row)
+    return rows
+
+
+def set_status(session: Session, job: Job, status: str, **data: Any) -> JobEvent:
+    """Change a locked job's status and record the transition as one `status` event."""
+    previous = job.status
+    job.status = status
+    return append_events(session, job, [("status", {"status": status, "previous": previous, **data})])[0]
