@@ -1,0 +1,20 @@
+"""Cross-cutting pieces of the service: settings, database, storage, broker, errors, ids."""
+
+
+def reset_caches() -> None:
+    """Forget every cached Settings-derived object (tests, or a CLI that changed --data-dir).
+
+    Settings, engine (disposed, so its pooled connections close), sessionmaker, storage and the
+    Celery app are all built once from Settings; after the environment changes they must be rebuilt.
+    """
+    from api.core.broker import get_celery
+    from api.core.db import get_engine, get_sessionmaker
+    from api.core.settings import get_settings
+    from api.core.storage import get_storage
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    if get_celery.cache_info().currsize:
+        get_celery().close()
+    for cached in (get_settings, get_engine, get_sessionmaker, get_storage, get_celery):
+        cached.cache_clear()

@@ -1,0 +1,26 @@
+"""Run the Alembic migrations from code (`alignd migrate`, `alignd serve`, the test fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+import migrations
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """Alembic's config without alembic.ini: the script folder is the installed `migrations` package.
+
+    With no URL, migrations/env.py takes it from Settings (ALIGND_DATABASE_URL or the embedded SQLite).
+    """
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    if database_url is not None:
+        config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str | None = None, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
