@@ -20,3 +20,5 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Deleting a dataset removes its file and hides it; the row stays while finished jobs refer to it.
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
