@@ -259,6 +259,8 @@ class RuleComponent(_Component):
     """Regular expression for regex/format rules."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
     """Target completion length in characters for the length rule."""
+    length_mode: Literal["target", "max"] = "target"
+    """Length rule: 'target' scores -|len - target| / target; 'max' penalises only the excess over target."""
 
     @field_validator("pattern")
     @classmethod
