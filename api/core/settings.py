@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     """Name of this worker in job rows; default hostname:pid."""
     event_batch_size: int = Field(50, ge=1)
     """Trainer events relayed to the database per transaction."""
+    worker_gpus: int | None = Field(None, ge=0)
+    """GPUs a worker may use; default: as many as torch sees (0 on a CPU machine)."""
+    gpus_per_job: int = Field(1, ge=1)
+    """GPUs one job trains on; above 1 the trainer runs under `accelerate launch`."""
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -1,0 +1,26 @@
+"""Database sessions of a worker process, built from explicit Settings.
+
+Keyed by process id as well as URL: Celery's prefork pool forks children from a parent that may
+already hold pooled connections (the reaper's), and a connection must never cross a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db import make_engine
+from api.core.settings import Settings
+
+_factories: dict[tuple[int, str], sessionmaker[Session]] = {}
+_lock = threading.Lock()
+
+
+def session_factory(settings: Settings) -> sessionmaker[Session]:
+    key = (os.getpid(), settings.resolved_database_url)
+    with _lock:
+        if key not in _factories:
+            _factories[key] = sessionmaker(make_engine(key[1]), expire_on_commit=False)
+        return _factories[key]

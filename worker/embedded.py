@@ -1,0 +1,83 @@
+"""The embedded worker `alignd serve` starts when nothing is configured (settings.embedded).
+
+It is `python -m worker` (the same worker as `alignd worker`, reaper included) in a subprocess on the
+SQLite broker, not a thread inside the API: a Celery worker wants the main thread for its signal
+handling, and a separate process keeps the API responsive while the worker relays events. The
+subprocess gets the API's Settings through ALIGND_* variables (paths resolved, so a relative
+`--data-dir` means the same folder), dies with its parent (parent-death signal), and stops with
+`EmbeddedWorker.stop()`: a warm shutdown first, then a cold one. A job cut short that way keeps
+its lease until it expires; the next start's reaper then resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from billiard.util import set_pdeathsig
+
+from api.core.settings import Settings
+
+
+@dataclass
+class EmbeddedWorker:
+    process: subprocess.Popen[bytes]
+    log_file: Path
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop the worker: SIGTERM (finish nothing new), then SIGQUIT, then SIGKILL of its group."""
+        for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGKILL):
+            if self.process.poll() is not None:
+                return
+            try:
+                os.killpg(self.process.pid, sig)
+                self.process.wait(grace)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+
+def start_embedded_worker(settings: Settings) -> EmbeddedWorker:
+    """Start `python -m worker` for these settings in the background; its log goes to <data_dir>/worker.log."""
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = data_dir / "worker.log"
+    env = {**os.environ, **settings_environment(settings)}
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    return EmbeddedWorker(process, log_file)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """ALIGND_* variables that rebuild `settings` in another process."""
+    values = settings.model_dump(exclude_none=True)
+    values.update(
+        data_dir=settings.data_dir.resolve(),
+        database_url=settings.resolved_database_url,
+        broker_url=settings.resolved_broker_url,
+        storage_url=settings.resolved_storage_url,
+        models_dir=settings.resolved_models_dir,
+        work_dir=settings.resolved_work_dir,
+    )
+    return {f"ALIGND_{name.upper()}": str(value) for name, value in values.items()}
+
+
+def _die_with_parent() -> None:
+    set_pdeathsig(signal.SIGKILL)

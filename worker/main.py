@@ -1,0 +1,69 @@
+"""`alignd worker`: a Celery worker for training jobs, plus the reaper.
+
+Concurrency is one job per `gpus_per_job` GPUs (so one per GPU by default, and one on a CPU
+machine). GPUs are counted in a throw-away subprocess, because initialising CUDA in a process that
+Celery's prefork pool then forks breaks CUDA in the children.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+from api.core.settings import Settings
+from worker.celery_app import create_app
+from worker.reaper import ReaperThread
+
+logger = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, extra_args: list[str] | None = None) -> None:
+    """Run a worker in this process until it is shut down (SIGTERM: warm, SIGQUIT: cold)."""
+    if settings.worker_gpus is None:
+        settings = settings.model_copy(update={"worker_gpus": count_gpus()})
+    app = create_app(settings)
+    reaper = ReaperThread(settings, lambda job_id: app.send_task("job.run", args=[job_id], queue=settings.queue))
+    reaper.start()
+    argv = [
+        "worker",
+        "--queues",
+        settings.queue,
+        "--concurrency",
+        str(job_slots(settings)),
+        "--pool",
+        "prefork",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+        *(extra_args or []),
+    ]
+    if settings.worker_id:
+        argv += ["--hostname", settings.worker_id]
+    try:
+        app.worker_main(argv)
+    finally:
+        reaper.stop()
+
+
+def job_slots(settings: Settings) -> int:
+    """How many jobs this worker runs at once."""
+    return max(1, (settings.worker_gpus or 0) // settings.gpus_per_job)
+
+
+def count_gpus() -> int:
+    """CUDA devices torch can see, counted in a subprocess (0 when torch or CUDA is missing)."""
+    probe = "import torch; print(torch.cuda.device_count())"
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+        return int(out.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+        logger.warning("could not count GPUs; running one job at a time")
+        return 0
+
+
+if __name__ == "__main__":
+    from api.core.settings import get_settings
+
+    run_worker(get_settings())

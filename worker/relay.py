@@ -1,0 +1,230 @@
+"""Relaying the trainer's JSON-lines events into the database (DESIGN §7 events, §5 life cycle).
+
+The relay tails the events file the trainer appends to, and applies what it finds in batches of
+`event_batch_size`, one transaction per batch, with the job row locked (api.jobs.events hands out
+the seqs). Every transaction first checks that this attempt still owns the job (worker id, attempt
+number, live status); if the reaper gave the job to someone else the relay raises `LostJob` and
+writes nothing.
+
+- progress   -> job.progress (step, total_steps, epoch, eta_seconds); not an event.
+- metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step.
+- checkpoint -> the folder is archived into the artifact store (sha256), a Checkpoint row is added
+                (once per job/step/kind: a replayed checkpoint is not archived again) and a
+                `checkpoint` event records it.
+- log/sample -> `log` / `sample` events.
+- done       -> succeeded, output_checkpoint_id = the final checkpoint.
+- error      -> failed with the trainer's error code and message.
+
+No duplicates after a resume: a resumed attempt restarts from its checkpoint's step, so it emits
+again the metrics of the steps the dead attempt recorded after that checkpoint. For each metric name
+the relay keeps the highest step already recorded for the job (read from the database when the
+attempt starts) and drops values at or below it; an event left with no values is dropped. Within
+one attempt steps only grow, so exactly the replayed values go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.checkpoints.models import Checkpoint
+from api.core.db import utcnow
+from api.core.storage import LocalStorage, Stored
+from api.jobs.events import append_events, lock_job, set_status
+from api.jobs.models import Job, JobEvent
+from worker.archive import archive_folder
+
+logger = logging.getLogger(__name__)
+
+
+class LostJob(Exception):
+    """The job row no longer belongs to this attempt (reaped and claimed again, or finished)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One claimed run of a job: who runs it and where its files live."""
+
+    job_id: str
+    tenant_id: str
+    worker_id: str
+    number: int
+    workdir: Path
+
+
+def lock_owned_job(session: Session, attempt: Attempt) -> Job:
+    """Lock the job row and make sure this attempt still owns it (raises LostJob otherwise)."""
+    job = lock_job(session, attempt.job_id)
+    owned = job.worker_id == attempt.worker_id and job.attempt == attempt.number
+    if not owned or job.status not in ("running", "cancelling"):
+        raise LostJob(f"job {attempt.job_id} is {job.status}, attempt {job.attempt} of {job.worker_id}")
+    return job
+
+
+def finish(job: Job, session: Session, status: str, **event_data: Any) -> None:
+    """Move a locked job to a final status (one status event) and release its lease."""
+    job.finished_at = utcnow()
+    job.lease_expires_at = None
+    set_status(session, job, status, **event_data)
+
+
+def recorded_metric_steps(session: Session, job_id: str) -> dict[str, int]:
+    """Highest step recorded so far for each metric name of a job."""
+    highest: dict[str, int] = {}
+    rows = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.type == "metrics"))
+    for data in rows:
+        for name in data.get("values", {}):
+            highest[name] = max(highest.get(name, -1), int(data["step"]))
+    return highest
+
+
+@dataclass
+class EventRelay:
+    attempt: Attempt
+    sessions: sessionmaker[Session]
+    storage: LocalStorage
+    events_file: Path
+    batch_size: int
+    recorded_steps: dict[str, int] = field(default_factory=dict)
+    terminal: str | None = None
+    """'done' or 'error' once the trainer said so (the job row is final then)."""
+    cancel_requested: bool = False
+    """Seen status 'cancelling' while relaying."""
+    _offset: int = 0
+    _partial: bytes = b""
+
+    def pump(self) -> None:
+        """Apply every complete line the trainer has written since the last call."""
+        lines = self._read_new_lines()
+        for start in range(0, len(lines), self.batch_size):
+            self._apply_batch([e for e in map(_parse, lines[start : start + self.batch_size]) if e is not None])
+
+    def _read_new_lines(self) -> list[bytes]:
+        if not self.events_file.exists():
+            return []
+        with open(self.events_file, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        return [line for line in lines if line.strip()]
+
+    def _apply_batch(self, events: list[dict[str, Any]]) -> None:
+        if not events or self.terminal:
+            return
+        archives = {id(e): self._archive(e) for e in events if e["type"] == "checkpoint"}
+        with self.sessions() as session, session.begin():
+            job = lock_owned_job(session, self.attempt)
+            for event in events:
+                handler = _HANDLERS.get(event["type"])
+                if handler is None:
+                    logger.warning("job %s: ignoring trainer event of type %r", job.id, event["type"])
+                    continue
+                handler(self, session, job, event, archives.get(id(event)))
+                if self.terminal:
+                    break
+            if job.status == "cancelling":
+                self.cancel_requested = True
+
+    def _archive(self, event: dict[str, Any]) -> Stored | None:
+        """Archive a checkpoint folder into the store, unless this step is registered already."""
+        step, kind = int(event["step"]), event.get("kind", "intermediate")
+        with self.sessions() as session:
+            if _checkpoint(session, self.attempt.job_id, step, kind) is not None:
+                return None
+        key = f"checkpoints/{self.attempt.job_id}/step-{step:08d}-{kind}.tar"
+        tmp = self.attempt.workdir / f".{uuid.uuid4().hex}.tar"
+        sha256 = archive_folder(Path(event["path"]), tmp)
+        return self.storage.adopt(key, tmp, sha256)
+
+    # One handler per event type; each gets the locked job row.
+
+    def _on_progress(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        keys = ("step", "total_steps", "epoch", "eta_seconds")
+        job.progress = {**(job.progress or {}), **{k: event[k] for k in keys if k in event}}
+
+    def _on_metrics(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        step = int(event["step"])
+        values = {k: v for k, v in event.get("values", {}).items() if step > self.recorded_steps.get(k, -1)}
+        if not values:
+            return
+        for name in values:
+            self.recorded_steps[name] = step
+        append_events(session, job, [("metrics", {"step": step, "values": values})])
+        job.metrics = {**(job.metrics or {}), **values}
+        progress = job.progress or {}
+        job.progress = {**progress, "step": max(step, int(progress.get("step") or 0))}
+
+    def _on_checkpoint(self, session: Session, job: Job, event: dict[str, Any], stored: Stored | None) -> None:
+        if stored is None:  # replayed by a resumed attempt: registered already
+            return
+        checkpoint = Checkpoint(
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            step=int(event["step"]),
+            kind=event.get("kind", "intermediate"),
+            bytes=stored.bytes,
+            sha256=stored.sha256,
+            storage_key=stored.key,
+            metrics=event.get("metrics"),
+        )
+        session.add(checkpoint)
+        session.flush()
+        data = {"checkpoint_id": checkpoint.id, "step": checkpoint.step, "kind": checkpoint.kind}
+        append_events(session, job, [("checkpoint", {**data, "bytes": stored.bytes, "sha256": stored.sha256})])
+
+    def _on_log(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        append_events(session, job, [("log", {"level": event.get("level", "info"), "message": event.get("message")})])
+
+    def _on_sample(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        append_events(session, job, [("sample", {k: v for k, v in event.items() if k != "type"})])
+
+    def _on_done(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        self.terminal = "done"
+        if job.status == "cancelling":  # finished before it could be stopped; keep the life cycle
+            finish(job, session, "cancelled")
+            return
+        final = _checkpoint(session, job.id, None, "final")
+        job.output_checkpoint_id = final.id if final else None
+        finish(job, session, "succeeded")
+
+    def _on_error(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        self.terminal = "error"
+        job.error_code = str(event.get("code") or "training_error")
+        job.error_message = str(event.get("message") or "the trainer reported an error without a message")
+        finish(job, session, "failed", error={"code": job.error_code, "message": job.error_message})
+
+
+_Handler = Callable[[EventRelay, Session, Job, dict[str, Any], Stored | None], None]
+_HANDLERS: dict[str, _Handler] = {
+    "progress": EventRelay._on_progress,
+    "metrics": EventRelay._on_metrics,
+    "checkpoint": EventRelay._on_checkpoint,
+    "log": EventRelay._on_log,
+    "sample": EventRelay._on_sample,
+    "done": EventRelay._on_done,
+    "error": EventRelay._on_error,
+}
+
+
+def _parse(line: bytes) -> dict[str, Any] | None:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return {"type": "log", "level": "warning", "message": f"unreadable trainer event: {line[:200]!r}"}
+    return event if isinstance(event, dict) and "type" in event else None
+
+
+def _checkpoint(session: Session, job_id: str, step: int | None, kind: str) -> Checkpoint | None:
+    query = select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.kind == kind)
+    if step is not None:
+        query = query.where(Checkpoint.step == step)
+    return session.scalars(query.order_by(Checkpoint.step.desc()).limit(1)).first()

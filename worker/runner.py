@@ -1,0 +1,253 @@
+"""Running one job: claim the row, resolve references, spawn the trainer, relay, finish.
+
+`run_job(job_id, settings)` is what the Celery task calls and what tests call without a broker.
+
+1. Claim: one conditional UPDATE (queued -> running, worker id, attempt + 1, lease, started_at).
+   A delivery that changes no row (the job is running elsewhere, finished or cancelled) returns.
+2. Prepare the attempt folder `<work_dir>/jobs/<job>/attempt-<n>/`: SPEC.json (every reference a
+   local path, worker/references.py) and, on attempt > 1, the job's last intermediate checkpoint
+   extracted for `--resume`.
+3. Spawn `python -m trainer run SPEC --output DIR --events FILE [--resume CKPT]` in its own session
+   (so a terminal's Ctrl-C reaches the worker, not the trainer) with the parent-death signal set
+   (so a worker killed with SIGKILL takes its trainer along). With `gpus_per_job > 1` it is started
+   through `accelerate launch --num_processes N`; each pool process gets its own GPUs through
+   CUDA_VISIBLE_DEVICES (pool process i uses GPUs i*N .. i*N+N-1).
+4. Loop until the trainer exits: relay its events (worker/relay.py), watch the heartbeat
+   (worker/heartbeat.py) for a cancel request or a lost lease. On cancel: SIGTERM the trainer,
+   SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
+   checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
+   and the last lines of its output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from billiard.process import current_process
+from billiard.util import set_pdeathsig
+from sqlalchemy import bindparam, func, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db import UTCDateTime, utcnow
+from api.core.settings import Settings
+from api.core.storage import LocalStorage, storage_from_url
+from api.jobs.events import append_events, lock_job
+from api.jobs.models import Job
+from worker.archive import extract_archive
+from worker.db import session_factory
+from worker.heartbeat import Heartbeat
+from worker.references import UnresolvedReference, build_spec, latest_resumable_checkpoint
+from worker.relay import Attempt, EventRelay, LostJob, finish, lock_owned_job, recorded_metric_steps
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+CANCEL_GRACE_SECONDS = 30.0
+EXIT_AFTER_DONE_SECONDS = 60.0
+STDERR_TAIL_LINES = 20
+
+
+def run_job(job_id: str, settings: Settings) -> None:
+    """Run job `job_id` to a final status, unless another delivery already claimed it."""
+    sessions = session_factory(settings)
+    attempt = claim(sessions, job_id, worker_name(settings), settings)
+    if attempt is None:
+        logger.info("job %s is not queued any more; nothing to do", job_id)
+        return
+    logger.info("job %s: attempt %d on %s", job_id, attempt.number, attempt.worker_id)
+    try:
+        _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url), settings)
+    except LostJob as exc:
+        logger.warning("job %s was taken away from this worker: %s", job_id, exc)
+    except UnresolvedReference as exc:
+        _fail(sessions, attempt, "invalid_reference", str(exc))
+    except Exception as exc:
+        logger.exception("job %s: worker error", job_id)
+        _fail(sessions, attempt, "worker_error", f"The worker failed while preparing or relaying this job: {exc}")
+
+
+def worker_name(settings: Settings) -> str:
+    return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, settings: Settings) -> Attempt | None:
+    """Take a queued job with one conditional UPDATE; None when it was not queued."""
+    now = utcnow()
+    with sessions() as session, session.begin():
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(
+                status="running",
+                worker_id=worker_id,
+                attempt=Job.attempt + 1,
+                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
+                started_at=func.coalesce(Job.started_at, bindparam("now", now, type_=UTCDateTime())),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount == 0:  # type: ignore[attr-defined]
+            return None
+        job = lock_job(session, job_id)
+        data = {"status": "running", "previous": "queued", "attempt": job.attempt, "worker_id": worker_id}
+        append_events(session, job, [("status", data)])
+        workdir = settings.resolved_work_dir / "jobs" / job_id / f"attempt-{job.attempt}"
+        return Attempt(job.id, job.tenant_id, worker_id, job.attempt, workdir)
+
+
+def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings) -> None:
+    attempt.workdir.mkdir(parents=True, exist_ok=True)
+    with sessions() as session:
+        job = session.get_one(Job, attempt.job_id)
+        spec = build_spec(session, job, settings, storage)
+        resume = _prepare_resume(session, job, attempt, storage)
+        recorded = recorded_metric_steps(session, job.id)
+    spec_file = attempt.workdir / "SPEC.json"
+    spec_file.write_text(spec.model_dump_json(indent=2))
+    events_file = attempt.workdir / "events.jsonl"
+    events_file.unlink(missing_ok=True)
+    log_file = attempt.workdir / "trainer.log"
+    relay = EventRelay(attempt, sessions, storage, events_file, settings.event_batch_size, recorded)
+    with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
+        trainer = spawn_trainer(spec_file, attempt.workdir / "output", events_file, log_file, resume, settings)
+        try:
+            outcome = _supervise(trainer, relay, heartbeat)
+        finally:
+            stop_trainer(trainer)
+    if outcome == "cancelled":
+        _conclude(sessions, attempt, "cancelled")
+    elif outcome == "crashed":
+        _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+
+
+def _prepare_resume(session: Session, job: Job, attempt: Attempt, storage: LocalStorage) -> Path | None:
+    """On a retry, the job's last intermediate checkpoint extracted into the attempt folder."""
+    if attempt.number <= 1:
+        return None
+    checkpoint = latest_resumable_checkpoint(session, job)
+    if checkpoint is None:
+        return None  # died before its first checkpoint: start over
+    target = attempt.workdir / "resume"
+    if not target.is_dir():
+        with storage.open(checkpoint.storage_key) as archive:
+            extract_archive(archive, target)
+    return target
+
+
+def trainer_command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:
+    args = ["run", str(spec), "--output", str(output), "--events", str(events)]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    if settings.gpus_per_job > 1:
+        launch = ["-m", "accelerate.commands.launch", "--num_processes", str(settings.gpus_per_job)]
+        return [sys.executable, *launch, "--module", "trainer", *args]
+    return [sys.executable, "-m", "trainer", *args]
+
+
+def spawn_trainer(
+    spec: Path, output: Path, events: Path, log_file: Path, resume: Path | None, settings: Settings
+) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if settings.worker_gpus:
+        slot = getattr(current_process(), "index", 0) or 0
+        first = slot * settings.gpus_per_job
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in range(first, first + settings.gpus_per_job))
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            trainer_command(spec, output, events, resume, settings),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _die_with_parent() -> None:
+    set_pdeathsig(signal.SIGKILL)
+
+
+def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: Heartbeat) -> str:
+    """Relay until the trainer exits; returns 'finished', 'cancelled' or 'crashed'."""
+    done_at: float | None = None
+    while True:
+        relay.pump()
+        if heartbeat.lost.is_set():
+            raise LostJob("the lease was lost (another worker took the job)")
+        if relay.terminal:
+            done_at = done_at or time.monotonic()
+            if trainer.poll() is not None or time.monotonic() - done_at > EXIT_AFTER_DONE_SECONDS:
+                return "finished"
+        elif heartbeat.cancel_requested.is_set() or relay.cancel_requested:
+            stop_trainer(trainer)
+            relay.pump()
+            return "finished" if relay.terminal else "cancelled"
+        elif trainer.poll() is not None:
+            relay.pump()
+            return "finished" if relay.terminal else "crashed"
+        time.sleep(POLL_SECONDS)
+
+
+def stop_trainer(trainer: subprocess.Popen[bytes], grace: float = CANCEL_GRACE_SECONDS) -> None:
+    """SIGTERM the trainer's process group; SIGKILL it if it is still there after `grace` seconds."""
+    if trainer.poll() is not None:
+        return
+    _signal_group(trainer, signal.SIGTERM)
+    try:
+        trainer.wait(grace)
+    except subprocess.TimeoutExpired:
+        _signal_group(trainer, signal.SIGKILL)
+        trainer.wait()
+
+
+def _signal_group(trainer: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(trainer.pid, sig)
+
+
+def crash_message(returncode: int | None, log_file: Path) -> str:
+    """Why a trainer that reported no error stopped, in a sentence, then its last output lines."""
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name
+        sentence = f"The trainer was killed by {name} without reporting an error"
+        if name == "SIGKILL":
+            sentence += " (often the machine running out of memory: try a smaller batch_size, max_length or LoRA)"
+    else:
+        sentence = f"The trainer stopped unexpectedly with exit code {returncode} without reporting an error"
+    tail = _tail(log_file, STDERR_TAIL_LINES)
+    return f"{sentence}. Last lines of its output:\n{tail}" if tail else f"{sentence}."
+
+
+def _tail(path: Path, lines: int) -> str:
+    if not path.exists():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 16384))
+        text = fh.read().decode("utf-8", errors="replace")
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str, **data: object) -> None:
+    with sessions() as session, session.begin():
+        job = lock_owned_job(session, attempt)
+        finish(job, session, status, **data)
+
+
+def _fail(sessions: sessionmaker[Session], attempt: Attempt, code: str, message: str) -> None:
+    try:
+        with sessions() as session, session.begin():
+            job = lock_owned_job(session, attempt)
+            job.error_code, job.error_message = code, message
+            finish(job, session, "failed", error={"code": code, "message": message})
+    except LostJob:
+        logger.warning("job %s: not marking failed, it is no longer ours", attempt.job_id)
