@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from api.core.settings import Settings
 
-DATA = Path("/work/shared/data")
 TEMPLATE_DB = "alignd_template"
 
 

@@ -16,7 +16,9 @@ def alembic_config(database_url: str | None = None) -> Config:
     With no URL, migrations/env.py takes it from Settings (ALIGND_DATABASE_URL or the embedded SQLite).
     """
     config = Config()
-    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    # __path__, not __file__: an editable install made before migrations/__init__.py existed maps the
+    # folder as a namespace package, which has no __file__.
+    config.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
     if database_url is not None:
         config.attributes["database_url"] = database_url
     return config

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class CheckpointPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    job_id: str
+    step: int
+    kind: Literal["intermediate", "final"]
+    bytes: int
+    """Size of the downloadable archive (a .tar of the Hugging Face folder)."""
+    sha256: str
+    """sha256 of the archive; also sent as X-Checkpoint-SHA256 by the download."""
+    metrics: dict[str, Any] | None
+    created_at: datetime

@@ -1,0 +1,39 @@
+"""Lists are `{"data": [...], "has_more": bool}` paginated with `limit` and an opaque `after` cursor (DESIGN §4).
+
+Lists are ordered newest first by (created_at, id). The cursor is the last item's id, base64url-encoded
+so clients treat it as opaque; the item's created_at is looked up again, so a cursor stays valid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from api.core.errors import InvalidRequest
+
+T = TypeVar("T")
+
+LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100).")]
+AfterQuery = Annotated[str | None, Query(description="Opaque cursor: the `next_cursor` of the previous page.")]
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None = None
+    """Pass as `after` to get the next page (null on the last page)."""
+
+
+def encode_cursor(item_id: str) -> str:
+    return base64.urlsafe_b64encode(item_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after") from exc

@@ -1,0 +1,128 @@
+"""/v1/datasets: upload (multipart, streamed), pre-flight validate, list, get, preview rows, delete."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.uploads import stream_multipart
+from api.datasets import service
+from api.datasets.schemas import DatasetPublic, DatasetRows, DatasetValidation
+from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": ".jsonl or .jsonl.gz"},
+                        "name": {"type": "string", "description": "Defaults to the file name."},
+                        "format": {"type": "string", "description": "Declare the row format instead of detecting it."},
+                    },
+                }
+            }
+        },
+    }
+}
+_ERRORS = {413: {"description": "over the size limit"}, 422: {"description": "invalid rows (details per line)"}}
+
+
+async def _receive(request: Request, settings: SettingsDep) -> tuple[service.StagedUpload, dict[str, str], str | None]:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+        raise service.UploadTooLarge(
+            f"the request is larger than this server's limit of {settings.max_upload_bytes} bytes", param="file"
+        )
+    staged = service.StagedUpload(service.staging_dir(settings), settings.max_upload_bytes)
+    try:
+        form = await stream_multipart(request, "file", staged)
+    except BaseException:
+        staged.discard()
+        raise
+    if form.filename is None:
+        staged.discard()
+        raise service.DatasetInvalid("no file: send the dataset as the multipart field 'file'", param="file")
+    return staged, form.fields, form.filename
+
+
+@router.post("", status_code=201, openapi_extra=_UPLOAD_DOC, responses=_ERRORS)
+async def upload_dataset(
+    request: Request, session: SessionDep, storage: StorageDep, settings: SettingsDep, tenant: TenantDep
+) -> DatasetPublic:
+    """Upload a .jsonl or .jsonl.gz dataset."""
+    staged, fields, filename = await _receive(request, settings)
+    dataset = await run_in_threadpool(
+        service.create_dataset,
+        session,
+        storage,
+        tenant.id,
+        staged,
+        name=fields.get("name") or None,
+        filename=filename,
+        declared_format=fields.get("format") or None,
+    )
+    return DatasetPublic.model_validate(dataset)
+
+
+@router.post("/validate", openapi_extra=_UPLOAD_DOC, responses=_ERRORS)
+async def validate_dataset(request: Request, settings: SettingsDep, tenant: TenantDep) -> DatasetValidation:
+    """Check a dataset without storing it."""
+    staged, fields, filename = await _receive(request, settings)
+    result = await run_in_threadpool(service.check_upload, staged, filename, fields.get("format") or None)
+    return DatasetValidation(
+        kind=result.kind,  # type: ignore[arg-type]
+        format=result.format,
+        rows=result.rows,
+        bytes=staged.bytes,
+        sha256=staged.sha256,
+    )
+
+
+@router.get("")
+def list_datasets(
+    session: SessionDep, tenant: TenantDep, limit: LimitQuery = 20, after: AfterQuery = None
+) -> Page[DatasetPublic]:
+    """List datasets, newest first."""
+    items, has_more = service.list_datasets(session, tenant.id, limit=limit, after=after)
+    return Page(
+        data=[DatasetPublic.model_validate(d) for d in items],
+        has_more=has_more,
+        next_cursor=encode_cursor(items[-1].id) if has_more else None,
+    )
+
+
+@router.get("/{dataset_id}")
+def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> DatasetPublic:
+    """Get a dataset."""
+    return DatasetPublic.model_validate(service.get_dataset(session, tenant.id, dataset_id))
+
+
+@router.get("/{dataset_id}/rows")
+def preview_rows(
+    dataset_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> DatasetRows:
+    """Preview rows of a dataset."""
+    dataset = service.get_dataset(session, tenant.id, dataset_id)
+    rows, has_more = service.preview_rows(storage, dataset, offset=offset, limit=limit)
+    return DatasetRows(data=rows, offset=offset, has_more=has_more)
+
+
+@router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "a live job uses it"}})
+def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep) -> Response:
+    """Delete a dataset (409 while a queued or running job uses it)."""
+    service.delete_dataset(session, storage, tenant.id, dataset_id)
+    return Response(status_code=204)

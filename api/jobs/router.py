@@ -1,0 +1,127 @@
+"""/v1/jobs: submit, read, list, cancel, events (paged and SSE), metrics series, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sse_starlette import EventSourceResponse
+
+from api.checkpoints.schemas import CheckpointPublic
+from api.checkpoints.service import list_for_job
+from api.core.errors import InvalidRequest
+from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.jobs import service
+from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
+from api.jobs.stream import event_stream
+from trainer.config import Algorithm
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post(
+    "",
+    status_code=201,
+    responses={
+        200: {"description": "An earlier request with the same Idempotency-Key created this job; it is returned."},
+        201: {"description": "The job was created and queued."},
+        422: {"description": "A reference, the dataset kind or a hyperparameter is invalid (param names it)."},
+    },
+)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
+) -> JobPublic:
+    """Submit a training job."""
+    job, created = service.create_job(session, settings, tenant.id, body, idempotency_key)
+    if not created:
+        response.status_code = 200
+    return JobPublic.of(job)
+
+
+@router.get("")
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    limit: LimitQuery = 20,
+    after: AfterQuery = None,
+    status: JobStatus | None = None,
+    algorithm: Algorithm | None = None,
+) -> Page[JobPublic]:
+    """List jobs, newest first."""
+    items, has_more = service.list_jobs(
+        session, tenant.id, limit=limit, after=after, status=status, algorithm=algorithm
+    )
+    return Page(
+        data=[JobPublic.of(j) for j in items],
+        has_more=has_more,
+        next_cursor=encode_cursor(items[-1].id) if has_more else None,
+    )
+
+
+@router.get("/{job_id}")
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Get a job."""
+    return JobPublic.of(service.get_job(session, tenant.id, job_id))
+
+
+@router.post("/{job_id}/cancel", responses={409: {"description": "the job already finished"}})
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Cancel a queued or running job."""
+    return JobPublic.of(service.cancel_job(session, tenant.id, job_id))
+
+
+@router.get("/{job_id}/events")
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    after: Annotated[int, Query(ge=0, description="Return events with seq greater than this.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventPage:
+    """List a job's events in order."""
+    job = service.get_job(session, tenant.id, job_id)
+    events, has_more = service.list_events(session, job, after=after, limit=limit)
+    return EventPage(data=[EventPublic.model_validate(e, from_attributes=True) for e in events], has_more=has_more)
+
+
+@router.get(
+    "/{job_id}/events/stream",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "id = seq, event = type, data = event JSON"}},
+)
+def stream_events(
+    job_id: str,
+    session: SessionDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Start after this seq (Last-Event-ID wins).")] = None,
+) -> EventSourceResponse:
+    """Stream a job's events (Server-Sent Events); ends after the job finishes."""
+    job = service.get_job(session, tenant.id, job_id)
+    start = after or 0
+    if last_event_id:
+        if not last_event_id.strip().isdigit():
+            raise InvalidRequest("Last-Event-ID must be an event seq (an integer)", param="Last-Event-ID")
+        start = int(last_event_id.strip())
+    session.close()  # the stream polls with its own short sessions
+    return EventSourceResponse(event_stream(job.id, start), ping=15)
+
+
+@router.get("/{job_id}/metrics")
+def job_metrics(job_id: str, session: SessionDep, tenant: TenantDep) -> MetricsSeries:
+    """A job's metrics as series of [step, value]."""
+    job = service.get_job(session, tenant.id, job_id)
+    return MetricsSeries(series=service.metric_series(session, job))
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> Page[CheckpointPublic]:
+    """List a job's checkpoints by step."""
+    job = service.get_job(session, tenant.id, job_id)
+    return Page(data=[CheckpointPublic.model_validate(c) for c in list_for_job(session, job.id)], has_more=False)

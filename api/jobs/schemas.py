@@ -1,0 +1,116 @@
+"""Public shapes of jobs and their events (worker ids, leases and idempotency keys stay inside)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from trainer.config import Algorithm, LoraConfig, RewardComponent
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    algorithm: Algorithm
+    """dpo, reward or sft (offline); grpo or ppo (online, need a reward)."""
+    base_model: str = Field(min_length=1, max_length=500)
+    """MODEL_REF: a name from GET /v1/models, a hub id (org/name), job:<id> or checkpoint:<id>."""
+    dataset_id: str
+    """Training data; its kind must fit the algorithm (preference: dpo/reward, prompt: grpo/ppo, sft: sft)."""
+    eval_dataset_id: str | None = None
+    """Held-out data of the same kind, evaluated every eval_every steps and at the end."""
+    reward_model_id: str | None = None
+    """A reward-model spec (POST /v1/reward-models) for grpo/ppo."""
+    reward: list[RewardComponent] | None = None
+    """Inline reward components for grpo/ppo, instead of reward_model_id."""
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    """Overrides of the algorithm's defaults (see the trainer's config classes); validated and filled in."""
+    lora: LoraConfig | None = None
+    """LoRA settings, or null for full fine-tuning."""
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    name: str | None = Field(None, max_length=300)
+    metadata: dict[str, Any] | None = None
+    """Free-form key/values kept with the job."""
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    eta_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str | None
+    algorithm: str
+    status: JobStatus
+    base_model: str
+    dataset_id: str
+    eval_dataset_id: str | None
+    reward_model_id: str | None
+    reward: list[dict[str, Any]] | None
+    hyperparameters: dict[str, Any]
+    """With every default filled in."""
+    lora: dict[str, Any] | None
+    seed: int
+    metadata: dict[str, Any] | None
+    progress: Progress
+    metrics: dict[str, Any]
+    """Latest value of each metric."""
+    attempt: int
+    error: JobError | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    output_checkpoint_id: str | None
+
+    @classmethod
+    def of(cls, job: Any) -> JobPublic:
+        return cls(
+            id=job.id,
+            name=job.name,
+            algorithm=job.algorithm,
+            status=job.status,
+            base_model=job.base_model,
+            dataset_id=job.dataset_id,
+            eval_dataset_id=job.eval_dataset_id,
+            reward_model_id=job.reward_model_id,
+            reward=job.reward,
+            hyperparameters=job.hyperparameters,
+            lora=job.lora,
+            seed=job.seed,
+            metadata=job.job_metadata,
+            progress=Progress.model_validate(job.progress or {}),
+            metrics=job.metrics or {},
+            attempt=job.attempt,
+            error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            output_checkpoint_id=job.output_checkpoint_id,
+        )
+
+
+class EventPublic(BaseModel):
+    seq: int
+    created_at: datetime
+    type: Literal["status", "metrics", "checkpoint", "log", "sample"]
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    data: list[EventPublic]
+    has_more: bool
+
+
+class MetricsSeries(BaseModel):
+    series: dict[str, list[tuple[int, float]]]
+    """metric name -> [[step, value], ...] in step order."""

@@ -1,0 +1,242 @@
+"""Jobs: create (checking everything checkable first), read, list, cancel, events and metrics.
+
+Create commits the job row and its first status event, then sends the id to the broker: a worker
+that receives an id always finds the row, and the row stays the truth if the send fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.core.broker import enqueue_job
+from api.core.db import utcnow
+from api.core.errors import Conflict, InvalidRequest, NotFound
+from api.core.pagination import decode_cursor
+from api.core.settings import Settings
+from api.core.validation import invalid_from_pydantic
+from api.datasets.models import Dataset
+from api.jobs.events import append_events, lock_job, set_status
+from api.jobs.models import FINAL_STATUSES, Job, JobEvent
+from api.jobs.schemas import JobCreate
+from api.models_dir.service import resolve_model_ref
+from api.reward_models.models import RewardModel
+from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
+
+log = logging.getLogger("alignd.jobs")
+
+ONLINE = ("grpo", "ppo")
+KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
+
+
+class JobNotFound(NotFound):
+    pass
+
+
+class JobFinished(Conflict):
+    code = "job_finished"
+
+
+def create_job(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Validate and create a queued job; returns (job, created). A repeated Idempotency-Key returns the first job."""
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is not None:
+            return existing, False
+    try:
+        hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc, "hyperparameters") from exc
+    needed = DATASET_KIND[body.algorithm]
+    _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
+    if body.eval_dataset_id is not None:
+        _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
+    reward = _check_reward(session, settings, tenant_id, body)
+    resolve_model_ref(session, settings, tenant_id, body.base_model, "base_model")
+
+    job = Job(
+        tenant_id=tenant_id,
+        name=body.name,
+        algorithm=body.algorithm,
+        status="queued",
+        base_model=body.base_model.strip(),
+        dataset_id=body.dataset_id,
+        eval_dataset_id=body.eval_dataset_id,
+        reward_model_id=body.reward_model_id,
+        reward=reward,
+        hyperparameters=hyperparameters,
+        lora=body.lora.model_dump(mode="json") if body.lora else None,
+        seed=body.seed,
+        job_metadata=body.metadata,
+        idempotency_key=idempotency_key,
+        max_attempts=settings.max_attempts,
+    )
+    session.add(job)
+    append_events(session, job, [("status", {"status": "queued", "previous": None})])
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same Idempotency-Key raced; the other one won.
+        session.rollback()
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    try:
+        enqueue_job(job.id)
+    except Exception:
+        # The row is committed and stays queued; a send that failed is logged, not hidden from
+        # the client as a 5xx that would invite a duplicate submission.
+        log.exception("could not send job %s to the broker; it stays queued", job.id)
+    return job, True
+
+
+def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
+    return session.execute(
+        select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: str) -> None:
+    dataset = session.execute(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+    ).scalar_one_or_none()
+    if dataset is None:
+        raise InvalidRequest(f"no dataset {dataset_id!r}", param=param)
+    if dataset.kind != needed:
+        raise InvalidRequest(
+            f"{dataset.kind} dataset ({dataset.format} format) given to {algorithm}, which needs {KIND_NOUN[needed]} "
+            f"(a {needed} dataset)",
+            param=param,
+        )
+
+
+def _check_reward(session: Session, settings: Settings, tenant_id: str, body: JobCreate) -> list[dict[str, Any]] | None:
+    has_reward = body.reward_model_id is not None or body.reward is not None
+    if body.algorithm not in ONLINE:
+        if has_reward:
+            param = "reward_model_id" if body.reward_model_id is not None else "reward"
+            raise InvalidRequest(f"a reward applies to grpo and ppo only, not {body.algorithm}", param=param)
+        return None
+    if body.reward_model_id is not None and body.reward is not None:
+        raise InvalidRequest("give reward_model_id or an inline reward, not both", param="reward")
+    if body.reward_model_id is not None:
+        reward_model = session.get(RewardModel, body.reward_model_id)
+        if reward_model is None or reward_model.tenant_id != tenant_id:
+            raise InvalidRequest(f"no reward model {body.reward_model_id!r}", param="reward_model_id")
+        return None
+    if not body.reward:
+        raise InvalidRequest(
+            f"{body.algorithm} needs a reward: give reward_model_id or inline reward components", param="reward"
+        )
+    check_components(session, settings, tenant_id, body.reward, "reward")
+    return [c.model_dump(mode="json", exclude_none=True) for c in body.reward]
+
+
+def check_components(session: Session, settings: Settings, tenant_id: str, components: list[Any], param: str) -> None:
+    """Every model component's MODEL_REF must resolve for this tenant."""
+    for i, component in enumerate(components):
+        if isinstance(component, ModelComponent):
+            resolve_model_ref(session, settings, tenant_id, component.model, f"{param}[{i}].model")
+
+
+def parse_components(values: Any, param: str) -> list[Any]:
+    try:
+        return TypeAdapter(list[RewardComponent]).validate_python(values)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc, param) from exc
+
+
+def get_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.tenant_id != tenant_id:
+        raise JobNotFound(f"no job {job_id!r}", param="job_id")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: str,
+    *,
+    limit: int,
+    after: str | None,
+    status: str | None = None,
+    algorithm: str | None = None,
+) -> tuple[list[Job], bool]:
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if algorithm is not None:
+        query = query.where(Job.algorithm == algorithm)
+    if after is not None:
+        cursor = session.get(Job, decode_cursor(after))
+        if cursor is None or cursor.tenant_id != tenant_id:
+            raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
+    items = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return items[:limit], len(items) > limit
+
+
+def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """queued -> cancelled at once; running -> cancelling (the worker stops the trainer); idempotent."""
+    get_job(session, tenant_id, job_id)
+    job = lock_job(session, job_id)
+    if job.status == "queued":
+        set_status(session, job, "cancelled", reason="cancelled by the user")
+        job.finished_at = utcnow()
+    elif job.status == "running":
+        set_status(session, job, "cancelling", reason="cancelled by the user")
+    elif job.status in ("cancelling", "cancelled"):
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
+    else:
+        status = job.status
+        session.rollback()
+        raise JobFinished(f"job {job_id} already {status}; only queued or running jobs can be cancelled")
+    session.commit()
+    return job
+
+
+def list_events(session: Session, job: Job, *, after: int, limit: int) -> tuple[list[JobEvent], bool]:
+    rows = list(
+        session.scalars(
+            select(JobEvent)
+            .where(JobEvent.job_id == job.id, JobEvent.seq > after)
+            .order_by(JobEvent.seq)
+            .limit(limit + 1)
+        )
+    )
+    return rows[:limit], len(rows) > limit
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL_STATUSES
+
+
+def metric_series(session: Session, job: Job) -> dict[str, list[tuple[int, float]]]:
+    """Every metrics event of the job as {name: [[step, value], ...]} in step order.
+
+    A metrics event's data is the trainer's event without its type: {"step", "values": {...}}.
+    A step logged twice (a resumed attempt re-runs steps after its checkpoint) keeps the later value.
+    """
+    series: dict[str, dict[int, float]] = {}
+    rows = session.scalars(
+        select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq)
+    )
+    for data in rows:
+        step = data.get("step")
+        values = data.get("values", {})
+        if not isinstance(step, int) or not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                series.setdefault(name, {})[step] = float(value)
+    return {name: sorted(points.items()) for name, points in sorted(series.items())}

@@ -1,0 +1,74 @@
+"""The FastAPI application: routers, and one place that renders every error as DESIGN §4's JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import api
+from api.checkpoints.router import router as checkpoints_router
+from api.core.errors import AlignError
+from api.core.validation import error_details
+from api.datasets.router import router as datasets_router
+from api.jobs.router import router as jobs_router
+from api.models_dir.router import router as models_router
+from api.ops.router import router as ops_router
+from api.reward_models.router import router as reward_models_router
+
+log = logging.getLogger("alignd.api")
+
+_HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def _error(status: int, code: str, message: str, param: str | None = None, details: list | None = None) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "param": param, "details": details or []}}
+    return JSONResponse(body, status_code=status)
+
+
+async def _align_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AlignError)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # loc starts with where the value came from (body/query/path/header); the field is the rest.
+    errors = list(exc.errors())
+    details = []
+    for e in errors:
+        loc = list(e.get("loc", ()))
+        source = loc[0] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else None
+        details.extend(error_details([{**e, "loc": loc[1:] if source else loc}]))
+    first = details[0] if details else {"field": None, "message": "invalid request"}
+    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    return _error(422, "invalid_request", message, first["field"], details)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return _error(500, "internal_error", "internal server error; the server log has the details")
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="alignd",
+        version=api.__version__,
+        summary="Self-hosted preference alignment: DPO, GRPO, PPO, reward models and SFT as jobs.",
+    )
+    app.add_exception_handler(AlignError, _align_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.include_router(ops_router)
+    for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
+        app.include_router(router, prefix="/v1")
+    return app

@@ -1,0 +1,1 @@
+"""Revisions, oldest first (0001_...); a package so that wheels ship them."""
