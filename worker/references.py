@@ -108,7 +108,7 @@ def latest_resumable_checkpoint(session: Session, job: Job) -> Checkpoint | None
 
 def _dataset(session: Session, job: Job, dataset_id: str) -> Dataset:
     dataset = session.get(Dataset, dataset_id)
-    if dataset is None or dataset.tenant_id != job.tenant_id:
+    if dataset is None or dataset.tenant_id != job.tenant_id or dataset.deleted_at is not None:
         raise UnresolvedReference(f"dataset {dataset_id} no longer exists; upload it again and resubmit the job")
     return dataset
 

@@ -1,0 +1,198 @@
+"""Worker fixtures: fast leases, rows arranged directly in the database, real worker processes.
+
+Built on tests/conftest.py (a migrated Postgres per test and a session Redis as broker). The worker
+runs as a real process: `python -m worker` (what `alignd worker` runs), never Celery's eager mode.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.checkpoints.models import Checkpoint
+from api.core.settings import Settings
+from api.core.storage import LocalStorage, storage_from_url
+from api.datasets.models import Dataset
+from api.jobs.events import append_events, lock_job, set_status
+from api.jobs.models import Job, JobEvent
+from tests.shared_data import shared_data
+
+ORCA_PAIRS = "orca-dpo-pairs.openai-dpo.jsonl"
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings with leases short enough for tests (a dead worker is noticed within seconds)."""
+    from api.core import reset_caches
+    from api.core.settings import get_settings
+
+    monkeypatch.setenv("ALIGND_HEARTBEAT_SECONDS", "0.5")
+    monkeypatch.setenv("ALIGND_LEASE_SECONDS", "5")
+    monkeypatch.setenv("ALIGND_REAP_INTERVAL_SECONDS", "1")
+    monkeypatch.setenv("ALIGND_WORKER_GPUS", "0")
+    monkeypatch.setenv("ALIGND_EVENT_BATCH_SIZE", "7")  # small, so batching is exercised
+    reset_caches()
+    return get_settings()
+
+
+@pytest.fixture
+def db(worker_settings: Settings) -> sessionmaker[Session]:
+    from worker.db import session_factory
+
+    return session_factory(worker_settings)
+
+
+@pytest.fixture
+def storage(worker_settings: Settings) -> LocalStorage:
+    return storage_from_url(worker_settings.resolved_storage_url)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+@pytest.fixture
+def tiny_model(worker_settings: Settings, tiny_model_dir: Path) -> str:
+    """The tiny Llama installed in the server's model directory; returns its MODEL_REF (a name)."""
+    shutil.copytree(tiny_model_dir, worker_settings.resolved_models_dir / "tiny")
+    return "tiny"
+
+
+def add_dataset(session: Session, storage: LocalStorage, tenant_id: str, name: str = ORCA_PAIRS) -> Dataset:
+    """A preference dataset row whose file is a real file of ../shared/data, stored like an upload."""
+    key = f"datasets/{tenant_id}/{name}"
+    stored = storage.put_file(key, shared_data(name))
+    rows = sum(1 for line in shared_data(name).read_text().splitlines() if line.strip())
+    dataset = Dataset(
+        tenant_id=tenant_id,
+        name=name,
+        kind="preference",
+        format="openai_dpo",
+        rows=rows,
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        storage_key=key,
+    )
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def add_job(session: Session, tenant_id: str, dataset_id: str, base_model: str, **fields: Any) -> Job:
+    """A queued job with its first status event, as the API creates it."""
+    hyperparameters = {"max_steps": 6, "batch_size": 2, "max_length": 64, "max_prompt_length": 32}
+    hyperparameters.update(fields.pop("hyperparameters", {}))
+    job = Job(
+        tenant_id=tenant_id,
+        algorithm="dpo",
+        base_model=base_model,
+        dataset_id=dataset_id,
+        hyperparameters=hyperparameters,
+        **fields,
+    )
+    session.add(job)
+    session.flush()
+    append_events(session, job, [("status", {"status": "queued"})])
+    session.commit()
+    return job
+
+
+def request_cancel(db: sessionmaker[Session], job_id: str) -> None:
+    """What the API's cancel does to a running job."""
+    with db() as session, session.begin():
+        job = lock_job(session, job_id)
+        set_status(session, job, "cancelling")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def job_row(db: sessionmaker[Session], job_id: str) -> Job:
+    with db() as session:
+        return session.get_one(Job, job_id)
+
+
+def wait_for_status(db: sessionmaker[Session], job_id: str, statuses: tuple[str, ...], timeout: float) -> Job:
+    return wait_for(
+        lambda: (job := job_row(db, job_id)).status in statuses and job,
+        timeout,
+        f"job {job_id} to become one of {statuses}",
+    )
+
+
+def events_of(db: sessionmaker[Session], job_id: str) -> list[JobEvent]:
+    with db() as session:
+        return list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def checkpoints_of(db: sessionmaker[Session], job_id: str) -> list[Checkpoint]:
+    with db() as session:
+        return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
+
+
+@dataclass
+class WorkerProcess:
+    """A real worker process (`python -m worker`) in its own process group."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        wait_for(lambda: b" ready." in self.log.read_bytes() or self._died(), timeout, "the worker to start")
+        assert self.process.poll() is None, self.log.read_text()[-3000:]
+
+    def _died(self) -> bool:
+        return self.process.poll() is not None
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker: main process and pool processes (trainers die with their parent)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+
+@pytest.fixture
+def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
+    """Start real worker processes (with the environment of worker_settings); all are killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started)}.log"
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        worker = WorkerProcess(process, log)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.kill()

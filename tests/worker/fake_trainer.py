@@ -1,0 +1,70 @@
+"""A stand-in for `python -m trainer run` that speaks the event protocol (fast runner tests only).
+
+It trains nothing: it counts steps, sleeping `FAKE_STEP_SECONDS` per step, and behaves as the spec's
+base_model folder's name asks: "crash" dies with a traceback and no error event, "error" reports an error event.
+Checkpoints are folders with a `training_state/step` file, which `--resume` reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command")
+    parser.add_argument("spec")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--events", required=True)
+    parser.add_argument("--resume")
+    args = parser.parse_args()
+    spec = json.loads(Path(args.spec).read_text())
+    output = Path(args.output)
+    hyper = spec["hyperparameters"]
+    total, save_every = int(hyper.get("max_steps", 6)), int(hyper.get("save_every") or 0)
+    delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
+    start = int((Path(args.resume) / "training_state" / "step").read_text()) if args.resume else 0
+
+    with open(args.events, "a") as events:
+
+        def emit(**event: Any) -> None:
+            events.write(json.dumps(event) + "\n")
+            events.flush()
+
+        model = Path(spec["base_model"]).name
+        if model == "crash":
+            print("loading model...", flush=True)
+            raise RuntimeError("the fake trainer crashed on purpose")
+        if model == "error":
+            emit(type="error", code="invalid_data", message="dataset row 3: 'chosen' is empty")
+            return 1
+        emit(type="log", level="info", message=f"starting at step {start}")
+        for step in range(start + 1, total + 1):
+            time.sleep(delay)
+            emit(type="progress", step=step, total_steps=total, epoch=step / total, eta_seconds=(total - step) * delay)
+            emit(type="metrics", step=step, values={"loss": 1.0 / step})
+            if save_every and step % save_every == 0 and step < total:
+                emit(type="checkpoint", step=step, path=str(save(output / "checkpoints" / f"step-{step:08d}", step)))
+        emit(type="checkpoint", step=total, kind="final", path=str(save(output / "final", total, state=False)))
+        emit(type="done")
+    return 0
+
+
+def save(folder: Path, step: int, state: bool = True) -> Path:
+    tmp = folder.with_name(folder.name + ".tmp")
+    (tmp / "training_state").mkdir(parents=True, exist_ok=True) if state else tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps({"step": step}))
+    if state:
+        (tmp / "training_state" / "step").write_text(str(step))
+    tmp.rename(folder)
+    return folder
+
+
+if __name__ == "__main__":
+    sys.exit(main())

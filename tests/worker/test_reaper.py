@@ -1,0 +1,78 @@
+"""The reaper returns jobs of dead workers to the queue, fails them after max_attempts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.db import utcnow
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
+from api.jobs.events import lock_job, set_status
+from tests.worker.conftest import add_dataset, add_job, events_of, job_row
+from worker.reaper import reap_expired
+
+
+def _running_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: str, *, expired: bool, **fields) -> str:  # type: ignore[no-untyped-def]
+    status = fields.pop("status", "running")
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant_id)
+        job = add_job(session, tenant_id, dataset.id, "tiny", **fields)
+        job = lock_job(session, job.id)
+        set_status(session, job, "running")
+        if status != "running":
+            set_status(session, job, status)
+        job.worker_id = "dead-host:123"
+        job.attempt = fields.get("attempt", 1)
+        job.lease_expires_at = utcnow() + timedelta(seconds=-1 if expired else 60)
+        session.commit()
+        return job.id
+
+
+def _reap(db: sessionmaker[Session], settings: Settings) -> tuple[list[str], list[str]]:
+    sent: list[str] = []
+    with db() as session:
+        requeued = reap_expired(session, settings, sent.append)
+    return requeued, sent
+
+
+def test_a_job_whose_lease_expired_goes_back_to_the_queue_and_is_sent_again(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    job_id = _running_job(db, storage, tenant.id, expired=True)
+    alive = _running_job(db, storage, tenant.id, expired=False)
+
+    requeued, sent = _reap(db, worker_settings)
+
+    assert requeued == sent == [job_id]
+    job = job_row(db, job_id)
+    assert job.status == "queued" and job.worker_id is None and job.lease_expires_at is None and job.attempt == 1
+    last = events_of(db, job_id)[-1]
+    assert last.type == "status" and last.data["status"] == "queued" and last.data["reason"] == "lease expired"
+    assert job_row(db, alive).status == "running"
+    assert _reap(db, worker_settings) == ([], [])  # a second reaper finds nothing more to do
+
+
+def test_a_job_whose_worker_died_max_attempts_times_fails_saying_so(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    job_id = _running_job(db, storage, tenant.id, expired=True, attempt=3, max_attempts=3, progress={"step": 40})
+
+    assert _reap(db, worker_settings) == ([], [])
+
+    job = job_row(db, job_id)
+    assert job.status == "failed" and job.error_code == "worker_lost" and job.finished_at is not None
+    assert job.error_message.startswith("The worker running this job died 3 times (last seen at step 40);")
+
+
+def test_a_cancelling_job_whose_worker_died_becomes_cancelled(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    job_id = _running_job(db, storage, tenant.id, expired=True, status="cancelling")
+
+    assert _reap(db, worker_settings) == ([], [])
+
+    assert job_row(db, job_id).status == "cancelled"
+    statuses = [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
+    assert statuses == ["queued", "running", "cancelling", "cancelled"]

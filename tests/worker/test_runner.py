@@ -1,0 +1,142 @@
+"""The runner called as a plain function, with a stand-in trainer that speaks the event protocol.
+
+These pin down the relay rules quickly; tests/worker/test_worker_process.py runs the real trainer in a
+real Celery worker process.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
+from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, request_cancel, wait_for
+from worker import runner
+from worker.runner import run_job
+
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runner.trainer_command
+
+    def command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:
+        args = real(spec, output, events, resume, settings)
+        assert args[:3] == [sys.executable, "-m", "trainer"]
+        return [sys.executable, str(FAKE_TRAINER), *args[3:]]
+
+    monkeypatch.setattr(runner, "trainer_command", command)
+
+
+@pytest.fixture
+def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
+    def make(base_model: str = "org/hub-model", **fields):  # type: ignore[no-untyped-def]
+        with db() as session:
+            dataset = add_dataset(session, storage, tenant.id)
+            return add_job(session, tenant.id, dataset.id, base_model, **fields).id
+
+    return make
+
+
+def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_output(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], storage: LocalStorage, worker_settings: Settings
+) -> None:
+    job_id = queued_job(hyperparameters={"max_steps": 9, "save_every": 4})
+
+    run_job(job_id, worker_settings)
+
+    job = job_row(db, job_id)
+    assert job.status == "succeeded"
+    assert job.attempt == 1 and job.finished_at is not None and job.lease_expires_at is None
+    assert job.progress == {"step": 9, "total_steps": 9, "epoch": 1.0, "eta_seconds": 0.0}
+    assert job.metrics == {"loss": pytest.approx(1 / 9)}
+    events = events_of(db, job_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [e.data["status"] for e in events if e.type == "status"] == ["queued", "running", "succeeded"]
+    assert [e.data["step"] for e in events if e.type == "metrics"] == list(range(1, 10))
+    checkpoints = checkpoints_of(db, job_id)
+    assert [(c.step, c.kind) for c in checkpoints] == [(4, "intermediate"), (8, "intermediate"), (9, "final")]
+    assert job.output_checkpoint_id == checkpoints[-1].id
+    for checkpoint in checkpoints:
+        import hashlib
+
+        assert hashlib.sha256(storage.path(checkpoint.storage_key).read_bytes()).hexdigest() == checkpoint.sha256
+        assert storage.size(checkpoint.storage_key) == checkpoint.bytes
+
+
+def test_two_deliveries_at_once_run_the_job_once(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    job_id = queued_job()
+    threads = [threading.Thread(target=run_job, args=(job_id, worker_settings)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    job = job_row(db, job_id)
+    assert job.status == "succeeded" and job.attempt == 1
+    assert [e.data["status"] for e in events_of(db, job_id) if e.type == "status"] == ["queued", "running", "succeeded"]
+    run_job(job_id, worker_settings)  # a late redelivery of a finished job changes nothing
+    assert job_row(db, job_id).attempt == 1
+
+
+def test_an_error_event_fails_the_job_with_the_trainers_code_and_message(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    (worker_settings.resolved_models_dir / "error").mkdir(parents=True)  # the fake acts on the model's name
+    job_id = queued_job(base_model="error")
+    run_job(job_id, worker_settings)
+
+    job = job_row(db, job_id)
+    assert job.status == "failed"
+    assert (job.error_code, job.error_message) == ("invalid_data", "dataset row 3: 'chosen' is empty")
+
+
+def test_a_trainer_that_dies_without_an_error_event_fails_the_job_with_a_sentence_and_its_last_output(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    (worker_settings.resolved_models_dir / "crash").mkdir(parents=True)
+    job_id = queued_job(base_model="crash")
+    run_job(job_id, worker_settings)
+
+    job = job_row(db, job_id)
+    assert job.status == "failed" and job.error_code == "trainer_crashed"
+    assert job.error_message.startswith("The trainer stopped unexpectedly with exit code 1 without reporting an error.")
+    assert "RuntimeError: the fake trainer crashed on purpose" in job.error_message
+
+
+def test_an_unknown_model_name_fails_the_job_saying_how_to_add_it(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    job_id = queued_job(base_model="no-such-model")
+    run_job(job_id, worker_settings)
+
+    job = job_row(db, job_id)
+    assert job.status == "failed" and job.error_code == "invalid_reference"
+    assert "alignd models add no-such-model" in job.error_message
+
+
+def test_cancelling_a_running_job_stops_the_trainer_and_keeps_its_checkpoints(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.3")
+    job_id = queued_job(hyperparameters={"max_steps": 200, "save_every": 2})
+    thread = threading.Thread(target=run_job, args=(job_id, worker_settings))
+    thread.start()
+    wait_for(lambda: checkpoints_of(db, job_id), 60, "a first checkpoint")
+    request_cancel(db, job_id)
+    thread.join(60)
+
+    job = job_row(db, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert [e.data["status"] for e in events_of(db, job_id) if e.type == "status"][-2:] == ["cancelling", "cancelled"]
+    checkpoints = checkpoints_of(db, job_id)
+    assert checkpoints and all(c.kind == "intermediate" for c in checkpoints)
+    assert job.progress is not None and job.progress["step"] < 200
