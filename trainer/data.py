@@ -1,0 +1,277 @@
+"""Tokenise canonical examples (trainer.formats) for training, truncate, and collate batches.
+
+Rendering:
+- Conversational texts (lists of messages) go through the tokenizer's chat template: the prompt is
+  rendered with the generation prompt, the completion is what the template adds after it for the whole
+  conversation. A model without a chat template gets a plain "role: content" rendering instead.
+- Plain strings are tokenised as they are: the prompt with the tokenizer's special tokens (BOS/CLS),
+  the completion without, followed by EOS.
+
+Truncation policy (the same for every algorithm):
+- The prompt is cut from the LEFT to `max_prompt_length` tokens (the end of the prompt, next to the
+  answer, survives; a leading BOS/CLS is kept).
+- Each completion is then cut from the RIGHT so prompt + completion fits in `max_length`.
+- A preference pair whose chosen and rejected completions become identical is dropped (it carries no
+  signal). If every row had to be truncated, or every row was dropped, the run stops with a `DataError`
+  saying which limit to raise: training on nothing but cut-off answers is almost always a mistake.
+
+Labels use -100 for every token that must not count in a loss (prompt and padding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from trainer.formats import PreferenceExample, SFTExample, Text
+
+IGNORE = -100
+
+
+class DataError(ValueError):
+    """The dataset cannot be trained on as configured; the message says what to change."""
+
+
+@dataclass
+class TruncationReport:
+    rows: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    longest: int = 0
+    shortest: int = 0
+
+    def message(self, name: str) -> str:
+        return (
+            f"{name}: {self.rows} rows, {self.truncated} truncated, {self.dropped} dropped "
+            f"(token lengths {self.shortest}..{self.longest})"
+        )
+
+
+@dataclass
+class PreferenceFeatures:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+    margin: float | None = None
+
+
+@dataclass
+class SFTFeatures:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class Encoded:
+    """Tokenised dataset plus how truncation went."""
+
+    features: list = field(default_factory=list)
+    report: TruncationReport = field(default_factory=TruncationReport)
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _plain_messages(messages: list[dict[str, str]]) -> str:
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
+
+
+def render(tokenizer: PreTrainedTokenizerBase, prompt: Text, completion: Text) -> tuple[str, str, bool]:
+    """(prompt text, completion text, templated?) for one prompt/completion pair."""
+    if isinstance(completion, list):
+        prompt_msgs = prompt if isinstance(prompt, list) else ([{"role": "user", "content": prompt}] if prompt else [])
+        if getattr(tokenizer, "chat_template", None):
+            full = str(tokenizer.apply_chat_template(prompt_msgs + completion, tokenize=False))
+            for generation_prompt in (True, False):
+                prompt_text = (
+                    str(
+                        tokenizer.apply_chat_template(
+                            prompt_msgs, tokenize=False, add_generation_prompt=generation_prompt
+                        )
+                    )
+                    if prompt_msgs
+                    else ""
+                )
+                if full.startswith(prompt_text):
+                    return prompt_text, full[len(prompt_text) :], True
+            raise DataError("the chat template does not render the prompt as a prefix of the conversation")
+        return _plain_messages(prompt_msgs) + "assistant: ", " ".join(m["content"] for m in completion), False
+    if isinstance(prompt, list):
+        return _plain_messages(prompt) + "assistant: ", completion, False
+    return prompt, completion, False
+
+
+def tokenize_completion(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
+    """Completion token ids ending with EOS (or SEP for encoders without EOS)."""
+    ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])
+    end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if end is not None and end not in ids:
+        ids.append(end)
+    return ids
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, templated: bool) -> list[int]:
+    """Prompt token ids; special tokens (BOS/CLS) are added unless the chat template wrote them."""
+    if not prompt:
+        ids = list(tokenizer("", add_special_tokens=not templated)["input_ids"])
+        # Encoders add [CLS] [SEP]; keep only the leading special token so the completion follows it.
+        return ids[:1]
+    return list(tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
+
+
+def _cut_prompt(ids: list[int], limit: int, special: set[int]) -> list[int]:
+    if len(ids) <= limit:
+        return ids
+    if ids and ids[0] in special and limit > 1:
+        return ids[:1] + ids[len(ids) - (limit - 1) :]
+    return ids[len(ids) - limit :]
+
+
+# --- encoding datasets -------------------------------------------------------------------------
+
+
+def encode_preferences(
+    examples: Sequence[PreferenceExample],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int,
+    name: str = "train",
+) -> Encoded:
+    """Tokenise (prompt, chosen, rejected) rows with the truncation policy of this module."""
+    out = Encoded()
+    special = set(tokenizer.all_special_ids)
+    lengths = []
+    for i, ex in enumerate(examples):
+        prompt_text, chosen_text, templated = render(tokenizer, ex.prompt, ex.chosen)
+        _, rejected_text, _ = render(tokenizer, ex.prompt, ex.rejected)
+        prompt = tokenize_prompt(tokenizer, prompt_text, templated)
+        chosen = tokenize_completion(tokenizer, chosen_text)
+        rejected = tokenize_completion(tokenizer, rejected_text)
+        if not chosen_text.strip() or not rejected_text.strip():
+            raise DataError(f"{name} row {i + 1}: a completion is empty after rendering; remove the row")
+        lengths.append(len(prompt) + max(len(chosen), len(rejected)))
+        cut = _cut_prompt(prompt, max_prompt_length, special)
+        room = max_length - len(cut)
+        out.report.truncated += len(cut) < len(prompt) or max(len(chosen), len(rejected)) > room
+        prompt, chosen, rejected = cut, chosen[:room], rejected[:room]
+        if chosen == rejected:
+            out.report.dropped += 1
+            continue
+        out.features.append(PreferenceFeatures(prompt, chosen, rejected, ex.margin))
+    _finish(out, lengths, max_length, max_prompt_length, name)
+    return out
+
+
+def encode_sft(
+    examples: Sequence[SFTExample],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    max_prompt_length: int,
+    completion_only: bool = True,
+    name: str = "train",
+) -> Encoded:
+    """Tokenise (prompt, completion) rows; labels mask the prompt when `completion_only`."""
+    out = Encoded()
+    special = set(tokenizer.all_special_ids)
+    lengths = []
+    for i, ex in enumerate(examples):
+        prompt_text, completion_text, templated = render(tokenizer, ex.prompt, ex.completion)
+        if not completion_text.strip():
+            raise DataError(f"{name} row {i + 1}: the completion is empty; remove the row or fill it in")
+        prompt = tokenize_prompt(tokenizer, prompt_text, templated)
+        completion = tokenize_completion(tokenizer, completion_text)
+        full = len(prompt) + len(completion)
+        lengths.append(full)
+        cut = _cut_prompt(prompt, max_prompt_length, special)
+        completion = completion[: max_length - len(cut)]
+        out.report.truncated += full > len(cut) + len(completion)
+        prompt_labels = [IGNORE] * len(cut) if completion_only else list(cut)
+        out.features.append(SFTFeatures(cut + completion, prompt_labels + completion))
+    _finish(out, lengths, max_length, max_prompt_length, name)
+    return out
+
+
+def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length: int, name: str) -> None:
+    report = out.report
+    report.rows = len(lengths)
+    report.longest = max(lengths, default=0)
+    report.shortest = min(lengths, default=0)
+    if report.rows and report.truncated == report.rows:
+        raise DataError(
+            f"every {name} row is longer than the limits (max_length={max_length}, "
+            f"max_prompt_length={max_prompt_length}; the shortest row has {report.shortest} tokens): "
+            "raise max_length / max_prompt_length or shorten the data"
+        )
+    if not out.features:
+        raise DataError(
+            f"no {name} rows left after truncation ({report.dropped} dropped because chosen and rejected became "
+            f"identical within max_length={max_length}): raise max_length"
+        )
+
+
+def pack_sft(features: Sequence[SFTFeatures], max_length: int) -> list[SFTFeatures]:
+    """Concatenate rows (each ends with EOS) and cut the stream into max_length chunks.
+
+    Attention crosses row boundaries inside a chunk, as in the classic constant-length packing;
+    the loss still skips prompt tokens. The last partial chunk is kept.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    for f in features:
+        ids.extend(f.input_ids)
+        labels.extend(f.labels)
+    return [
+        SFTFeatures(ids[i : i + max_length], labels[i : i + max_length])
+        for i in range(0, len(ids), max_length)
+        if any(label != IGNORE for label in labels[i : i + max_length])
+    ]
+
+
+# --- collation ---------------------------------------------------------------------------------
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Right-pad lists of ints into a (B, T) long tensor."""
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate_preferences(features: Sequence[PreferenceFeatures], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows first, then rejected rows: one (2B, T) batch for one concatenated forward."""
+    seqs = [f.prompt_ids + f.chosen_ids for f in features] + [f.prompt_ids + f.rejected_ids for f in features]
+    labels = [[IGNORE] * len(f.prompt_ids) + f.chosen_ids for f in features] + [
+        [IGNORE] * len(f.prompt_ids) + f.rejected_ids for f in features
+    ]
+    input_ids = pad(seqs, pad_id)  # (2B, T)
+    attention_mask = pad([[1] * len(s) for s in seqs], 0)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad(labels, IGNORE)}
+    if any(f.margin is not None for f in features):
+        batch["margin"] = torch.tensor([f.margin or 0.0 for f in features], dtype=torch.float32)
+    return batch
+
+
+def collate_sft(features: Sequence[SFTFeatures], pad_id: int) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": pad([f.input_ids for f in features], pad_id),
+        "attention_mask": pad([[1] * len(f.input_ids) for f in features], 0),
+        "labels": pad([f.labels for f in features], IGNORE),
+    }
+
+
+def read_dataset(path: str, kind: str, name: str = "train") -> list:
+    """Canonical examples of a JSONL file of the given kind (DataError names the row and the problem)."""
+    from trainer.formats import RowError, read_examples
+
+    try:
+        _, examples = read_examples(path, kind)
+    except FileNotFoundError as exc:
+        raise DataError(f"{name} file {path!r} not found") from exc
+    except RowError as exc:
+        raise DataError(f"{name} file: {exc.message}") from exc
+    return examples

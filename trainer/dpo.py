@@ -1,0 +1,201 @@
+"""Direct Preference Optimization (Rafailov et al. 2023, arXiv:2305.18290) and its IPO / hinge variants.
+
+Reads top to bottom: load tokenizer and data -> load the policy -> reference log-probs -> loss on one
+concatenated forward of chosen + rejected -> run_loop -> final checkpoint.
+
+Reference model:
+- `precompute_ref_logps` (default): the reference log-probs of every train/eval pair are computed once,
+  before the first update, with the policy itself (it still equals the reference then; LoRA adapters
+  are disabled for it). No reference model stays in memory; the values are kept in the checkpoint's
+  training state so a resumed run does not recompute them.
+- otherwise with LoRA: the base model with adapters disabled, on the fly (no second copy);
+- otherwise: a second, frozen copy of the base model.
+
+Departures from the paper: none in the loss. Like TRL, IPO uses per-token mean log-probs, and the
+metrics `rewards/*` are beta-scaled log-ratios (for IPO, of the mean log-probs).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from trainer.config import DPOConfig
+from trainer.data import PreferenceFeatures, collate_preferences, encode_preferences, read_dataset
+from trainer.engine import (
+    Run,
+    TrainState,
+    chunks,
+    completion_forward,
+    load_policy,
+    run_loop,
+    save_checkpoint,
+    seed_everything,
+    sequence_logps,
+    setup_training,
+)
+from trainer.losses import dpo_loss
+from trainer.models import is_peft, load_model, load_tokenizer, resolve_dtype
+
+
+def concatenated_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward over the (2B, T) chosen+rejected batch -> (summed logps (2B,), completion lengths (2B,))."""
+    logits, labels = completion_forward(model, batch)
+    return sequence_logps(logits, labels)
+
+
+def reference_logps(
+    model: Any, features: list[PreferenceFeatures], pad_id: int, micro: int, device: torch.device
+) -> torch.Tensor:
+    """(N, 2) reference log-probs [chosen, rejected] of every pair, with adapters disabled under LoRA."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    adapters_off = model.disable_adapter() if is_peft(model) else nullcontext()
+    with torch.no_grad(), adapters_off:
+        for part in chunks(list(range(len(features))), micro):
+            batch = _to(collate_preferences([features[i] for i in part], pad_id), device)
+            logps, _ = concatenated_logps(model, batch)
+            rows.append(torch.stack(logps.float().chunk(2), dim=1).cpu())  # (b, 2)
+    model.train(was_training)
+    return torch.cat(rows) if rows else torch.zeros(0, 2)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def pair_metrics(
+    config: DPOConfig, policy: torch.Tensor, lengths: torch.Tensor, ref: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean DPO loss of a batch and its metrics (DESIGN §7 names). policy/lengths: (2B,), ref: (B, 2)."""
+    chosen, rejected = policy.chunk(2)
+    chosen_len, rejected_len = lengths.chunk(2)
+    losses, chosen_rewards, rejected_rewards = dpo_loss(
+        chosen,
+        rejected,
+        ref[:, 0].to(chosen),
+        ref[:, 1].to(chosen),
+        beta=config.beta,
+        loss_type=config.loss_type,
+        label_smoothing=config.label_smoothing,
+        chosen_lengths=chosen_len,
+        rejected_lengths=rejected_len,
+    )
+    loss = losses.mean()
+    metrics = {
+        "loss": loss.item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "logps/chosen": chosen.detach().mean().item(),
+        "logps/rejected": rejected.detach().mean().item(),
+    }
+    return loss, metrics
+
+
+def train(run: Run) -> None:
+    config = run.config
+    assert isinstance(config, DPOConfig)
+    spec, events = run.spec, run.events
+    seed_everything(spec.seed)
+
+    # 1. data
+    tokenizer = load_tokenizer(spec.base_model)
+    pad_id = tokenizer.pad_token_id
+    train_set = encode_preferences(
+        read_dataset(spec.train_file, "preference"), tokenizer, config.max_length, config.max_prompt_length
+    )
+    events.log(train_set.report.message("train"))
+    run.data_report["train"] = vars(train_set.report)
+    eval_features: list[PreferenceFeatures] = []
+    if spec.eval_file:
+        eval_set = encode_preferences(
+            read_dataset(spec.eval_file, "preference", "eval"),
+            tokenizer,
+            config.max_length,
+            config.max_prompt_length,
+            "eval",
+        )
+        events.log(eval_set.report.message("eval"))
+        run.data_report["eval"] = vars(eval_set.report)
+        eval_features = eval_set.features
+    features = train_set.features
+    micro = config.micro_batch_size or config.batch_size
+
+    # 2. policy, optimizer, (resumed) state
+    model = load_policy(run, tokenizer, "causal")
+    model, optimizer, scheduler, state, extra = setup_training(run, model, len(features))
+
+    # 3. reference
+    ref_model: Any = None
+    ref_train: torch.Tensor | None = extra.get("ref_train")
+    ref_eval: torch.Tensor | None = extra.get("ref_eval")
+    if config.precompute_ref_logps:
+        if ref_train is None:
+            events.log(f"computing reference log-probs of {len(features) + len(eval_features)} pairs")
+            ref_train = reference_logps(model, features, pad_id, micro, run.device)
+            ref_eval = reference_logps(model, eval_features, pad_id, micro, run.device)
+    elif spec.lora is None:
+        ref_model = load_model(spec.base_model, "causal", dtype=resolve_dtype(config.precision))
+        ref_model.to(run.device).eval().requires_grad_(False)
+
+    def ref_for(indices: list[int], batch: dict[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor:
+        if table is not None:
+            return table[indices]
+        with torch.no_grad():
+            if ref_model is not None:
+                logps, _ = concatenated_logps(ref_model, batch)
+            else:
+                with run.accelerator.unwrap_model(model).disable_adapter():
+                    logps, _ = concatenated_logps(model, batch)
+        return torch.stack(logps.float().chunk(2), dim=1)
+
+    # 4. loss
+    def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
+        batch = _to(collate_preferences([features[i] for i in indices], pad_id), run.device)
+        ref = ref_for(indices, batch, ref_train)
+        policy, lengths = concatenated_logps(model, batch)
+        loss, metrics = pair_metrics(config, policy, lengths, ref)
+        return loss, metrics, int(batch["attention_mask"].sum())
+
+    def eval_fn() -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for part in chunks(list(range(len(eval_features))), micro):
+            batch = _to(collate_preferences([eval_features[i] for i in part], pad_id), run.device)
+            ref = ref_for(part, batch, ref_eval)
+            policy, lengths = concatenated_logps(model, batch)
+            _, metrics = pair_metrics(config, policy, lengths, ref)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v * len(part)
+        return {k: v / len(eval_features) for k, v in totals.items()}
+
+    def save(kind: str, state: TrainState) -> Any:
+        return save_checkpoint(
+            run,
+            kind,
+            state,
+            model=model,
+            tokenizer=tokenizer,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            extra_state={"ref_train": ref_train, "ref_eval": ref_eval},
+            merge_lora=kind == "final" and spec.lora is not None and spec.lora.merge,
+        )
+
+    # 5. train, evaluate, save
+    state = run_loop(
+        run,
+        model,
+        optimizer,
+        scheduler,
+        state,
+        n_train=len(features),
+        loss_fn=loss_fn,
+        save_fn=save,
+        eval_fn=eval_fn if eval_features else None,
+    )
+    save("final", state)

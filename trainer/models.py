@@ -1,0 +1,177 @@
+"""Load tokenizers and models (HF folder, .gguf file or hub id), apply LoRA, pick the precision.
+
+Shared by every algorithm. Failures raise `ModelLoadError` with a message a user can act on.
+GGUF weights come back dequantized but transformers refuses to save such a model, so we rebuild a
+fresh model from its config and copy the weights in: the result trains and saves like any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from trainer.config import LoraConfig
+
+ModelKind = Literal["causal", "seqcls"]
+
+
+class ModelLoadError(RuntimeError):
+    """The base model or its tokenizer cannot be loaded; the message says what to fix."""
+
+
+def _source(ref: str) -> tuple[str, dict[str, Any]]:
+    """(path or id, extra from_pretrained kwargs) for a folder, a .gguf file or a hub id."""
+    path = Path(ref)
+    if ref.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"base model {ref!r}: GGUF file not found; give an existing .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_absolute() or ref.startswith((".", "~")) or path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"base model {ref!r}: no such folder; give a Hugging Face model folder, a .gguf file or a hub id"
+            )
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelLoadError(
+                f"base model {ref!r}: folder has no config.json; is it a Hugging Face model folder "
+                "(save_pretrained output)?"
+            )
+    return ref, {}
+
+
+def resolve_dtype(precision: str) -> torch.dtype:
+    """fp32, bf16, or auto = bf16 on a GPU that supports it, else fp32."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token (EOS when it has none) and right padding."""
+    source, extra = _source(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {ref!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"the tokenizer of {ref!r} has neither a pad nor an EOS token; add one")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _auto_class(kind: ModelKind) -> Any:
+    return AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+
+
+def load_model(
+    ref: str, kind: ModelKind = "causal", *, dtype: torch.dtype = torch.float32, pad_token_id: int | None = None
+) -> PreTrainedModel:
+    """Load a causal LM or a 1-label sequence classifier (a fresh scalar head on any backbone)."""
+    source, extra = _source(ref)
+    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
+    if kind == "seqcls":
+        kwargs["num_labels"] = 1
+    try:
+        model = _auto_class(kind).from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot load base model {ref!r}: {exc}. Give a Hugging Face folder, a .gguf file or a hub id"
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load base model {ref!r} as a {kind} model: {exc}") from exc
+    if extra.get("gguf_file"):
+        model = _rebuild_serializable(model, kind, dtype)
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        # Sequence classifiers find the last non-pad token through config.pad_token_id.
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _rebuild_serializable(model: PreTrainedModel, kind: ModelKind, dtype: torch.dtype) -> PreTrainedModel:
+    """Copy a GGUF-loaded model into a fresh one built from its config (which save_pretrained accepts)."""
+    config_dict = model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        fresh = _auto_class(kind).from_config(config, dtype=dtype)
+    fresh.load_state_dict(model.state_dict(), strict=False, assign=True)
+    fresh.tie_weights()
+    missing = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if missing:
+        raise ModelLoadError(f"GGUF conversion left parameters unset: {missing[:5]}")
+    fresh.generation_config = model.generation_config
+    return fresh
+
+
+def convert_gguf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:
+    """Write a GGUF model (dequantized) as an ordinary safetensors Hugging Face folder; return it."""
+    ref = str(gguf_file)
+    if not ref.endswith(".gguf"):
+        raise ModelLoadError(f"{ref!r} is not a .gguf file")
+    tokenizer = load_tokenizer(ref)
+    model = load_model(ref, "causal", dtype=torch.float32)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraConfig, kind: ModelKind = "causal") -> Any:
+    """Wrap `model` with fresh LoRA adapters (peft); the base weights are frozen."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
+
+    task = TaskType.CAUSAL_LM if kind == "causal" else TaskType.SEQ_CLS
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task,
+    )
+    return get_peft_model(model, config)
+
+
+def is_peft(model: Any) -> bool:
+    """True for a peft-wrapped model (LoRA)."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, PeftModel)
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in backward; with LoRA the inputs must require grads for it to work."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if is_peft(model):
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+
+
+def unwrap_base(model: Any) -> PreTrainedModel:
+    """The underlying transformers model (without peft)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def read_alignd_json(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The alignd.json of a checkpoint folder ({} when absent)."""
+    path = Path(folder) / "alignd.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
