@@ -33,6 +33,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
+ALIGND = str(Path(sys.executable).parent / "alignd")  # the console script of this venv
 TRAIN_ROWS = 160  # the remaining rows are held out
 console = Console()
 
@@ -46,7 +47,7 @@ def smollm2_gguf() -> Path:
 
 def alignd(data_dir: Path, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "api.cli", *args, "--data-dir", str(data_dir)],
+        [ALIGND, *args, "--data-dir", str(data_dir)],
         check=True,
         capture_output=True,
         text=True,
@@ -236,7 +237,7 @@ def main() -> None:
     log = open(data_dir / "serve.log", "wb")  # noqa: SIM115 (kept open for the server's lifetime)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--data-dir", str(data_dir), "--port", str(args.port)],
+        [ALIGND, "serve", "--data-dir", str(data_dir), "--port", str(args.port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=ROOT,
