@@ -197,14 +197,14 @@ def _check_line(lineno: int, raw: bytes, fmt: str | None, *, declared: bool) -> 
     except orjson.JSONDecodeError as exc:
         return {"line": lineno, "field": None, "message": f"not valid JSON: {exc}"}
     try:
-        row_format = fmt or detect_format(row)
-        parse_row(row, row_format)
         if fmt is not None and not declared and (detected := detect_format(row)) != fmt:
             raise RowError(
                 None,
                 f"row is in {detected} format ({FORMATS[detected]}) but the file's first row is {fmt} "
                 f"({FORMATS[fmt]}); every row must have the same format",
             )
+        row_format = fmt or detect_format(row)
+        parse_row(row, row_format)
     except RowError as exc:
         return {"line": lineno, "field": exc.field, "message": exc.message}
     return row_format

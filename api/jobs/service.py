@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from api.core.broker import enqueue_job
 from api.core.db import utcnow
 from api.core.errors import Conflict, InvalidRequest, NotFound
+from api.core.ids import new_id
 from api.core.pagination import decode_cursor
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
@@ -63,6 +64,7 @@ def create_job(
     resolve_model_ref(session, settings, tenant_id, body.base_model, "base_model")
 
     job = Job(
+        id=new_id("job"),
         tenant_id=tenant_id,
         name=body.name,
         algorithm=body.algorithm,
@@ -78,6 +80,8 @@ def create_job(
         job_metadata=body.metadata,
         idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,
+        attempt=0,
+        last_event_seq=0,
     )
     session.add(job)
     append_events(session, job, [("status", {"status": "queued", "previous": None})])
