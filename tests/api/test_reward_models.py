@@ -1,0 +1,99 @@
+"""Reward-model specs: validated on creation, listed, deleted, and scored with the trainer's rewards."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from api.core.settings import Settings
+from api.reward_models.models import RewardModel
+from tests.api.helpers import assert_error, real_lines, upload_ok
+
+GSM8K_RULES = [
+    {"type": "rule", "rule": "exact_match", "weight": 1.0, "name": "correct"},
+    {"type": "rule", "rule": "regex", "pattern": r"####\s*-?\d", "weight": 0.5, "name": "has_answer"},
+]
+
+
+def count(session: Session) -> int:
+    session.expire_all()
+    return session.scalar(select(func.count()).select_from(RewardModel)) or 0
+
+
+def test_create_get_list_delete(client: TestClient, auth: dict[str, str], session: Session) -> None:
+    resp = client.post("/v1/reward-models", headers=auth, json={"name": "gsm8k", "components": GSM8K_RULES})
+    assert resp.status_code == 201, resp.text
+    rm = resp.json()
+    assert rm["name"] == "gsm8k" and [c["name"] for c in rm["components"]] == ["correct", "has_answer"]
+    assert client.get(f"/v1/reward-models/{rm['id']}", headers=auth).json() == rm
+    assert [r["id"] for r in client.get("/v1/reward-models", headers=auth).json()["data"]] == [rm["id"]]
+    assert client.delete(f"/v1/reward-models/{rm['id']}", headers=auth).status_code == 204
+    assert_error(client.get(f"/v1/reward-models/{rm['id']}", headers=auth), 404)
+    assert count(session) == 0
+
+
+@pytest.mark.parametrize(
+    ("components", "param"),
+    [
+        ([{"type": "rule", "rule": "regex", "pattern": "(unclosed"}], "components[0].rule.pattern"),
+        ([{"type": "rule", "rule": "exact_match", "weight": "inf"}], "components[0].rule.weight"),
+        ([{"type": "rule", "rule": "telepathy"}], "components[0].rule.rule"),
+        ([{"type": "model", "model": "/srv/models/rm"}], "components[0].model"),
+        ([{"type": "model", "model": "../rm"}], "components[0].model"),
+        ([{"type": "model", "model": "no-such-model"}], "components[0].model"),
+        ([], "components"),
+    ],
+)
+def test_invalid_components_are_422_naming_the_field_and_store_nothing(
+    client: TestClient, auth: dict[str, str], session: Session, components: list[Any], param: str
+) -> None:
+    resp = client.post("/v1/reward-models", headers=auth, json={"name": "bad", "components": components})
+    assert_error(resp, 422, param=param)
+    assert count(session) == 0
+
+
+def test_model_component_from_the_model_directory_is_accepted(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    (settings.resolved_models_dir / "minilm-rm").mkdir(parents=True)
+    body = {"name": "rm", "components": [{"type": "model", "model": "minilm-rm", "weight": 2}]}
+    assert client.post("/v1/reward-models", headers=auth, json=body).status_code == 201
+
+
+def test_score_runs_the_rules_on_real_gsm8k_answers(client: TestClient, auth: dict[str, str]) -> None:
+    row = json.loads(real_lines("gsm8k-train.jsonl", 1))
+    final = row["answer"].rsplit("####", 1)[1].strip()
+    rm = client.post("/v1/reward-models", headers=auth, json={"name": "gsm8k", "components": GSM8K_RULES}).json()
+    body = {
+        "prompt": row["question"],
+        "completions": [row["answer"], f"The answer is {int(final) + 1}.", "I don't know."],
+        "fields": {"answer": row["answer"]},
+    }
+    resp = client.post(f"/v1/reward-models/{rm['id']}/score", headers=auth, json=body)
+    assert resp.status_code == 200, resp.text
+    scores = resp.json()
+    assert scores["components"] == {"correct": [1.0, 0.0, 0.0], "has_answer": [1.0, 0.0, 0.0]}
+    assert scores["scores"] == [1.5, 0.0, 0.0]
+
+
+def test_score_with_a_missing_column_is_422_from_the_reward(client: TestClient, auth: dict[str, str]) -> None:
+    rm = client.post("/v1/reward-models", headers=auth, json={"name": "g", "components": GSM8K_RULES[:1]}).json()
+    body = {"prompt": "2+2?", "completions": ["4"], "fields": {}}
+    error = assert_error(client.post(f"/v1/reward-models/{rm['id']}/score", headers=auth, json=body), 422)
+    assert "answer" in error["message"]
+
+
+def test_reward_model_used_by_a_job_cannot_be_deleted(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    (settings.resolved_models_dir / "base").mkdir(parents=True)
+    ds = upload_ok(client, auth, real_lines("gsm8k-train.jsonl", 4))
+    rm = client.post("/v1/reward-models", headers=auth, json={"name": "g", "components": GSM8K_RULES}).json()
+    job = {"algorithm": "grpo", "base_model": "base", "dataset_id": ds["id"], "reward_model_id": rm["id"]}
+    assert client.post("/v1/jobs", headers=auth, json=job).status_code == 201
+    assert_error(client.delete(f"/v1/reward-models/{rm['id']}", headers=auth), 409, "reward_model_in_use")
