@@ -44,8 +44,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
         source = loc[0] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else None
         details.extend(error_details([{**e, "loc": loc[1:] if source else loc}]))
     first = details[0] if details else {"field": None, "message": "invalid request"}
-    message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
-    return _error(422, "invalid_request", message, first["field"], details)
+    field = first["field"]
+    message = f"{field}: {first['message']}" if field else str(first["message"])
+    return _error(422, "invalid_request", message, field, details)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -33,7 +33,10 @@ _UPLOAD_DOC = {
         },
     }
 }
-_ERRORS = {413: {"description": "over the size limit"}, 422: {"description": "invalid rows (details per line)"}}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "over the size limit"},
+    422: {"description": "invalid rows (details per line)"},
+}
 
 
 async def _receive(request: Request, settings: SettingsDep) -> tuple[service.StagedUpload, dict[str, str], str | None]:
@@ -79,7 +82,7 @@ async def validate_dataset(request: Request, settings: SettingsDep, tenant: Tena
     staged, fields, filename = await _receive(request, settings)
     result = await run_in_threadpool(service.check_upload, staged, filename, fields.get("format") or None)
     return DatasetValidation(
-        kind=result.kind,  # type: ignore[arg-type]
+        kind=result.kind,
         format=result.format,
         rows=result.rows,
         bytes=staged.bytes,
