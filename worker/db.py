@@ -11,6 +11,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+import api.core.models  # noqa: F401  (every mapper, so foreign keys between them resolve)
 from api.core.db import make_engine
 from api.core.settings import Settings
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,23 @@ from api.jobs.events import append_events, lock_job, set_status
 from api.jobs.models import Job, JobEvent
 from tests.shared_data import shared_data
 
-ORCA_PAIRS = "orca-dpo-pairs.openai-dpo.jsonl"
+HH_PAIRS = "hh-rlhf-harmless-base.jsonl"
+
+
+def short_preference_pairs(count: int = 32) -> bytes:
+    """The `count` shortest HH-RLHF pairs (real rows, unedited) whose completions are not blank.
+
+    Short, so the tiny model trains a step in a fraction of a second without truncating every row.
+    """
+    import json
+
+    def usable(line: str) -> bool:
+        row = json.loads(line)
+        completions = [row[k].rsplit("\n\nAssistant:", 1)[-1].strip() for k in ("chosen", "rejected")]
+        return all(completions) and row["chosen"] != row["rejected"]
+
+    lines = [line for line in shared_data(HH_PAIRS).read_text().splitlines(keepends=True) if usable(line)]
+    return "".join(sorted(lines, key=len)[:count]).encode()
 
 
 @pytest.fixture
@@ -73,17 +90,19 @@ def tiny_model(worker_settings: Settings, tiny_model_dir: Path) -> str:
     return "tiny"
 
 
-def add_dataset(session: Session, storage: LocalStorage, tenant_id: str, name: str = ORCA_PAIRS) -> Dataset:
-    """A preference dataset row whose file is a real file of ../shared/data, stored like an upload."""
-    key = f"datasets/{tenant_id}/{name}"
-    stored = storage.put_file(key, shared_data(name))
-    rows = sum(1 for line in shared_data(name).read_text().splitlines() if line.strip())
+def add_dataset(session: Session, storage: LocalStorage, tenant_id: str) -> Dataset:
+    """A stored preference dataset of short real pairs, as an upload leaves it."""
+    import io
+
+    data = short_preference_pairs()
+    key = f"datasets/{tenant_id}/{uuid.uuid4().hex}.jsonl"
+    stored = storage.put_stream(key, io.BytesIO(data))
     dataset = Dataset(
         tenant_id=tenant_id,
-        name=name,
+        name="hh-rlhf-short.jsonl",
         kind="preference",
-        format="openai_dpo",
-        rows=rows,
+        format="implicit_prompt",
+        rows=data.count(b"\n"),
         bytes=stored.bytes,
         sha256=stored.sha256,
         storage_key=key,
@@ -95,7 +114,7 @@ def add_dataset(session: Session, storage: LocalStorage, tenant_id: str, name: s
 
 def add_job(session: Session, tenant_id: str, dataset_id: str, base_model: str, **fields: Any) -> Job:
     """A queued job with its first status event, as the API creates it."""
-    hyperparameters = {"max_steps": 6, "batch_size": 2, "max_length": 64, "max_prompt_length": 32}
+    hyperparameters = {"max_steps": 6, "batch_size": 2, "max_length": 256, "max_prompt_length": 192}
     hyperparameters.update(fields.pop("hyperparameters", {}))
     job = Job(
         tenant_id=tenant_id,
@@ -196,3 +215,4 @@ def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable
     yield start
     for worker in started:
         worker.kill()
+        print(f"--- {worker.log.name} (last lines) ---\n" + worker.log.read_text(errors="replace")[-4000:])

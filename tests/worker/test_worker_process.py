@@ -1,0 +1,162 @@
+"""A real Celery worker process (`python -m worker`) on Redis, running the real trainer on a tiny model."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.broker import enqueue_job
+from api.core.settings import Settings
+from api.core.storage import LocalStorage
+from tests.worker.conftest import (
+    add_dataset,
+    add_job,
+    checkpoints_of,
+    events_of,
+    job_row,
+    request_cancel,
+    wait_for,
+    wait_for_status,
+)
+
+
+@pytest.fixture
+def submit(db: sessionmaker[Session], storage: LocalStorage, tenant, tiny_model: str):  # type: ignore[no-untyped-def]
+    """Create a queued DPO job on the tiny model and send it to the broker, as the API does."""
+
+    def submit(base_model: str = tiny_model, **hyperparameters: int) -> str:
+        with db() as session:
+            dataset = add_dataset(session, storage, tenant.id)
+            job_id = add_job(session, tenant.id, dataset.id, base_model, hyperparameters=hyperparameters).id
+        enqueue_job(job_id)
+        return job_id
+
+    return submit
+
+
+def trainer_pids(job_id: str) -> list[int]:
+    """Processes running `python -m trainer run` for this job."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in cmdline and any(job_id.encode() in part for part in cmdline):
+            pids.append(int(proc.name))
+    return pids
+
+
+def statuses(db: sessionmaker[Session], job_id: str) -> list[str]:
+    return [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
+
+
+def test_a_job_delivered_twice_runs_once_to_success(
+    start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
+) -> None:
+    start_worker()
+    job_id = submit(max_steps=8, save_every=4)
+    enqueue_job(job_id)  # a duplicate delivery, as a broker redelivery would make
+
+    job = wait_for_status(db, job_id, ("succeeded", "failed"), timeout=180)
+
+    assert job.status == "succeeded", job.error_message
+    assert job.attempt == 1
+    assert statuses(db, job_id) == ["queued", "running", "succeeded"]
+    assert [(c.step, c.kind) for c in checkpoints_of(db, job_id)] == [(4, "intermediate"), (8, "final")]
+    assert job.output_checkpoint_id == checkpoints_of(db, job_id)[-1].id
+    assert set(job.metrics) >= {"loss", "rewards/accuracies", "rewards/margins"}
+
+
+def test_cancelling_a_running_job_stops_the_trainer_and_keeps_the_last_checkpoint(
+    start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
+) -> None:
+    start_worker()
+    job_id = submit(max_steps=2000, save_every=3)
+    wait_for(lambda: checkpoints_of(db, job_id), 180, "a first checkpoint")
+    assert trainer_pids(job_id)
+
+    request_cancel(db, job_id)
+    job = wait_for_status(db, job_id, ("cancelled",), timeout=60)
+
+    assert not trainer_pids(job_id)
+    assert statuses(db, job_id)[-2:] == ["cancelling", "cancelled"]
+    checkpoints = checkpoints_of(db, job_id)
+    assert checkpoints and all(storage.exists(c.storage_key) for c in checkpoints)
+    assert job.output_checkpoint_id is None and job.progress["step"] < 2000
+
+
+def test_a_model_that_does_not_load_fails_the_job_with_the_trainers_explanation(
+    start_worker, submit, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    broken = worker_settings.resolved_models_dir / "broken"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{not json")
+    start_worker()
+    job_id = submit(base_model="broken")
+
+    job = wait_for_status(db, job_id, ("succeeded", "failed"), timeout=120)
+
+    assert job.status == "failed"
+    assert job.error_code == "model_load_failed"
+    assert "Traceback" not in job.error_message and str(broken) in job.error_message
+
+
+def test_a_trainer_killed_by_the_system_fails_the_job_saying_so_with_its_last_output(
+    start_worker, submit, db: sessionmaker[Session]
+) -> None:
+    start_worker()
+    job_id = submit(max_steps=2000)
+    wait_for(lambda: (job_row(db, job_id).progress or {}).get("step"), 180, "the first training step")
+    for pid in trainer_pids(job_id):
+        os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
+
+    job = wait_for_status(db, job_id, ("failed",), timeout=60)
+
+    assert job.error_code == "trainer_crashed"
+    assert job.error_message.startswith("The trainer was killed by SIGKILL without reporting an error")
+    assert "out of memory" in job.error_message
+
+
+@pytest.mark.slow
+def test_a_job_whose_worker_is_killed_finishes_on_a_new_worker_from_its_last_checkpoint(
+    start_worker, submit, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    total = 60
+    first = start_worker()
+    job_id = submit(max_steps=total, save_every=5)
+    wait_for(lambda: checkpoints_of(db, job_id), 180, "a first checkpoint")
+    trainers = trainer_pids(job_id)
+    assert trainers
+
+    first.kill()  # SIGKILL to the worker's main and pool processes; the trainer dies with its parent
+    wait_for(lambda: not trainer_pids(job_id), 10, "the trainer to die with its worker")
+    assert job_row(db, job_id).status == "running"  # until the lease runs out
+    start_worker()
+    job = wait_for_status(db, job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+
+    assert job.status == "succeeded", job.error_message
+    assert job.attempt == 2
+    assert statuses(db, job_id) == ["queued", "running", "queued", "running", "succeeded"]
+    events = events_of(db, job_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # no gaps, no duplicates
+    loss_steps = [e.data["step"] for e in events if e.type == "metrics" and "loss" in e.data["values"]]
+    assert loss_steps == list(range(1, total + 1))  # every step once, in order
+    checkpoint_steps = [(c.step, c.kind) for c in checkpoints_of(db, job_id)]
+    assert len(checkpoint_steps) == len(set(checkpoint_steps)) and checkpoint_steps[-1] == (total, "final")
+    # The second attempt really resumed: its trainer started after the first checkpoint.
+    resumed_events = worker_settings.resolved_work_dir / "jobs" / job_id / "attempt-2" / "events.jsonl"
+    first_step = next(e["step"] for e in map(_json, resumed_events.read_text().splitlines()) if e["type"] == "metrics")
+    assert first_step > 5
+    assert Counter(e.type for e in events)["checkpoint"] == len(checkpoint_steps)
+
+
+def _json(line: str) -> dict:  # type: ignore[type-arg]
+    import json
+
+    return json.loads(line)
