@@ -110,8 +110,12 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | Non
 
 
 def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: str) -> None:
+    # Locked until the job is committed, so a concurrent DELETE of the dataset either waits and then
+    # sees this job as live (409), or wins and this check sees the dataset gone.
     dataset = session.execute(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+        select(Dataset)
+        .where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
+        .with_for_update()
     ).scalar_one_or_none()
     if dataset is None:
         raise InvalidRequest(f"no dataset {dataset_id!r}", param=param)
