@@ -473,3 +473,27 @@ def test_broker_down_still_returns_the_committed_queued_job(
     assert job_count(session) == 1
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(JobEvent)) == 1
+
+
+def test_concurrent_requests_with_one_idempotency_key_create_one_job(
+    client: TestClient, auth: dict[str, str], tenant: Any, settings: Settings, session: Session, model: str, pairs: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.core.db import get_sessionmaker
+    from api.jobs import service
+    from api.jobs.schemas import JobCreate
+
+    body = JobCreate.model_validate(dpo(pairs))
+
+    def submit(_: int) -> tuple[str, bool]:
+        with get_sessionmaker()() as s:
+            job, created = service.create_job(s, settings, tenant.id, body, "same-key")
+            return job.id, created
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(submit, range(4)))
+    assert len({job_id for job_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert job_count(session) == 1
+    assert len(broker_messages(settings)) == 1
