@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import orjson
 from starlette.concurrency import run_in_threadpool
 
 from api.core.db import get_sessionmaker
@@ -50,6 +51,4 @@ async def event_stream(job_id: str, after: int, poll_seconds: float = POLL_SECON
 
 
 def _json(event: dict[str, Any]) -> str:
-    import orjson
-
     return orjson.dumps(event).decode()

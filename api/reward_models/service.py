@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 import uuid
 from pathlib import Path
@@ -140,7 +141,5 @@ def _extracted(settings: Settings, storage: LocalStorage, checkpoint: Checkpoint
     try:
         tmp.rename(target)
     except OSError:  # extracted meanwhile by another request
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return target
