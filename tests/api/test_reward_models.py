@@ -97,3 +97,53 @@ def test_reward_model_used_by_a_job_cannot_be_deleted(
     job = {"algorithm": "grpo", "base_model": "base", "dataset_id": ds["id"], "reward_model_id": rm["id"]}
     assert client.post("/v1/jobs", headers=auth, json=job).status_code == 201
     assert_error(client.delete(f"/v1/reward-models/{rm['id']}", headers=auth), 409, "reward_model_in_use")
+
+
+@pytest.mark.slow  # loads torch and a (tiny) model: ~20 s on 2 busy cores
+def test_score_with_a_model_component_from_a_checkpoint_of_this_tenant(
+    client: TestClient, auth: dict[str, str], tenant: Any, session: Session, tmp_path: Any
+) -> None:
+    import io
+    import math
+    import tarfile
+
+    from api.checkpoints.models import Checkpoint
+    from api.core.storage import get_storage
+    from api.jobs.models import Job
+    from tests.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "rm", kind="seqcls")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+    ds = upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 2))
+    job = Job(tenant_id=tenant.id, algorithm="reward", base_model="m", dataset_id=ds["id"], hyperparameters={})
+    session.add(job)
+    session.flush()
+    stored = get_storage().put_stream(f"checkpoints/{job.id}/final.tar", io.BytesIO(buf.getvalue()))
+    ckpt = Checkpoint(
+        tenant_id=tenant.id,
+        job_id=job.id,
+        step=1,
+        kind="final",
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        storage_key=stored.key,
+    )
+    session.add(ckpt)
+    session.flush()
+    job.status, job.output_checkpoint_id = "succeeded", ckpt.id
+    session.commit()
+
+    components = [{"type": "model", "model": f"job:{job.id}", "name": "rm"}, {"type": "rule", "rule": "contains"}]
+    rm = client.post("/v1/reward-models", headers=auth, json={"name": "mixed", "components": components})
+    assert rm.status_code == 201, rm.text
+    body = {"prompt": "What is 2+2?", "completions": ["4", "five"], "fields": {"answer": "4"}}
+    resp = client.post(f"/v1/reward-models/{rm.json()['id']}/score", headers=auth, json=body)
+    assert resp.status_code == 200, resp.text
+    scores = resp.json()
+    assert scores["components"]["contains"] == [1.0, 0.0]
+    assert all(math.isfinite(v) for v in scores["components"]["rm"])
+    expected = [m + c for m, c in zip(scores["components"]["rm"], scores["components"]["contains"], strict=True)]
+    assert scores["scores"] == pytest.approx(expected)
