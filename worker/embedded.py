@@ -51,7 +51,7 @@ def start_embedded_worker(settings: Settings) -> EmbeddedWorker:
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_file = data_dir / "worker.log"
-    env = {**os.environ, **settings_environment(settings)}
+    env = {**os.environ, **settings_environment(settings), "PYTHONUNBUFFERED": "1"}
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "worker"],
