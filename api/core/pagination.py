@@ -1,17 +1,20 @@
 """Lists are `{"data": [...], "has_more": bool}` paginated with `limit` and an opaque `after` cursor (DESIGN §4).
 
-Lists are ordered newest first by (created_at, id). The cursor is the last item's id, base64url-encoded
-so clients treat it as opaque; the item's created_at is looked up again, so a cursor stays valid.
+Lists are ordered newest first by (created_at, id). A page also carries `next_cursor`: the last
+item's id, base64url-encoded so clients treat it as opaque. The last item's plain id is accepted as
+`after` too (as in Stripe's API). The item is looked up again, so a cursor stays valid.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import Session
 
 from api.core.errors import InvalidRequest
 
@@ -37,3 +40,20 @@ def decode_cursor(cursor: str) -> str:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after") from exc
+
+
+def page_query(
+    session: Session, model: Any, tenant_id: str, query: Select[Any], after: str | None, limit: int
+) -> Select[Any]:
+    """`query` (filtered to the tenant) newest first, after the cursor, plus one row to tell has_more."""
+    if after is not None:
+        cursor = session.get(model, after)
+        if cursor is None:
+            try:
+                cursor = session.get(model, decode_cursor(after))
+            except InvalidRequest:
+                cursor = None
+        if cursor is None or cursor.tenant_id != tenant_id:
+            raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
+        query = query.where(tuple_(model.created_at, model.id) < tuple_(cursor.created_at, cursor.id))
+    return query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import or_, select, tuple_
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from api.core.db import utcnow
 from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
-from api.core.pagination import decode_cursor
+from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.datasets.models import Dataset
@@ -286,12 +286,7 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str, *, for_update
 
 def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
     query = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
-    if after is not None:
-        cursor = session.get(Dataset, decode_cursor(after))
-        if cursor is None or cursor.tenant_id != tenant_id:
-            raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
-        query = query.where(tuple_(Dataset.created_at, Dataset.id) < tuple_(cursor.created_at, cursor.id))
-    items = list(session.scalars(query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)))
+    items = list(session.scalars(page_query(session, Dataset, tenant_id, query, after, limit)))
     return items[:limit], len(items) > limit
 
 

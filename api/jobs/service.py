@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from api.core.broker import enqueue_job
 from api.core.db import utcnow
 from api.core.errors import Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
-from api.core.pagination import decode_cursor
+from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
@@ -184,12 +184,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     if algorithm is not None:
         query = query.where(Job.algorithm == algorithm)
-    if after is not None:
-        cursor = session.get(Job, decode_cursor(after))
-        if cursor is None or cursor.tenant_id != tenant_id:
-            raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
-    items = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    items = list(session.scalars(page_query(session, Job, tenant_id, query, after, limit)))
     return items[:limit], len(items) > limit
 
 

@@ -7,12 +7,12 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
-from api.core.pagination import decode_cursor
+from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.jobs.models import Job
@@ -63,12 +63,7 @@ def list_reward_models(
     session: Session, tenant_id: str, *, limit: int, after: str | None
 ) -> tuple[list[RewardModel], bool]:
     query = select(RewardModel).where(RewardModel.tenant_id == tenant_id)
-    if after is not None:
-        cursor = session.get(RewardModel, decode_cursor(after))
-        if cursor is None or cursor.tenant_id != tenant_id:
-            raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
-        query = query.where(tuple_(RewardModel.created_at, RewardModel.id) < tuple_(cursor.created_at, cursor.id))
-    items = list(session.scalars(query.order_by(RewardModel.created_at.desc(), RewardModel.id.desc()).limit(limit + 1)))
+    items = list(session.scalars(page_query(session, RewardModel, tenant_id, query, after, limit)))
     return items[:limit], len(items) > limit
 
 

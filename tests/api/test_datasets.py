@@ -226,6 +226,9 @@ def test_list_pages_newest_first_with_an_opaque_cursor(client: TestClient, auth:
             break
         after = page["next_cursor"]
     assert seen == ids[::-1]
+    # The last item's plain id works as a cursor too.
+    page = client.get("/v1/datasets", headers=auth, params={"after": ids[2]}).json()
+    assert [d["id"] for d in page["data"]] == ids[1::-1]
     assert_error(client.get("/v1/datasets", headers=auth, params={"after": "bm9wZQ"}), 422, param="after")
     assert_error(client.get("/v1/datasets", headers=auth, params={"limit": 0}), 422, param="limit")
 
