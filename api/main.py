@@ -38,6 +38,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # loc starts with where the value came from (body/query/path/header); the field is the rest.
     errors = list(exc.errors())
+    broken = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if broken is not None:
+        where = broken["loc"][-1] if len(broken.get("loc", ())) > 1 else "?"
+        reason = (broken.get("ctx") or {}).get("error", "JSON decode error")
+        return _error(400, "invalid_json", f"the request body is not valid JSON: {reason} (at character {where})")
+    if any(tuple(e.get("loc", ())) == ("body",) and e.get("type") == "missing" for e in errors):
+        return _error(422, "invalid_request", "a JSON request body is required", "body")
     details = []
     for e in errors:
         loc = list(e.get("loc", ()))

@@ -214,14 +214,9 @@ def test_invalid_lora_and_unknown_algorithm_are_422_naming_the_field(
     assert_error(client.post("/v1/jobs", headers=auth, json=dpo(pairs, lora={"r": 0})), 422, param="lora.r")
     assert_error(client.post("/v1/jobs", headers=auth, json=dpo(pairs, algorithm="rlhf")), 422, param="algorithm")
     assert_error(client.post("/v1/jobs", headers=auth, json={"algorithm": "dpo"}), 422, param="base_model")
-    assert_error(
-        client.post(
-            "/v1/jobs",
-            headers=auth,
-            content=b"{nope",
-        ),
-        422,
-    )
+    malformed = client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=b"{nope")
+    assert "not valid JSON" in assert_error(malformed, 400, "invalid_json")["message"]
+    assert_error(client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}), 422, param="body")
 
 
 def test_online_jobs_need_a_reward_and_offline_jobs_refuse_one(
