@@ -69,6 +69,12 @@ def serve(
     settings = _settings(data_dir)
     if settings.resolved_database_url.startswith("sqlite"):
         _migrate(settings)  # the embedded default needs no separate `alignd migrate`
+    else:
+        from api.core.migrate import pending
+
+        if pending(settings.resolved_database_url):
+            typer.echo("error: the database schema is not at the newest migration; run `alignd migrate`", err=True)
+            raise typer.Exit(1)
     embedded = None
     if settings.embedded and worker:
         from worker.embedded import start_embedded_worker

@@ -26,3 +26,21 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 def upgrade(database_url: str | None = None, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
+
+
+def pending(database_url: str | None = None) -> bool:
+    """Whether the database is behind the newest migration (or has none applied)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine, pool
+
+    from api.core.settings import get_settings
+
+    config = alembic_config(database_url)
+    heads = set(ScriptDirectory.from_config(config).get_heads())
+    engine = create_engine(database_url or get_settings().resolved_database_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return set(MigrationContext.configure(conn).get_current_heads()) != heads
+    finally:
+        engine.dispose()

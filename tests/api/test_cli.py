@@ -44,3 +44,14 @@ def test_keys_create_on_a_fresh_data_dir_migrates_first(bare_environment: None, 
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 2 and lines[-1].startswith("alignd_")
+
+
+def test_serve_refuses_a_postgres_database_that_is_not_migrated(
+    bare_environment: None, postgres_server_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.services import create_database
+
+    monkeypatch.setenv("ALIGND_DATABASE_URL", create_database(postgres_server_url, "not_migrated"))
+    result = CliRunner().invoke(app, ["serve", "--data-dir", str(tmp_path), "--no-worker"])
+    assert result.exit_code == 1
+    assert "alignd migrate" in result.output

@@ -26,3 +26,13 @@ def test_migrations_at_head_match_the_models_and_downgrade_cleanly(database_url:
         assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
     finally:
         engine.dispose()
+
+
+def test_pending_tells_a_fresh_database_from_one_at_head(postgres_server_url: str) -> None:
+    from api.core.migrate import pending, upgrade
+    from tests.services import create_database
+
+    url = create_database(postgres_server_url, "pending_check")
+    assert pending(url)
+    upgrade(url)
+    assert not pending(url)
