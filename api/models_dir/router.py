@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
+from api.core.pagination import Page
 from api.deps import SettingsDep, TenantDep
 from api.models_dir import service
 
@@ -19,7 +20,7 @@ class ModelPublic(BaseModel):
 
 
 @router.get("")
-def list_models(settings: SettingsDep, tenant: TenantDep) -> dict[str, list[ModelPublic] | bool]:
+def list_models(settings: SettingsDep, tenant: TenantDep) -> Page[ModelPublic]:
     """List the server's models."""
     models = [ModelPublic(id=m.name, bytes=m.bytes, adapter=m.adapter) for m in service.list_models(settings)]
-    return {"data": models, "has_more": False}
+    return Page(data=models, has_more=False)

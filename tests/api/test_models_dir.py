@@ -34,6 +34,7 @@ def test_models_add_copies_a_hugging_face_folder_and_jobs_can_use_its_name(
     assert client.get("/v1/models", headers=auth).json() == {
         "data": [{"id": "tiny", "bytes": 1000 + len('{"model_type": "llama"}'), "adapter": False}],
         "has_more": False,
+        "next_cursor": None,
     }
     ds = upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 2))
     resp = client.post(
