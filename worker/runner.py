@@ -17,6 +17,12 @@
    SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
    checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
    and the last lines of its output.
+5. Remove the attempt's local checkpoint copies (the store has their archives); SPEC.json,
+   events.jsonl and trainer.log stay in the attempt folder for debugging.
+
+A warm shutdown of the worker (SIGTERM) waits for the running job, as Celery does for any task; a
+cold one (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
+its lease expires.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,10 +130,17 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Loc
             outcome = _supervise(trainer, relay, heartbeat)
         finally:
             stop_trainer(trainer)
+            _remove_model_copies(attempt)
     if outcome == "cancelled":
         _conclude(sessions, attempt, "cancelled")
     elif outcome == "crashed":
         _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+
+
+def _remove_model_copies(attempt: Attempt) -> None:
+    """Drop the attempt's checkpoint folders (their archives are in the store); keep spec, events, log."""
+    for name in ("output", "resume"):
+        shutil.rmtree(attempt.workdir / name, ignore_errors=True)
 
 
 def _prepare_resume(session: Session, job: Job, attempt: Attempt, storage: LocalStorage) -> Path | None:

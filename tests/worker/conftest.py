@@ -171,6 +171,19 @@ def checkpoints_of(db: sessionmaker[Session], job_id: str) -> list[Checkpoint]:
         return list(session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step)))
 
 
+def trainer_pids(job_id: str) -> list[int]:
+    """Processes running `python -m trainer run` for this job."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"trainer" in cmdline and any(job_id.encode() in part for part in cmdline):
+            pids.append(int(proc.name))
+    return pids
+
+
 @dataclass
 class WorkerProcess:
     """A real worker process (`python -m worker`) in its own process group."""

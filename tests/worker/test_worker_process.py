@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +17,7 @@ from tests.worker.conftest import (
     events_of,
     job_row,
     request_cancel,
+    trainer_pids,
     wait_for,
     wait_for_status,
 )
@@ -39,23 +37,11 @@ def submit(db: sessionmaker[Session], storage: LocalStorage, tenant, tiny_model:
     return submit
 
 
-def trainer_pids(job_id: str) -> list[int]:
-    """Processes running `python -m trainer run` for this job."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"trainer" in cmdline and any(job_id.encode() in part for part in cmdline):
-            pids.append(int(proc.name))
-    return pids
-
-
 def statuses(db: sessionmaker[Session], job_id: str) -> list[str]:
     return [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
 
 
+@pytest.mark.slow
 def test_a_job_delivered_twice_runs_once_to_success(
     start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
 ) -> None:
@@ -73,6 +59,7 @@ def test_a_job_delivered_twice_runs_once_to_success(
     assert set(job.metrics) >= {"loss", "rewards/accuracies", "rewards/margins"}
 
 
+@pytest.mark.slow
 def test_cancelling_a_running_job_stops_the_trainer_and_keeps_the_last_checkpoint(
     start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
 ) -> None:
@@ -89,38 +76,6 @@ def test_cancelling_a_running_job_stops_the_trainer_and_keeps_the_last_checkpoin
     checkpoints = checkpoints_of(db, job_id)
     assert checkpoints and all(storage.exists(c.storage_key) for c in checkpoints)
     assert job.output_checkpoint_id is None and job.progress["step"] < 2000
-
-
-def test_a_model_that_does_not_load_fails_the_job_with_the_trainers_explanation(
-    start_worker, submit, db: sessionmaker[Session], worker_settings: Settings
-) -> None:
-    broken = worker_settings.resolved_models_dir / "broken"
-    broken.mkdir(parents=True)
-    (broken / "config.json").write_text("{not json")
-    start_worker()
-    job_id = submit(base_model="broken")
-
-    job = wait_for_status(db, job_id, ("succeeded", "failed"), timeout=120)
-
-    assert job.status == "failed"
-    assert job.error_code == "model_load_failed"
-    assert "Traceback" not in job.error_message and str(broken) in job.error_message
-
-
-def test_a_trainer_killed_by_the_system_fails_the_job_saying_so_with_its_last_output(
-    start_worker, submit, db: sessionmaker[Session]
-) -> None:
-    start_worker()
-    job_id = submit(max_steps=2000)
-    wait_for(lambda: (job_row(db, job_id).progress or {}).get("step"), 180, "the first training step")
-    for pid in trainer_pids(job_id):
-        os.kill(pid, signal.SIGKILL)  # what the kernel's out-of-memory killer does
-
-    job = wait_for_status(db, job_id, ("failed",), timeout=60)
-
-    assert job.error_code == "trainer_crashed"
-    assert job.error_message.startswith("The trainer was killed by SIGKILL without reporting an error")
-    assert "out of memory" in job.error_message
 
 
 @pytest.mark.slow
