@@ -31,7 +31,10 @@ def _error(status: int, code: str, message: str, param: str | None = None, detai
 
 async def _align_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AlignError)
-    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="alignd"'
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers or None)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

@@ -57,7 +57,9 @@ BAD_HEADERS = [{}, {"Authorization": "Bearer alignd_not-a-real-key"}, {"Authoriz
 @pytest.mark.parametrize(("method", "path"), V1_ROUTES)
 def test_v1_route_without_a_valid_key_is_401(client: TestClient, method: str, path: str) -> None:
     for headers in BAD_HEADERS:  # no key, an unknown key, not a Bearer header
-        assert_error(client.request(method, path, headers=headers), 401, "unauthorized")
+        resp = client.request(method, path, headers=headers)
+        assert_error(resp, 401, "unauthorized")
+        assert resp.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_revoked_key_is_401(client: TestClient, tenant: TenantKey, session: Session) -> None:
