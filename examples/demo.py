@@ -34,7 +34,6 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
 ALIGND = str(Path(sys.executable).parent / "alignd")  # the console script of this venv
-TRAIN_ROWS = 160  # the remaining rows are held out
 console = Console()
 
 
@@ -70,11 +69,14 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120) -
     sys.exit("alignd serve did not become ready")
 
 
-def split_pairs(workdir: Path) -> tuple[Path, list[dict[str, Any]]]:
+def split_pairs(workdir: Path, train_rows: int, eval_rows: int) -> tuple[Path, Path, list[dict[str, Any]]]:
+    """First `train_rows` pairs to train on; the last `eval_rows` pairs are held out."""
     rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
-    train = workdir / "orca-train.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:TRAIN_ROWS]))
-    return train, rows[TRAIN_ROWS:]
+    held_out = rows[-eval_rows:]
+    train, held = workdir / "orca-train.jsonl", workdir / "orca-held-out.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:train_rows]))
+    held.write_text("".join(json.dumps(r) + "\n" for r in held_out))
+    return train, held, held_out
 
 
 def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
@@ -139,75 +141,87 @@ def download(client: httpx.Client, checkpoint_id: str, target: Path) -> Path:
     return configs[0].parent
 
 
-def compare(base_dir: Path, adapter_dir: Path, held_out: list[dict[str, Any]], beta: float) -> None:
-    """Score held-out pairs with the base and the trained model, and show one completion of each."""
+def compare(
+    base_dir: Path, adapter_dir: Path, held_out: list[dict[str, Any]], hp: dict[str, Any], job_metrics: dict[str, Any]
+) -> None:
+    """Score held-out pairs with the base and the downloaded model, and show one completion of each.
+
+    Pairs are cut as the trainer cuts them (prompt from the left to max_prompt_length, completion
+    from the right to max_length), so these numbers check the downloaded artifact independently of
+    the job's own eval metrics, which are printed beside them.
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
-    base.eval()
     tuned.eval()
+    beta, max_len, max_prompt = hp["beta"], hp["max_length"], hp["max_prompt_length"]
+
+    def ids_of(messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+        out = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=True)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)
 
     def completion_logp(model: Any, prompt: list[dict[str, str]], answer: list[dict[str, str]]) -> float:
-        prompt_ids = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
-        full_ids = tok.apply_chat_template(prompt + answer, tokenize=True)
-        if hasattr(prompt_ids, "input_ids"):
-            prompt_ids, full_ids = prompt_ids["input_ids"], full_ids["input_ids"]
-        full_ids = full_ids[:512]
-        ids = torch.tensor([full_ids])
+        prompt_ids = ids_of(prompt, True)
+        answer_ids = ids_of(prompt + answer, False)[len(prompt_ids) :]
+        prompt_ids = prompt_ids[-max_prompt:]
+        answer_ids = answer_ids[: max_len - len(prompt_ids)]
+        ids = torch.tensor([prompt_ids + answer_ids])
         with torch.no_grad():
-            logits = model(ids).logits[0, :-1]
-        logps = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0]
-        return float(logps[len(prompt_ids) - 1 :].sum())
+            logps = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
+        token_logps = logps.gather(-1, ids[0, 1:, None])[:, 0]
+        return float(token_logps[len(prompt_ids) - 1 :].sum())
 
-    margins: dict[str, list[float]] = {"base": [], "trained": []}
-    with console.status("scoring held-out pairs with the base and the trained model"):
+    base_diff, tuned_diff, margins = [], [], []
+    with console.status(f"scoring {len(held_out)} held-out pairs with the base and the downloaded model"):
         for row in held_out:
             prompt = row["input"]["messages"]
-            ref = (
-                completion_logp(base, prompt, row["preferred_output"]),
-                completion_logp(base, prompt, row["non_preferred_output"]),
-            )
-            pol = (
-                completion_logp(tuned, prompt, row["preferred_output"]),
-                completion_logp(tuned, prompt, row["non_preferred_output"]),
-            )
-            # DPO's implicit reward margin: beta * [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)].
-            margins["trained"].append(beta * ((pol[0] - ref[0]) - (pol[1] - ref[1])))
-            margins["base"].append(0.0)  # the policy equals the reference before training
-            margins.setdefault("base_logp", []).append(ref[0] - ref[1])
-            margins.setdefault("trained_logp", []).append(pol[0] - pol[1])
+            ref = [completion_logp(base, prompt, row[k]) for k in ("preferred_output", "non_preferred_output")]
+            pol = [completion_logp(tuned, prompt, row[k]) for k in ("preferred_output", "non_preferred_output")]
+            base_diff.append(ref[0] - ref[1])
+            tuned_diff.append(pol[0] - pol[1])
+            # DPO's implicit reward margin: beta * [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)]
+            margins.append(beta * ((pol[0] - ref[0]) - (pol[1] - ref[1])))
 
-    def acc(values: list[float]) -> float:
+    def frac_positive(values: list[float]) -> float:
         return sum(v > 0 for v in values) / len(values)
 
-    table = Table(title=f"{len(held_out)} held-out Orca pairs (never seen in training)")
+    n = len(held_out)
+    table = Table(title=f"{n} held-out Orca pairs (never seen in training)")
     table.add_column("")
-    table.add_column("before (base)")
-    table.add_column("after (DPO + LoRA)")
+    table.add_column("before (base)", justify="right")
+    table.add_column("after (downloaded)", justify="right")
+    table.add_column("after (job's eval metrics)", justify="right")
     table.add_row(
-        "DPO reward accuracy (chosen > rejected)", f"{acc(margins['base']):.2f}", f"{acc(margins['trained']):.2f}"
+        "DPO reward accuracy",
+        "0.00 (policy = reference)",
+        f"{frac_positive(margins):.2f}",
+        f"{job_metrics.get('eval/rewards/accuracies', float('nan')):.2f}",
     )
     table.add_row(
         "mean DPO reward margin",
-        f"{sum(margins['base']) / len(held_out):+.3f}",
-        f"{sum(margins['trained']) / len(held_out):+.3f}",
+        "+0.000",
+        f"{sum(margins) / n:+.3f}",
+        f"{job_metrics.get('eval/rewards/margins', float('nan')):+.3f}",
     )
     table.add_row(
-        "log p(chosen) > log p(rejected)", f"{acc(margins['base_logp']):.2f}", f"{acc(margins['trained_logp']):.2f}"
+        "log p(chosen) > log p(rejected)", f"{frac_positive(base_diff):.2f}", f"{frac_positive(tuned_diff):.2f}", ""
+    )
+    table.add_row(
+        "mean log p(chosen) - log p(rejected)", f"{sum(base_diff) / n:+.2f}", f"{sum(tuned_diff) / n:+.2f}", ""
     )
     console.print(table)
 
     prompt = held_out[0]["input"]["messages"]
-    ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    console.print(f"\n[bold]prompt:[/bold] {prompt[-1]['content'][:300]}")
+    inputs = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    console.print(f"\n[bold]held-out prompt:[/bold] {prompt[-1]['content'][:300]}")
     for label, model in (("before", base), ("after", tuned)):
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=60, do_sample=False)
-        text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+            out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+        text = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         console.print(f"[bold]{label}:[/bold] {text.strip()}")
 
 
@@ -215,7 +229,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data-dir", default="demo-data", type=Path)
     parser.add_argument("--port", default=8765, type=int)
-    parser.add_argument("--steps", default=40, type=int)
+    parser.add_argument("--steps", default=20, type=int, help="optimizer steps of --batch-size pairs")
+    parser.add_argument("--batch-size", default=4, type=int)
+    parser.add_argument("--learning-rate", default=2e-4, type=float)
+    parser.add_argument("--held-out", default=24, type=int, help="pairs kept out of training for the comparison")
     args = parser.parse_args()
     started = time.monotonic()
 
@@ -249,45 +266,51 @@ def main() -> None:
         console.print(f"alignd serve is up at {base} (embedded SQLite database, broker and worker)")
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
-        train_file, held_out = split_pairs(workdir)
-        with open(train_file, "rb") as fh:
-            resp = client.post("/v1/datasets", files={"file": (train_file.name, fh)}, data={"name": "orca-train"})
-        dataset = resp.raise_for_status().json()
-        console.print(
-            f"uploaded dataset {dataset['id']}: {dataset['rows']} rows, kind {dataset['kind']}, "
-            f"format {dataset['format']}"
-        )
+        # Each pair is seen once: steps x batch_size training pairs, the last --held-out pairs held out.
+        train_file, held_file, held_out = split_pairs(workdir, args.steps * args.batch_size, args.held_out)
+        datasets = {}
+        for name, path in (("orca-train", train_file), ("orca-held-out", held_file)):
+            with open(path, "rb") as fh:
+                resp = client.post("/v1/datasets", files={"file": (path.name, fh)}, data={"name": name})
+            datasets[name] = ds = resp.raise_for_status().json()
+            console.print(f"uploaded {name} as {ds['id']}: {ds['rows']} rows, kind {ds['kind']}, format {ds['format']}")
 
-        beta = 0.1
+        # Short sequences keep a CPU demo in minutes: the preferred answers differ in style from their
+        # first tokens ("Step 1: ..."), so 64 completion tokens carry the preference.
+        hyperparameters = {
+            "learning_rate": args.learning_rate,
+            "beta": 0.1,
+            "batch_size": args.batch_size,
+            "max_steps": args.steps,
+            "max_length": 128,
+            "max_prompt_length": 64,
+            "warmup_ratio": 0.1,
+        }
         job = client.post(
             "/v1/jobs",
+            headers={"Idempotency-Key": f"demo-{int(started)}"},
             json={
                 "algorithm": "dpo",
                 "base_model": "smollm2-135m-instruct",
-                "dataset_id": dataset["id"],
-                "hyperparameters": {
-                    "learning_rate": 1e-4,
-                    "beta": beta,
-                    "batch_size": 4,
-                    "max_steps": args.steps,
-                    "max_length": 320,
-                    "max_prompt_length": 160,
-                    "warmup_ratio": 0.1,
-                },
+                "dataset_id": datasets["orca-train"]["id"],
+                "eval_dataset_id": datasets["orca-held-out"]["id"],
+                "hyperparameters": hyperparameters,
                 "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
                 "seed": 0,
                 "name": "demo-dpo",
             },
         )
         job = job.raise_for_status().json()
-        console.print(f"submitted DPO job {job['id']} (LoRA r=16, {args.steps} steps of 4 pairs)")
+        console.print(f"submitted DPO job {job['id']} (LoRA r=16, {args.steps} steps of {args.batch_size} pairs)")
         job = follow_job(client, job["id"])
         if job["status"] != "succeeded":
             sys.exit(f"job {job['status']}: {job.get('error')}")
 
         checkpoint_id = job["output_checkpoint_id"]
         adapter_dir = download(client, checkpoint_id, workdir / "checkpoint")
-        compare(data_dir / "models" / "smollm2-135m-instruct", adapter_dir, held_out, beta)
+        metrics = client.get(f"/v1/jobs/{job['id']}/metrics").raise_for_status().json()["series"]
+        job_eval = {name: points[-1][1] for name, points in metrics.items() if name.startswith("eval/")}
+        compare(data_dir / "models" / "smollm2-135m-instruct", adapter_dir, held_out, hyperparameters, job_eval)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
