@@ -44,6 +44,7 @@ from billiard.util import set_pdeathsig
 from sqlalchemy import bindparam, func, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.checkpoints.models import Checkpoint
 from api.core.db import UTCDateTime, utcnow
 from api.core.settings import Settings
 from api.core.storage import LocalStorage, storage_from_url
@@ -116,8 +117,12 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Loc
     with sessions() as session:
         job = session.get_one(Job, attempt.job_id)
         spec = build_spec(session, job, settings, storage)
-        resume = _prepare_resume(session, job, attempt, storage)
+        resume_from = latest_resumable_checkpoint(session, job) if attempt.number > 1 else None
+        resume = _extract_for_resume(resume_from, attempt, storage) if resume_from else None
         recorded = recorded_metric_steps(session, job.id)
+    if attempt.number > 1:
+        where = f"the checkpoint of step {resume_from.step}" if resume_from else "the start (no checkpoint yet)"
+        _log_event(sessions, attempt, f"attempt {attempt.number}: resuming from {where}")
     spec_file = attempt.workdir / "SPEC.json"
     spec_file.write_text(spec.model_dump_json(indent=2))
     events_file = attempt.workdir / "events.jsonl"
@@ -143,18 +148,19 @@ def _remove_model_copies(attempt: Attempt) -> None:
         shutil.rmtree(attempt.workdir / name, ignore_errors=True)
 
 
-def _prepare_resume(session: Session, job: Job, attempt: Attempt, storage: LocalStorage) -> Path | None:
-    """On a retry, the job's last intermediate checkpoint extracted into the attempt folder."""
-    if attempt.number <= 1:
-        return None
-    checkpoint = latest_resumable_checkpoint(session, job)
-    if checkpoint is None:
-        return None  # died before its first checkpoint: start over
+def _extract_for_resume(checkpoint: Checkpoint, attempt: Attempt, storage: LocalStorage) -> Path:
+    """The checkpoint a retry resumes from, extracted into the attempt folder (training_state included)."""
     target = attempt.workdir / "resume"
     if not target.is_dir():
         with storage.open(checkpoint.storage_key) as archive:
             extract_archive(archive, target)
     return target
+
+
+def _log_event(sessions: sessionmaker[Session], attempt: Attempt, message: str) -> None:
+    with sessions() as session, session.begin():
+        job = lock_owned_job(session, attempt)
+        append_events(session, job, [("log", {"level": "info", "message": message})])
 
 
 def trainer_command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:

@@ -140,3 +140,15 @@ def test_cancelling_a_running_job_stops_the_trainer_and_keeps_its_checkpoints(
     checkpoints = checkpoints_of(db, job_id)
     assert checkpoints and all(c.kind == "intermediate" for c in checkpoints)
     assert job.progress is not None and job.progress["step"] < 200
+
+
+def test_the_trainer_runs_under_accelerate_launch_when_a_job_spans_several_gpus(worker_settings: Settings) -> None:
+    spec, out, events = Path("/w/SPEC.json"), Path("/w/output"), Path("/w/events.jsonl")
+    args = ["run", "/w/SPEC.json", "--output", "/w/output", "--events", "/w/events.jsonl"]
+    single = runner.trainer_command(spec, out, events, None, worker_settings)
+    assert single == [sys.executable, "-m", "trainer", *args]
+
+    several = worker_settings.model_copy(update={"gpus_per_job": 4})
+    command = runner.trainer_command(spec, out, events, Path("/w/resume"), several)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "--module", "trainer"]
+    assert command == [*launch, *args, "--resume", "/w/resume"]

@@ -44,6 +44,7 @@ def test_a_model_that_does_not_load_fails_the_job_with_the_trainers_explanation(
     assert "Traceback" not in job.error_message and str(broken) in job.error_message
 
 
+@pytest.mark.slow
 def test_a_trainer_killed_by_the_system_fails_the_job_saying_so_with_its_last_output(
     queued, tiny_model: str, db: sessionmaker[Session], worker_settings: Settings
 ) -> None:

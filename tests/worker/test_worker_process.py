@@ -108,6 +108,8 @@ def test_a_job_whose_worker_is_killed_finishes_on_a_new_worker_from_its_last_che
     resumed_events = worker_settings.resolved_work_dir / "jobs" / job_id / "attempt-2" / "events.jsonl"
     first_step = next(e["step"] for e in map(_json, resumed_events.read_text().splitlines()) if e["type"] == "metrics")
     assert first_step > 5
+    resumed = [e.data["message"] for e in events if e.type == "log" and "resuming" in e.data["message"]]
+    assert resumed == [f"attempt 2: resuming from the checkpoint of step {first_step - 1}"]
     assert Counter(e.type for e in events)["checkpoint"] == len(checkpoint_steps)
 
 
