@@ -44,6 +44,7 @@ def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_
     return make
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_output(
     fake_trainer: None, queued_job, db: sessionmaker[Session], storage: LocalStorage, worker_settings: Settings
 ) -> None:
@@ -70,6 +71,7 @@ def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_
         assert storage.size(checkpoint.storage_key) == checkpoint.bytes
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_two_deliveries_at_once_run_the_job_once(
     fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
 ) -> None:
@@ -123,6 +125,7 @@ def test_an_unknown_model_name_fails_the_job_saying_how_to_add_it(
     assert "alignd models add no-such-model" in job.error_message
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_cancelling_a_running_job_stops_the_trainer_and_keeps_its_checkpoints(
     fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings, monkeypatch
 ) -> None:
