@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,6 +169,7 @@ def _implicit_prompt(row: dict[str, Any]) -> PreferenceExample:
     rejected = _text(row, "rejected")
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise RowError("rejected", '"chosen" and "rejected" must both be strings or both messages')
+    prompt: Text
     if isinstance(chosen, str) and isinstance(rejected, str):
         prompt, chosen, rejected = split_shared_prefix(chosen, rejected)
     else:
@@ -178,7 +179,7 @@ def _implicit_prompt(row: dict[str, Any]) -> PreferenceExample:
             n += 1
         if n == 0:
             raise RowError("chosen", '"chosen" and "rejected" share no leading messages (no prompt)')
-        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+        prompt, chosen, rejected = list(chosen[:n]), list(chosen[n:]), list(rejected[n:])
     if not (chosen if isinstance(chosen, list) else chosen.strip()):
         raise RowError("chosen", '"chosen" has no completion after the shared prompt')
     if not (rejected if isinstance(rejected, list) else rejected.strip()):
@@ -256,7 +257,7 @@ def _text_row(row: dict[str, Any]) -> SFTExample:
     return SFTExample("", _string(row, "text"))
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Example]] = {
     "standard": _standard,
     "conversational": _conversational,
     "implicit_prompt": _implicit_prompt,
