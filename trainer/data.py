@@ -12,8 +12,10 @@ Truncation policy (the same for every algorithm):
   answer, survives; a leading BOS/CLS is kept).
 - Each completion is then cut from the RIGHT so prompt + completion fits in `max_length`.
 - A preference pair whose chosen and rejected completions become identical is dropped (it carries no
-  signal). If every row had to be truncated, or every row was dropped, the run stops with a `DataError`
-  saying which limit to raise: training on nothing but cut-off answers is almost always a mistake.
+  signal). If every row's completion had to be cut (no row fits max_length even with its prompt cut
+  to max_prompt_length), or every row was dropped, the run stops with a `DataError` saying which limit
+  to raise: a model trained only on cut-off answers never sees one end. (An eval file is only
+  measured, so there it is reported, not refused.)
 
 Labels use -100 for every token that must not count in a loss (prompt and padding).
 """
@@ -39,13 +41,17 @@ class DataError(ValueError):
 class TruncationReport:
     rows: int = 0
     truncated: int = 0
+    """Rows whose prompt or completion was cut."""
+    completion_truncated: int = 0
+    """Rows whose completion was cut (did not fit max_length even after the prompt cut)."""
     dropped: int = 0
     longest: int = 0
     shortest: int = 0
 
     def message(self, name: str) -> str:
         return (
-            f"{name}: {self.rows} rows, {self.truncated} truncated, {self.dropped} dropped "
+            f"{name}: {self.rows} rows, {self.truncated} truncated ({self.completion_truncated} with the completion "
+            f"cut), {self.dropped} dropped "
             f"(token lengths {self.shortest}..{self.longest})"
         )
 
@@ -155,7 +161,9 @@ def encode_preferences(
         lengths.append(len(prompt) + max(len(chosen), len(rejected)))
         cut = _cut_prompt(prompt, max_prompt_length, special)
         room = max_length - len(cut)
-        out.report.truncated += len(cut) < len(prompt) or max(len(chosen), len(rejected)) > room
+        completion_cut = max(len(chosen), len(rejected)) > room
+        out.report.truncated += len(cut) < len(prompt) or completion_cut
+        out.report.completion_truncated += completion_cut
         prompt, chosen, rejected = cut, chosen[:room], rejected[:room]
         if chosen == rejected:
             out.report.dropped += 1
@@ -186,8 +194,10 @@ def encode_sft(
         full = len(prompt) + len(completion)
         lengths.append(full)
         cut = _cut_prompt(prompt, max_prompt_length, special)
-        completion = completion[: max_length - len(cut)]
-        out.report.truncated += full > len(cut) + len(completion)
+        room = max_length - len(cut)
+        out.report.truncated += len(cut) < len(prompt) or len(completion) > room
+        out.report.completion_truncated += len(completion) > room
+        completion = completion[:room]
         prompt_labels = [IGNORE] * len(cut) if completion_only else list(cut)
         out.features.append(SFTFeatures(cut + completion, prompt_labels + completion))
     _finish(out, lengths, max_length, max_prompt_length, name)
@@ -199,11 +209,11 @@ def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length
     report.rows = len(lengths)
     report.longest = max(lengths, default=0)
     report.shortest = min(lengths, default=0)
-    if report.rows and report.truncated == report.rows:
+    if name == "train" and report.rows and report.completion_truncated == report.rows:
         raise DataError(
-            f"every {name} row is longer than the limits (max_length={max_length}, "
-            f"max_prompt_length={max_prompt_length}; the shortest row has {report.shortest} tokens): "
-            "raise max_length / max_prompt_length or shorten the data"
+            f"every {name} row is longer than max_length={max_length} even with its prompt cut to "
+            f"max_prompt_length={max_prompt_length} (the shortest row has {report.shortest} tokens), so no "
+            "completion would keep its end: raise max_length or shorten the data"
         )
     if not out.features:
         raise DataError(
