@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import signal
 import tarfile
@@ -35,8 +36,13 @@ HYPERPARAMETERS = {
 }
 
 
-def align_end_to_end(http: httpx.Client, headers: dict[str, str], base_model_dir: Path, tmp_path: Path) -> None:
-    """Drive the whole user journey through the REST API and check every step."""
+def align_end_to_end(
+    http: httpx.Client, headers: dict[str, str], base_model_dir: Path, tmp_path: Path, *, sse: bool = False
+) -> None:
+    """Drive the whole user journey through the REST API and check every step.
+
+    Events are followed live: with `sse`, on the Server-Sent Events stream; else by paging.
+    """
     upload = http.post(
         "/v1/datasets",
         headers=headers,
@@ -60,7 +66,8 @@ def align_end_to_end(http: httpx.Client, headers: dict[str, str], base_model_dir
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
 
-    events = _follow_events(http, headers, job_id, timeout=240)
+    follow = _stream_events if sse else _follow_events
+    events = follow(http, headers, job_id, timeout=240)
     job = http.get(f"/v1/jobs/{job_id}", headers=headers).json()
     assert job["status"] == "succeeded", job
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
@@ -99,6 +106,18 @@ def _follow_events(http: httpx.Client, headers: dict[str, str], job_id: str, tim
             return events
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish in {timeout}s; events so far: {events[-5:]}")
+
+
+def _stream_events(http: httpx.Client, headers: dict[str, str], job_id: str, timeout: float) -> list[dict[str, Any]]:
+    """Read the job's Server-Sent Events stream until it ends (it does once the job is final)."""
+    events: list[dict[str, Any]] = []
+    with http.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=timeout) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:").strip()))
+    return events
 
 
 def _assert_loads_and_differs(folder: Path, base_model_dir: Path) -> None:
@@ -140,7 +159,7 @@ def test_upload_train_watch_and_download_on_the_embedded_sqlite_default(
 
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
         assert http.get("/healthz").status_code == 200
-        align_end_to_end(http, {"Authorization": f"Bearer {key}"}, tiny_model_dir, tmp_path)
+        align_end_to_end(http, {"Authorization": f"Bearer {key}"}, tiny_model_dir, tmp_path, sse=True)
 
     # uvicorn re-raises the SIGTERM it handled once it has shut down, hence -SIGTERM rather than 0.
     assert serve.stop() in (0, -signal.SIGTERM)

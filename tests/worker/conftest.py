@@ -1,7 +1,7 @@
 """Worker fixtures: fast leases, rows arranged directly in the database, real worker processes.
 
 Built on tests/conftest.py (a migrated Postgres per test and a session Redis as broker). The worker
-runs as a real process: `python -m worker` (what `alignd worker` runs), never Celery's eager mode.
+runs as a real process, `alignd worker`, never in Celery's eager mode.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def trainer_pids(job_id: str) -> list[int]:
 
 @dataclass
 class WorkerProcess:
-    """A real worker process (`python -m worker`) in its own process group."""
+    """A real worker process (`alignd worker`) in its own process group."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -214,7 +214,7 @@ def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable
         log = tmp_path / f"worker-{len(started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
+                [str(Path(sys.executable).with_name("alignd")), "worker"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

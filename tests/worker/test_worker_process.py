@@ -1,4 +1,4 @@
-"""A real Celery worker process (`python -m worker`) on Redis, running the real trainer on a tiny model."""
+"""A real Celery worker process (`alignd worker`) on Redis, running the real trainer on a tiny model."""
 
 from __future__ import annotations
 
