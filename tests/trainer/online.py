@@ -16,10 +16,16 @@ if not DATA.is_dir():
 GSM8K = DATA / "gsm8k-train.jsonl"
 
 
-def gsm8k_prompts(path: Path, rows: int, conversational: bool = False) -> Path:
-    """The first `rows` GSM8K rows as a prompt dataset ({"question","answer"}, or chat prompts)."""
+def gsm8k_prompts(path: Path, rows: int, conversational: bool = False, shortest_of: int | None = None) -> Path:
+    """The first `rows` GSM8K rows as a prompt dataset ({"question","answer"}, or chat prompts).
+
+    With `shortest_of`, the `rows` shortest questions among the first `shortest_of` rows (cheaper on CPU).
+    """
+    picked = [row for _, row in itertools.islice(iter_rows(str(GSM8K)), shortest_of or rows)]
+    if shortest_of:
+        picked = sorted(picked, key=lambda row: len(row["question"]))[:rows]
     with path.open("w") as fh:
-        for _, row in itertools.islice(iter_rows(str(GSM8K)), rows):
+        for row in picked:
             if conversational:
                 row = {"prompt": [{"role": "user", "content": row["question"]}], "answer": row["answer"]}
             fh.write(json.dumps(row) + "\n")

@@ -234,19 +234,20 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_grpo_on_smollm2_raises_a_learnable_format_reward(tmp_path: Path, smollm2: Path) -> None:
-    """Reward: the answer is a single short line (at most 40 characters). SmolLM2 often writes more;
-    GRPO with LoRA should make short answers more frequent within ~20 CPU steps."""
-    data = gsm8k_prompts(tmp_path / "questions.jsonl", rows=64, conversational=True)
-    reward = [{"type": "rule", "rule": "length", "target_length": 40, "length_mode": "max", "name": "short"}]
+    """Reward: the answer opens by stating its plan ("To find out ..."), a format SmolLM2 picks in roughly a
+    third of its samples, so groups disagree and GRPO with LoRA has a signal to follow within 16 CPU steps.
+    Seen here: rewards per step 0.375, 0.25, 0.75, 0.875, 0.75, then 1.0 from step 6 on."""
+    data = gsm8k_prompts(tmp_path / "questions.jsonl", rows=64, conversational=True, shortest_of=1000)
+    reward = [{"type": "rule", "rule": "format", "pattern": r"To\b.*", "name": "states_plan"}]
     spec = grpo_spec(
         smollm2,
         data,
         reward,
         batch_size=2,
         num_generations=4,
-        max_new_tokens=24,
-        max_steps=20,
-        learning_rate=2e-3,
+        max_new_tokens=8,
+        max_steps=16,
+        learning_rate=5e-4,
         lr_scheduler="constant",
         beta=0.0,
         temperature=1.0,
