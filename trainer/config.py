@@ -202,7 +202,7 @@ class PPOConfig(CommonConfig, GenerationConfig):
     whiten_rewards: bool = False
     """Whiten the per-token rewards before GAE."""
     value_model: Literal["head", "separate"] = "head"
-    """Value head on the policy trunk (one model) or a separate copy of the reward backbone."""
+    """Value head on the policy trunk (one model) or a separate copy of the policy's base with a scalar head."""
 
     @model_validator(mode="after")
     def _check_minibatches(self) -> PPOConfig:
