@@ -113,6 +113,29 @@ def claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, settings
 
 
 def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings) -> None:
+    # The heartbeat covers the preparation too: extracting a large checkpoint can outlast a lease.
+    with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
+        spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
+        events_file = attempt.workdir / "events.jsonl"
+        events_file.unlink(missing_ok=True)
+        log_file = attempt.workdir / "trainer.log"
+        relay = EventRelay(attempt, sessions, storage, events_file, settings.event_batch_size, recorded)
+        trainer = spawn_trainer(spec_file, attempt.workdir / "output", events_file, log_file, resume, settings)
+        try:
+            outcome = _supervise(trainer, relay, heartbeat)
+        finally:
+            stop_trainer(trainer)
+            _remove_model_copies(attempt)
+    if outcome == "cancelled":
+        _conclude(sessions, attempt, "cancelled")
+    elif outcome == "crashed":
+        _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+
+
+def _prepare(
+    attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings
+) -> tuple[Path, Path | None, dict[str, int]]:
+    """Write SPEC.json; on a retry extract the checkpoint to resume from. Returns (spec, resume, recorded steps)."""
     attempt.workdir.mkdir(parents=True, exist_ok=True)
     with sessions() as session:
         job = session.get_one(Job, attempt.job_id)
@@ -125,21 +148,7 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Loc
         _log_event(sessions, attempt, f"attempt {attempt.number}: resuming from {where}")
     spec_file = attempt.workdir / "SPEC.json"
     spec_file.write_text(spec.model_dump_json(indent=2))
-    events_file = attempt.workdir / "events.jsonl"
-    events_file.unlink(missing_ok=True)
-    log_file = attempt.workdir / "trainer.log"
-    relay = EventRelay(attempt, sessions, storage, events_file, settings.event_batch_size, recorded)
-    with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
-        trainer = spawn_trainer(spec_file, attempt.workdir / "output", events_file, log_file, resume, settings)
-        try:
-            outcome = _supervise(trainer, relay, heartbeat)
-        finally:
-            stop_trainer(trainer)
-            _remove_model_copies(attempt)
-    if outcome == "cancelled":
-        _conclude(sessions, attempt, "cancelled")
-    elif outcome == "crashed":
-        _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+    return spec_file, resume, recorded
 
 
 def _remove_model_copies(attempt: Attempt) -> None:
