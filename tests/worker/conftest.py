@@ -76,6 +76,24 @@ def storage(worker_settings: Settings) -> LocalStorage:
     return storage_from_url(worker_settings.resolved_storage_url)
 
 
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs tests/worker/fake_trainer.py instead of `python -m trainer` (in this process only)."""
+    from worker import runner
+
+    real = runner.trainer_command
+
+    def command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:
+        args = real(spec, output, events, resume, settings)
+        assert args[:3] == [sys.executable, "-m", "trainer"]
+        return [sys.executable, str(FAKE_TRAINER), *args[3:]]
+
+    monkeypatch.setattr(runner, "trainer_command", command)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny import build_tiny_model

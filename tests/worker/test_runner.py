@@ -19,20 +19,6 @@ from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_o
 from worker import runner
 from worker.runner import run_job
 
-FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
-
-
-@pytest.fixture
-def fake_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runner.trainer_command
-
-    def command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:
-        args = real(spec, output, events, resume, settings)
-        assert args[:3] == [sys.executable, "-m", "trainer"]
-        return [sys.executable, str(FAKE_TRAINER), *args[3:]]
-
-    monkeypatch.setattr(runner, "trainer_command", command)
-
 
 @pytest.fixture
 def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
