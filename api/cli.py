@@ -8,6 +8,8 @@ directory through Settings; nothing else touches the environment.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +83,9 @@ def serve(
 
         embedded = start_embedded_worker(settings)
         typer.echo(f"embedded worker started (log: {embedded.log_file})")
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal with the handler that was
+    # installed before it started; make that handler an exit so the `finally` stops the worker cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         uvicorn.run(create_app(), host=host, port=port)
     finally:
