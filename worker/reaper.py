@@ -7,6 +7,10 @@ presumed dead (killed, out of memory, machine gone). Then:
 - anything else goes back to `queued` (worker id and lease cleared; the next claim adds one to the
   attempt and resumes from the last checkpoint) and is sent to the broker again after the commit.
 
+It also sends again every queued job whose id never reached the broker (`enqueued_at` is NULL:
+the API's send failed, e.g. the broker was down at submit time). A job is only marked sent after a
+send that succeeded; a duplicate delivery is harmless because claiming is one conditional UPDATE.
+
 Every worker runs the reaper in a small thread (`ReaperThread`, started by run_worker) rather than
 under celery beat: there is no extra process to deploy and no single point whose death stops the
 reaping. Concurrent reapers are safe: each job is re-checked under its row lock (SKIP LOCKED on
@@ -18,10 +22,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.core.broker import mark_enqueued
 from api.core.db import utcnow
 from api.core.settings import Settings
 from api.jobs.events import set_status
@@ -31,6 +37,9 @@ from worker.db import session_factory
 logger = logging.getLogger(__name__)
 
 Enqueue = Callable[[str], None]
+
+# A job committed this recently may still be in the API's hands (committed, not yet sent).
+UNSENT_GRACE_SECONDS = 10
 
 
 def reap_expired(session: Session, settings: Settings, enqueue: Enqueue | None = None) -> list[str]:
@@ -48,14 +57,36 @@ def reap_expired(session: Session, settings: Settings, enqueue: Enqueue | None =
     requeued = [job.id for job in expired if _recover(session, job) == "queued"]
     session.commit()
     if requeued:
-        send = enqueue or _celery_enqueue(settings)
-        for job_id in requeued:
-            send(job_id)
+        _send(session, settings, requeued, enqueue)
     return requeued
+
+
+def resend_unsent(session: Session, settings: Settings, enqueue: Enqueue | None = None) -> list[str]:
+    """Send every queued job whose id never reached the broker; returns the ids sent."""
+    settled = utcnow() - timedelta(seconds=UNSENT_GRACE_SECONDS)
+    unsent = session.scalars(
+        select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < settled)
+    ).all()
+    return _send(session, settings, list(unsent), enqueue) if unsent else []
+
+
+def _send(session: Session, settings: Settings, job_ids: list[str], enqueue: Enqueue | None) -> list[str]:
+    send = enqueue or _celery_enqueue(settings)
+    sent = []
+    for job_id in job_ids:
+        try:
+            send(job_id)
+        except Exception:
+            logger.exception("could not send job %s to the broker; the next reaper pass tries again", job_id)
+            continue
+        mark_enqueued(session, job_id)
+        sent.append(job_id)
+    return sent
 
 
 def _recover(session: Session, job: Job) -> str:
     job.lease_expires_at = None
+    job.enqueued_at = None
     dead_worker, job.worker_id = job.worker_id, None
     step = (job.progress or {}).get("step")
     if job.status == "cancelling":
@@ -103,6 +134,7 @@ class ReaperThread(threading.Thread):
             try:
                 with sessions() as session:
                     reap_expired(session, self.settings, self.enqueue)
+                    resend_unsent(session, self.settings, self.enqueue)
             except Exception:
                 logger.exception("reaper pass failed; trying again in %ss", self.settings.reap_interval_seconds)
             if self._stop_event.wait(self.settings.reap_interval_seconds):

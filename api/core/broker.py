@@ -9,7 +9,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
+from api.core.db import utcnow
 from api.core.settings import get_settings
 
 JOB_RUN_TASK = "job.run"
@@ -30,6 +33,14 @@ def get_celery() -> Celery:
 def enqueue_job(job_id: str) -> None:
     """Tell the workers that job `job_id` (already committed) is ready to run."""
     get_celery().send_task(JOB_RUN_TASK, args=[job_id], queue=get_settings().queue)
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    """Record that a job id reached the broker (a queued job without it is sent again by the reaper)."""
+    from api.jobs.models import Job
+
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

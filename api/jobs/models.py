@@ -41,6 +41,9 @@ class Job(Base):
     max_attempts: Mapped[int] = mapped_column(default=3)
     worker_id: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None]
+    # When the job id last reached the broker; NULL while queued means the send failed (or is in
+    # flight) and the reaper sends it again.
+    enqueued_at: Mapped[datetime | None]
     progress: Mapped[dict[str, Any] | None]  # {step, total_steps, epoch, eta_seconds}
     metrics: Mapped[dict[str, Any] | None]  # latest value of each metric
     error_code: Mapped[str | None] = mapped_column(String(100))

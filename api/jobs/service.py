@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.core.broker import enqueue_job
+from api.core.broker import enqueue_job, mark_enqueued
 from api.core.db import utcnow
 from api.core.errors import Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
@@ -97,9 +97,11 @@ def create_job(
     try:
         enqueue_job(job.id)
     except Exception:
-        # The row is committed and stays queued; a send that failed is logged, not hidden from
-        # the client as a 5xx that would invite a duplicate submission.
-        log.exception("could not send job %s to the broker; it stays queued", job.id)
+        # The row is committed and stays queued with enqueued_at NULL, which the workers' reaper
+        # sends again; a 5xx here would only invite a duplicate submission.
+        log.exception("could not send job %s to the broker; it stays queued and is sent again later", job.id)
+    else:
+        mark_enqueued(session, job.id)
     return job, True
 
 

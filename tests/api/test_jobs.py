@@ -81,6 +81,8 @@ def test_created_job_is_queued_with_defaults_filled_in_and_sent_to_the_broker_af
     for internal in ("worker_id", "lease_expires_at", "idempotency_key", "tenant_id", "last_event_seq"):
         assert internal not in job
     assert broker_messages(settings) == [{"task": "job.run", "args": [job["id"]]}]
+    session.expire_all()
+    assert session.get(Job, job["id"]).enqueued_at is not None  # type: ignore[union-attr]
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
     assert [(e["seq"], e["type"], e["data"]["status"]) for e in events["data"]] == [(1, "status", "queued")]
 
@@ -468,6 +470,8 @@ def test_broker_down_still_returns_the_committed_queued_job(
     assert job_count(session) == 1
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(JobEvent)) == 1
+    # Not marked as sent, so the workers' reaper sends it once the broker is back.
+    assert session.scalar(select(Job.enqueued_at)) is None
 
 
 def test_concurrent_requests_with_one_idempotency_key_create_one_job(

@@ -11,7 +11,7 @@ from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from api.jobs.events import lock_job, set_status
 from tests.worker.conftest import add_dataset, add_job, events_of, job_row
-from worker.reaper import reap_expired
+from worker.reaper import reap_expired, resend_unsent
 
 
 def _running_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: str, *, expired: bool, **fields) -> str:  # type: ignore[no-untyped-def]
@@ -76,3 +76,50 @@ def test_a_cancelling_job_whose_worker_died_becomes_cancelled(
     assert job_row(db, job_id).status == "cancelled"
     statuses = [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
     assert statuses == ["queued", "running", "cancelling", "cancelled"]
+
+
+def _queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: str, **fields) -> str:  # type: ignore[no-untyped-def]
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant_id)
+        return add_job(session, tenant_id, dataset.id, "tiny", created_at=utcnow() - timedelta(minutes=1), **fields).id
+
+
+def test_a_queued_job_whose_send_failed_is_sent_by_the_reaper_once(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    unsent = _queued_job(db, storage, tenant.id)
+    already_sent = _queued_job(db, storage, tenant.id, enqueued_at=utcnow())
+    sent: list[str] = []
+
+    with db() as session:
+        assert resend_unsent(session, worker_settings, sent.append) == [unsent]
+    assert sent == [unsent]
+    assert job_row(db, unsent).enqueued_at is not None and job_row(db, unsent).status == "queued"
+    with db() as session:
+        assert resend_unsent(session, worker_settings, sent.append) == []
+    assert sent == [unsent] and already_sent not in sent
+
+
+def test_a_send_that_fails_again_leaves_the_job_for_the_next_pass(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    job_id = _queued_job(db, storage, tenant.id)
+
+    def broker_down(_: str) -> None:
+        raise ConnectionError("broker down")
+
+    with db() as session:
+        assert resend_unsent(session, worker_settings, broker_down) == []
+    assert job_row(db, job_id).enqueued_at is None
+
+
+def test_a_requeued_job_is_marked_sent_only_after_its_send(
+    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+) -> None:
+    job_id = _running_job(db, storage, tenant.id, expired=True, enqueued_at=utcnow() - timedelta(hours=1))
+    before = job_row(db, job_id).enqueued_at
+
+    _reap(db, worker_settings)
+
+    after = job_row(db, job_id).enqueued_at
+    assert before is not None and after is not None and after > before
