@@ -7,7 +7,8 @@ never changes alignd's environment). Model: SmolLM2-135M-Instruct from the llm_s
 once into bench/out/ (git-ignored). Prompts: GSM8K questions as chat prompts. Reward: the same length rule in
 both (-max(0, characters - 40) / 40). Both: full fine-tuning in fp32, beta = 0.04 (a frozen reference
 copy), loss_type dapo, group-scaled advantages, temperature 1, top_p 1, no top-k, one update per batch,
-constant learning rate, one process.
+constant learning rate, one process, gradient checkpointing on (TRL's GRPO default; --no-gradient-checkpointing
+turns it off in both).
 
 With --ppo, our PPO runs too on the same completions per step (TRL no longer ships PPO), for its time
 split and memory against our GRPO's. Reported per trainer, over the steps after the first (warm-up):
@@ -88,6 +89,7 @@ def run_ours(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -
             "max_prompt_length": 256,
             "max_length": 512,
             "precision": "fp32",
+            "gradient_checkpointing": not args.no_gradient_checkpointing,
         },
     }
     (work / "ours.json").write_text(json.dumps(spec))
@@ -95,13 +97,18 @@ def run_ours(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -
     events.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "trainer", "run", str(work / "ours.json"), "--output", str(work / "ours")]
     subprocess.run([*cmd, "--events", str(events)], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
+    return read_events(events, args.prompts_per_step * args.generations)
+
+
+def read_events(events: Path, completions: int) -> dict[str, Any]:
+    """Per-step timings of one of our runs from its events file (the first step is left out as warm-up)."""
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     metrics = [e["values"] for e in lines if e["type"] == "metrics"]
     steps = metrics[1:]
     return {
         "step_time": [m["step_time"] for m in steps],
         **{name: [m[name] for m in steps] for name in SPLIT},
-        "completions": args.prompts_per_step * args.generations,
+        "completions": completions,
         "peak_rss_mb": max(m["peak_memory_mb"] for m in metrics),
         "mean_length": statistics.mean(m["completions/mean_length"] for m in metrics),
     }
@@ -128,6 +135,7 @@ def run_ours_ppo(args: argparse.Namespace, model: Path, prompts: Path, work: Pat
             "max_prompt_length": 256,
             "max_length": 512,
             "precision": "fp32",
+            "gradient_checkpointing": not args.no_gradient_checkpointing,
         },
     }
     (work / "ppo.json").write_text(json.dumps(spec))
@@ -135,15 +143,7 @@ def run_ours_ppo(args: argparse.Namespace, model: Path, prompts: Path, work: Pat
     events.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "trainer", "run", str(work / "ppo.json"), "--output", str(work / "ppo")]
     subprocess.run([*cmd, "--events", str(events)], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    metrics = [json.loads(line)["values"] for line in events.read_text().splitlines() if '"metrics"' in line]
-    steps = metrics[1:]
-    return {
-        "step_time": [m["step_time"] for m in steps],
-        **{name: [m[name] for m in steps] for name in SPLIT},
-        "completions": per_step,
-        "peak_rss_mb": max(m["peak_memory_mb"] for m in metrics),
-        "mean_length": statistics.mean(m["completions/mean_length"] for m in metrics),
-    }
+    return read_events(events, per_step)
 
 
 # --- TRL (bench/.venv-trl, subprocess: this file with --trl) --------------------------------------
@@ -190,6 +190,7 @@ def run_trl_inside(args: argparse.Namespace, model_dir: Path, prompts: Path) -> 
         bf16=False,
         seed=0,
         disable_tqdm=True,
+        gradient_checkpointing=not args.no_gradient_checkpointing,
     )
     trainer = GRPOTrainer(
         model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer
@@ -260,6 +261,7 @@ def run_trl(args: argparse.Namespace, model: Path, prompts: Path, work: Path) ->
     cmd = [str(TRL_PYTHON), __file__, "--trl-inside", str(out), "--model", str(model), "--prompts", str(prompts)]
     cmd += [f"--steps={args.steps}", f"--prompts-per-step={args.prompts_per_step}"]
     cmd += [f"--generations={args.generations}", f"--max-new-tokens={args.max_new_tokens}"]
+    cmd += ["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -285,7 +287,12 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--no-gradient-checkpointing", action="store_true", help="turn off TRL's default (on) for both trainers"
+    )
     parser.add_argument("--ppo", action="store_true", help="also run our PPO on the same completions per step")
+    parser.add_argument("--report-only", action="store_true", help="print the table of the last run again")
+    parser.add_argument("--reuse-trl", action="store_true", help="take TRL's numbers from the last run")
     parser.add_argument("--trl-inside", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--prompts", help=argparse.SUPPRESS)
@@ -300,14 +307,29 @@ def main() -> None:
     model, prompts = prepare(work, rows=max(64, args.steps * args.prompts_per_step))
     print(
         f"SmolLM2-135M-Instruct, {args.steps} steps x {args.prompts_per_step} prompts x G={args.generations}, "
-        f"max_new_tokens={args.max_new_tokens}, fp32 full fine-tuning, beta=0.04, CPU threads={os.cpu_count()}"
+        f"max_new_tokens={args.max_new_tokens}, fp32 full fine-tuning, beta=0.04, CPU threads={os.cpu_count()}, "
+        f"gradient checkpointing {'off' if args.no_gradient_checkpointing else 'on'}"
     )
-    results = {
-        "alignd": summary(run_ours(args, model, prompts, work)),
-        "trl": summary(run_trl(args, model, prompts, work)),
-    }
-    if args.ppo:
-        results["alignd_ppo"] = summary(run_ours_ppo(args, model, prompts, work))
+    per_step = args.prompts_per_step * args.generations
+    if args.report_only:  # re-read the last run's files
+        results = {
+            "alignd": summary(read_events(work / "ours.events.jsonl", per_step)),
+            "trl": summary(json.loads((work / "trl.result.json").read_text())),
+        }
+        if args.ppo:
+            results["alignd_ppo"] = summary(read_events(work / "ppo.events.jsonl", per_step))
+    else:
+        results = {
+            "alignd": summary(run_ours(args, model, prompts, work)),
+        }
+        trl = (
+            json.loads((work / "trl.result.json").read_text())
+            if args.reuse_trl
+            else run_trl(args, model, prompts, work)
+        )
+        results["trl"] = summary(trl)
+        if args.ppo:
+            results["alignd_ppo"] = summary(run_ours_ppo(args, model, prompts, work))
     header = f"{'metric (mean over steps 2..N)':<30}{'alignd':>11}{'TRL':>11}{'alignd/TRL':>11}"
     print(header + (f"{'alignd PPO':>12}" if args.ppo else ""))
     for name in results["alignd"]:

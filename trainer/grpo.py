@@ -196,8 +196,21 @@ def completion_logprobs(
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=width + 1
     ).logits[:, :-1, :]  # (N, T, V)
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logprobs.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    return token_logprobs(logits, completion_ids, temperature)
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) at `token_ids`, (N, T, V) -> (N, T), without a full (N, T, V) log-softmax.
+
+    log p(x) = logit_x - logsumexp(logits), with the logsumexp taken one sequence at a time: the
+    vocabulary-sized temporaries then cover one row instead of the batch, which keeps peak memory down.
+    """
+    if temperature != 1.0:
+        logits = logits / temperature
+    logits = logits.float()
+    picked = logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)  # (N, T)
+    normaliser = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # (N, T)
+    return picked - normaliser
 
 
 @contextmanager

@@ -64,6 +64,7 @@ from trainer.grpo import (
     rollout,
     sample_events,
     score,
+    token_logprobs,
 )
 from trainer.losses import clipped_policy_loss, gae, kl_penalty, masked_mean, masked_whiten, value_loss
 from trainer.models import load_model, load_tokenizer, resolve_dtype, unwrap_base
@@ -131,8 +132,8 @@ def forward_policy_and_values(
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
     inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
     hidden = trunk_of(policy)(**inputs).last_hidden_state[:, -width - 1 : -1]  # (N, T, H)
-    logits = unwrap_base(policy).get_output_embeddings()(hidden).float() / temperature  # (N, T, V)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    logits = unwrap_base(policy).get_output_embeddings()(hidden)  # (N, T, V)
+    logprobs = token_logprobs(logits, completion_ids, temperature)
     if not value_fn.shared:
         hidden = trunk_of(value_fn.model)(**inputs).last_hidden_state[:, -width - 1 : -1]
     return logprobs, value_fn.values(hidden)

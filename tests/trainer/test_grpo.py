@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
-from trainer.grpo import completion_logprobs, completion_mask, left_pad, rollout
+from trainer.grpo import completion_logprobs, completion_mask, left_pad, rollout, token_logprobs
 from trainer.models import load_model, load_tokenizer
 
 REQUIRED_METRICS = {
@@ -70,6 +70,18 @@ def test_completion_mask_covers_tokens_up_to_and_including_the_first_eos() -> No
     mask, has_eos = completion_mask(ids, stop_ids=[2])
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
     assert has_eos.tolist() == [True, False, True]
+
+
+def test_token_logprobs_equal_a_full_log_softmax_in_value_and_gradient() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (3, 5))
+    lean = token_logprobs(logits, ids, temperature=0.7)
+    full = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(lean, full)
+    (lean_grad,) = torch.autograd.grad(lean.sum(), logits)
+    (full_grad,) = torch.autograd.grad(full.sum(), logits)
+    torch.testing.assert_close(lean_grad, full_grad)
 
 
 def test_log_probs_of_a_left_padded_row_equal_those_of_the_row_alone(tiny: Path) -> None:
