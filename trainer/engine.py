@@ -233,15 +233,16 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs (B,), completion token counts (B,)) for logits (B, T, V), labels (B, T).
 
-    The log-softmax runs on completion positions only, which saves memory when prompts are long.
+    log p = logit[label] - logsumexp(logits), one row at a time: no (B, T, V) log-softmax is ever
+    materialised, which keeps the peak memory of the loss low for large vocabularies.
     """
+    logits = logits[:, :-1, :]
     targets = labels[:, 1:]
     mask = targets != IGNORE  # (B, T-1)
-    selected = logits[:, :-1, :][mask]  # (N, V)
-    logps = torch.log_softmax(selected.float(), dim=-1).gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
-    rows = mask.nonzero()[:, 0]
-    sums = torch.zeros(labels.shape[0], dtype=logps.dtype, device=logps.device).index_add(0, rows, logps)
-    return sums, mask.sum(-1)
+    picked = logits.gather(-1, targets.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1).float()  # (B, T-1)
+    lse = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # (B, T-1)
+    logps = (picked - lse) * mask
+    return logps.sum(-1), mask.sum(-1)
 
 
 def completion_forward(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
