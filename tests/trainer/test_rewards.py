@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.shared_data import shared_data
 from tests.tiny import build_tiny_model
 from trainer.config import ModelComponent, RuleComponent
 from trainer.formats import PromptExample, detect_format, iter_rows, parse_row
@@ -21,9 +22,7 @@ from trainer.rewards import (
     reference_answer,
 )
 
-GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k-train.jsonl"
-if not GSM8K.exists():  # the repository may sit elsewhere; fall back to the shared data folder
-    GSM8K = Path("/work/shared/data/gsm8k-train.jsonl")
+GSM8K = shared_data("gsm8k-train.jsonl")
 
 
 @pytest.fixture(scope="module")
