@@ -457,6 +457,19 @@ def checkpoint_dir(run: Run, kind: str, step: int) -> Path:
     return run.output / "final" if kind == "final" else run.output / "checkpoints" / f"step-{step:08d}"
 
 
+def encode_preference_file(run: Run, tokenizer: Any, path: str, name: str) -> list[Any]:
+    """Read and tokenise one preference file (dpo, reward), logging and recording its truncation report."""
+    from trainer.data import encode_preferences, read_dataset
+
+    config = run.config
+    encoded = encode_preferences(
+        read_dataset(path, "preference", name), tokenizer, config.max_length, config.max_prompt_length, name
+    )
+    run.events.log(encoded.report.message(name))
+    run.data_report[name] = vars(encoded.report)
+    return encoded.features
+
+
 def save_checkpoint(
     run: Run,
     kind: str,
@@ -467,16 +480,16 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     extra_state: dict[str, Any] | None = None,
-    merge_lora: bool = False,
 ) -> Path:
     """Write a checkpoint under a temporary name, rename it into place, then emit its event.
 
     The folder is a Hugging Face model folder (weights or LoRA adapter, tokenizer, generation config,
-    README.md, alignd.json); intermediate ones add training_state/ for --resume. With `merge_lora`, the
-    merged model goes to merged/ inside the folder (alignd.json "merged_model").
+    README.md, alignd.json); intermediate ones add training_state/ for --resume. When the spec asks for
+    `lora.merge`, the final one also holds the merged model in merged/ (alignd.json "merged_model").
     """
     from trainer.models import is_peft
 
+    merge_lora = kind == "final" and run.spec.lora is not None and run.spec.lora.merge
     acc = run.accelerator
     final = checkpoint_dir(run, kind, state.step)
     acc.wait_for_everyone()

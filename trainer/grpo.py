@@ -439,7 +439,6 @@ def train(run: Run) -> None:
             tokenizer=tokenizer,
             optimizer=optimizer,
             scheduler=scheduler,
-            merge_lora=kind == "final" and spec.lora is not None and spec.lora.merge,
         )
 
     # 5. the step loop

@@ -206,7 +206,6 @@ def train(run: Run) -> None:
             optimizer=optimizer,
             scheduler=scheduler,
             extra_state={"value": value_fn.state_dict(), "kl_coef": kl_ctl.value},
-            merge_lora=kind == "final" and spec.lora is not None and spec.lora.merge,
         )
 
     trained.train()

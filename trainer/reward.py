@@ -18,11 +18,12 @@ from typing import Any
 import torch
 
 from trainer.config import RewardConfig
-from trainer.data import PreferenceFeatures, collate_preferences, encode_preferences, read_dataset
+from trainer.data import PreferenceFeatures, collate_preferences
 from trainer.engine import (
     Run,
     TrainState,
     chunks,
+    encode_preference_file,
     load_policy,
     run_loop,
     save_checkpoint,
@@ -56,29 +57,15 @@ def pair_metrics(
 def train(run: Run) -> None:
     config = run.config
     assert isinstance(config, RewardConfig)
-    spec, events = run.spec, run.events
+    spec = run.spec
     seed_everything(spec.seed)
 
     tokenizer = load_tokenizer(spec.base_model)
     pad_id = tokenizer.pad_token_id
-    train_set = encode_preferences(
-        read_dataset(spec.train_file, "preference"), tokenizer, config.max_length, config.max_prompt_length
+    features: list[PreferenceFeatures] = encode_preference_file(run, tokenizer, spec.train_file, "train")
+    eval_features: list[PreferenceFeatures] = (
+        encode_preference_file(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
     )
-    events.log(train_set.report.message("train"))
-    run.data_report["train"] = vars(train_set.report)
-    eval_features: list[PreferenceFeatures] = []
-    if spec.eval_file:
-        eval_set = encode_preferences(
-            read_dataset(spec.eval_file, "preference", "eval"),
-            tokenizer,
-            config.max_length,
-            config.max_prompt_length,
-            "eval",
-        )
-        events.log(eval_set.report.message("eval"))
-        run.data_report["eval"] = vars(eval_set.report)
-        eval_features = eval_set.features
-    features = train_set.features
     micro = config.micro_batch_size or config.batch_size
 
     model = load_policy(run, tokenizer, "seqcls")
@@ -112,7 +99,6 @@ def train(run: Run) -> None:
             tokenizer=tokenizer,
             optimizer=optimizer,
             scheduler=scheduler,
-            merge_lora=kind == "final" and spec.lora is not None and spec.lora.merge,
         )
 
     state = run_loop(
