@@ -9,6 +9,7 @@ prompt/chosen/rejected rows, pre-cut so both trainers see the same tokens withou
 (prompt <= max_length / 2 tokens, kept from the left; completions cut from the right).
 
 Both: fp32, AdamW, constant learning rate, beta 0.1, sigmoid loss, one process, batch = micro batch,
+gradient checkpointing on (TRL's DPOConfig default; --no-gradient-checkpointing turns it off for both),
 each side with its defaults for the reference: ours precomputes reference log-probs once (included
 in the end-to-end time), TRL runs the reference forward every step (with --lora: adapters disabled).
 Reported: samples/s over the steps after the first (per-step wall time), end-to-end seconds of the
@@ -83,6 +84,7 @@ def run_ours(args: argparse.Namespace, model: Path, pairs: Path, work: Path) -> 
             "max_prompt_length": args.max_length,
             "beta": 0.1,
             "precision": "fp32",
+            "gradient_checkpointing": not args.no_gradient_checkpointing,
         },
     }
     (work / "ours.json").write_text(json.dumps(spec))
@@ -135,6 +137,7 @@ config = DPOConfig(
     max_length=args["max_length"] * 2, beta=0.1, loss_type=["sigmoid"], logging_steps=1, save_strategy="no",
     report_to=[], use_cpu=True, bf16=False, fp16=False, seed=0, dataloader_num_workers=0,
     disable_dropout=True, warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+    gradient_checkpointing=args["gradient_checkpointing"],
 )
 trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
 trainer.add_callback(Clock())
@@ -156,6 +159,7 @@ def run_trl(args: argparse.Namespace, model: Path, pairs: Path, work: Path) -> d
         "learning_rate": args.learning_rate,
         "max_length": args.max_length,
         "lora": args.lora,
+        "gradient_checkpointing": not args.no_gradient_checkpointing,
     }
     started = time.perf_counter()
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -197,6 +201,11 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument(
         "--lora", action="store_true", help="LoRA r=16 on all linear layers instead of full fine-tuning"
+    )
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        action="store_true",
+        help="turn off gradient checkpointing, which TRL's DPOConfig turns on by default, for both trainers",
     )
     args = parser.parse_args()
     work = CACHE / "dpo"
