@@ -123,8 +123,9 @@ def session(settings: Settings) -> Iterator[Session]:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    from api.main import create_app
     from fastapi.testclient import TestClient
+
+    from api.main import create_app
 
     with TestClient(create_app()) as c:
         yield c
