@@ -36,6 +36,8 @@ def _settings(data_dir: Path | None) -> Settings:
     from api.core.settings import get_settings
 
     if data_dir is not None:
+        # A write, not a read: Settings stays the only reader, and the embedded worker this process
+        # may start inherits the same data directory.
         os.environ["ALIGND_DATA_DIR"] = str(data_dir.expanduser().resolve())
     reset_caches()
     return get_settings()

@@ -185,6 +185,8 @@ def trainer_command(spec: Path, output: Path, events: Path, resume: Path | None,
 def spawn_trainer(
     spec: Path, output: Path, events: Path, log_file: Path, resume: Path | None, settings: Settings
 ) -> subprocess.Popen[bytes]:
+    # The trainer inherits the worker's environment (PATH, HF caches, CUDA settings); nothing here is
+    # configuration read from it: alignd's own settings reach the trainer only through SPEC.json.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if settings.worker_gpus:
         slot = getattr(current_process(), "index", 0) or 0
