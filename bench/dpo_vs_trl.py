@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "out"
 TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
-ORCA = ROOT.parent / "shared" / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
+ORCA = ROOT / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
 
 
 def prepare(work: Path, rows: int, max_length: int) -> tuple[Path, Path]:

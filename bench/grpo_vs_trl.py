@@ -34,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / "out"
 TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k-train.jsonl"
+GSM8K = ROOT / "data" / "gsm8k-train.jsonl"
 TARGET_CHARS = 40
 SPLIT = ("time/generation", "time/scoring", "time/logprobs", "time/update")
 

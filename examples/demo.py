@@ -32,7 +32,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "examples" / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
+DATA = ROOT / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
 ALIGND = str(Path(sys.executable).parent / "alignd")  # the console script of this venv
 console = Console()
 

@@ -1,14 +1,14 @@
-"""Where the real public datasets live: ../shared/data beside the checkout (CI lays a copy there)."""
+"""Where the real public datasets live: data/ in the repository (sources and licences in data/SOURCES.md)."""
 
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+DATA_DIR = ROOT / "data"
 
 
 def shared_data(name: str) -> Path:
-    """Path of a file in ../shared/data (see its SOURCES.md); fails loudly when it is missing."""
-    path = SHARED_DATA / name
+    """Path of a real dataset shipped in data/; fails loudly when it is missing."""
+    path = DATA_DIR / name
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the tests read real data from ../shared/data")
+        raise FileNotFoundError(f"{path} is missing: see data/SOURCES.md")
     return path

