@@ -16,7 +16,7 @@ from tests.shared_data import shared_data
 
 
 def real_lines(name: str, n: int) -> bytes:
-    """The first n lines of a file in ../shared/data, as bytes."""
+    """The first n lines of a real dataset in data/, as bytes."""
     out = []
     with open(shared_data(name), "rb") as fh:
         for _ in range(n):
