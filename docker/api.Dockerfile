@@ -16,6 +16,7 @@ COPY api ./api
 COPY worker ./worker
 COPY trainer ./trainer
 COPY migrations ./migrations
+COPY cli ./cli
 RUN pip install .
 
 RUN useradd --create-home --uid 1000 alignd && mkdir -p /data && chown alignd /data

@@ -43,7 +43,7 @@ def postgres_server_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def postgres_template(postgres_server_url: str) -> str:
     """Name of a database migrated to head once per session; tests copy it."""
-    from api.core.migrate import upgrade
+    from migrations.run import upgrade
 
     upgrade(create_database(postgres_server_url, TEMPLATE_DB))
     return TEMPLATE_DB
@@ -66,7 +66,7 @@ def backend() -> str:
 def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, migrated database for this test."""
     if backend == "sqlite":
-        from api.core.migrate import upgrade
+        from migrations.run import upgrade
 
         url = f"sqlite:///{tmp_path / 'alignd.db'}"
         upgrade(url)

@@ -1,15 +1,22 @@
-"""API keys: created by the operator (`alignd keys create`), shown once, stored as sha256."""
+"""API keys: created by the operator (`alignd keys create`), shown once, stored as sha256.
+
+Listed and revoked by the operator too (`alignd keys list/revoke`). Every request looks its key up
+afresh (nothing caches it), so a revocation takes effect on the next request.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.auth.models import ApiKey, Tenant
-from api.core.errors import Unauthorized
+from api.core.db import utcnow
+from api.core.errors import NotFound, Unauthorized
 
 KEY_PREFIX = "alignd_"
 
@@ -47,3 +54,51 @@ def authenticate(session: Session, authorization: str | None) -> Tenant:
     if row is None:
         raise Unauthorized("invalid or revoked API key")
     return row
+
+
+class KeyNotFound(NotFound):
+    pass
+
+
+class TenantNotFound(NotFound):
+    pass
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What an operator may see of a key: never the key or its hash."""
+
+    id: str
+    prefix: str
+    tenant: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _info(key: ApiKey, tenant_name: str) -> KeyInfo:
+    return KeyInfo(key.id, key.prefix, tenant_name, key.created_at, key.revoked_at)
+
+
+def list_keys(session: Session, tenant_name: str | None = None) -> list[KeyInfo]:
+    """Every key (revoked ones too) by tenant name, oldest first; only `tenant_name`'s when given."""
+    query = select(ApiKey, Tenant.name).join(Tenant, ApiKey.tenant_id == Tenant.id)
+    if tenant_name is not None:
+        if session.execute(select(Tenant.id).where(Tenant.name == tenant_name)).first() is None:
+            raise TenantNotFound(f"no tenant named {tenant_name!r}; `alignd keys list` shows every tenant's keys")
+        query = query.where(Tenant.name == tenant_name)
+    rows = session.execute(query.order_by(Tenant.name, ApiKey.created_at, ApiKey.id)).all()
+    return [_info(key, name) for key, name in rows]
+
+
+def revoke_key(session: Session, key_id: str) -> KeyInfo:
+    """Revoke the key `key_id`; its next request is 401. Revoking a revoked key keeps its first time."""
+    row = session.execute(
+        select(ApiKey, Tenant.name).join(Tenant, ApiKey.tenant_id == Tenant.id).where(ApiKey.id == key_id)
+    ).first()
+    if row is None:
+        raise KeyNotFound(f"no API key with id {key_id!r}; `alignd keys list` shows the ids")
+    key, tenant_name = row.tuple()
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.commit()
+    return _info(key, tenant_name)

@@ -79,7 +79,7 @@ def test_keys_are_stored_as_sha256_only(tenant: TenantKey, session: Session) -> 
 
 
 def test_keys_create_prints_the_key_alone_on_the_last_line_and_it_works(settings: Settings, client: TestClient) -> None:
-    from api.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, ["keys", "create", "--tenant", "initech", "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output

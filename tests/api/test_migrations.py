@@ -8,8 +8,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from api.core.migrate import alembic_config
 from api.core.models import Base
+from migrations.run import alembic_config
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
@@ -29,7 +29,7 @@ def test_migrations_at_head_match_the_models_and_downgrade_cleanly(database_url:
 
 
 def test_pending_tells_a_fresh_database_from_one_at_head(postgres_server_url: str) -> None:
-    from api.core.migrate import pending, upgrade
+    from migrations.run import pending, upgrade
     from tests.services import create_database
 
     url = create_database(postgres_server_url, "pending_check")

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.cli import app
 from api.core.settings import Settings
 from api.models_dir.service import looks_like_path
+from cli.main import app
 from tests.api.helpers import real_lines, upload_ok
 
 

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from api.core.migrate import upgrade
 from api.core.settings import Settings
+from migrations.run import upgrade
 from worker.embedded import settings_environment, start_embedded_worker
 
 

@@ -1,4 +1,8 @@
-"""Run the Alembic migrations from code (`alignd migrate`, `alignd serve`, the test fixtures)."""
+"""Run the Alembic migrations from code (`alignd migrate`, `alignd serve`, the test fixtures).
+
+It lives beside the migrations, not in api/: migrations depend on api (its models and settings),
+and api never depends on migrations; whoever upgrades a database (the CLI, tests) imports this.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,14 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-import migrations
-
 
 def alembic_config(database_url: str | None = None) -> Config:
-    """Alembic's config without alembic.ini: the script folder is the installed `migrations` package.
+    """Alembic's config without alembic.ini: the script folder is this module's folder.
 
     With no URL, migrations/env.py takes it from Settings (ALIGND_DATABASE_URL or the embedded SQLite).
     """
     config = Config()
-    # __path__, not __file__: an editable install made before migrations/__init__.py existed maps the
-    # folder as a namespace package, which has no __file__.
-    config.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
+    config.set_main_option("script_location", str(Path(__file__).resolve().parent))
     if database_url is not None:
         config.attributes["database_url"] = database_url
     return config

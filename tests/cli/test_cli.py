@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import create_engine, inspect
 from typer.testing import CliRunner
 
-from api.cli import app
 from api.core import reset_caches
 from api.core.models import Base
+from cli.main import app
 
 
 @pytest.fixture
