@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.db import utcnow
-from worker.relay import Attempt, LostJob, lock_owned_job
+from worker.attempt import Attempt, LostJob, lock_owned_job
 
 logger = logging.getLogger(__name__)
 

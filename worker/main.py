@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 
+from api.core.broker import sender
 from api.core.settings import Settings
 from worker.celery_app import create_app
 from worker.reaper import ReaperThread
@@ -23,7 +24,7 @@ def run_worker(settings: Settings, extra_args: list[str] | None = None) -> None:
     if settings.worker_gpus is None:
         settings = settings.model_copy(update={"worker_gpus": count_gpus()})
     app = create_app(settings)
-    reaper = ReaperThread(settings, lambda job_id: app.send_task("job.run", args=[job_id], queue=settings.queue))
+    reaper = ReaperThread(settings, sender(app, settings.queue))
     reaper.start()
     argv = [
         "worker",

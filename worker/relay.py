@@ -2,9 +2,9 @@
 
 The relay tails the events file the trainer appends to, and applies what it finds in batches of
 `event_batch_size`, one transaction per batch, with the job row locked (api.jobs.events hands out
-the seqs). Every transaction first checks that this attempt still owns the job (worker id, attempt
-number, live status); if the reaper gave the job to someone else the relay raises `LostJob` and
-writes nothing.
+the seqs). Every transaction first checks that this attempt still owns the job (worker/attempt.py);
+if the reaper gave the job to someone else the relay raises `LostJob` and writes nothing. `done`
+and `error` end the job through the life cycle (api/jobs/lifecycle.py).
 
 - progress   -> job.progress (step, total_steps, epoch, eta_seconds); not an event.
 - metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step.
@@ -36,44 +36,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
-from api.core.db import utcnow
 from api.core.storage import LocalStorage, Stored
-from api.jobs.events import append_events, lock_job, set_status
+from api.jobs import lifecycle
+from api.jobs.events import append_events
 from api.jobs.models import Job, JobEvent
 from worker.archive import archive_folder
+from worker.attempt import Attempt, lock_owned_job
 
 logger = logging.getLogger(__name__)
-
-
-class LostJob(Exception):
-    """The job row no longer belongs to this attempt (reaped and claimed again, or finished)."""
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One claimed run of a job: who runs it and where its files live."""
-
-    job_id: str
-    tenant_id: str
-    worker_id: str
-    number: int
-    workdir: Path
-
-
-def lock_owned_job(session: Session, attempt: Attempt) -> Job:
-    """Lock the job row and make sure this attempt still owns it (raises LostJob otherwise)."""
-    job = lock_job(session, attempt.job_id)
-    owned = job.worker_id == attempt.worker_id and job.attempt == attempt.number
-    if not owned or job.status not in ("running", "cancelling"):
-        raise LostJob(f"job {attempt.job_id} is {job.status}, attempt {job.attempt} of {job.worker_id}")
-    return job
-
-
-def finish(job: Job, session: Session, status: str, **event_data: Any) -> None:
-    """Move a locked job to a final status (one status event) and release its lease."""
-    job.finished_at = utcnow()
-    job.lease_expires_at = None
-    set_status(session, job, status, **event_data)
 
 
 def recorded_metric_steps(session: Session, job_id: str) -> dict[str, int]:
@@ -190,17 +160,17 @@ class EventRelay:
     def _on_done(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
         self.terminal = "done"
         if job.status == "cancelling":  # finished before it could be stopped; keep the life cycle
-            finish(job, session, "cancelled")
+            lifecycle.transition(session, job, "cancelled")
             return
         final = _checkpoint(session, job.id, None, "final")
         job.output_checkpoint_id = final.id if final else None
-        finish(job, session, "succeeded")
+        lifecycle.transition(session, job, "succeeded")
 
     def _on_error(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
         self.terminal = "error"
-        job.error_code = str(event.get("code") or "training_error")
-        job.error_message = str(event.get("message") or "the trainer reported an error without a message")
-        finish(job, session, "failed", error={"code": job.error_code, "message": job.error_message})
+        code = str(event.get("code") or "training_error")
+        message = str(event.get("message") or "the trainer reported an error without a message")
+        lifecycle.fail(session, job, code, message)
 
 
 _Handler = Callable[[EventRelay, Session, Job, dict[str, Any], Stored | None], None]

@@ -2,8 +2,9 @@
 
 `run_job(job_id, settings)` is what the Celery task calls and what tests call without a broker.
 
-1. Claim: one conditional UPDATE (queued -> running, worker id, attempt + 1, lease, started_at).
-   A delivery that changes no row (the job is running elsewhere, finished or cancelled) returns.
+1. Claim (worker/attempt.py, through the life cycle in api/jobs/lifecycle.py): one conditional
+   UPDATE (queued -> running, worker id, attempt + 1, lease, started_at). A delivery that changes no
+   row (the job is running elsewhere, finished or cancelled) returns.
 2. Prepare the attempt folder `<work_dir>/jobs/<job>/attempt-<n>/`: SPEC.json (every reference a
    local path, worker/references.py) and, on attempt > 1, the job's last intermediate checkpoint
    extracted for `--resume`.
@@ -16,7 +17,7 @@
    (worker/heartbeat.py) for a cancel request or a lost lease. On cancel: SIGTERM the trainer,
    SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
    checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
-   and the last lines of its output.
+   and the last lines of its output. Every final status is set through the life cycle.
 5. Remove the attempt's local checkpoint copies (the store has their archives); SPEC.json,
    events.jsonl and trainer.log stay in the attempt folder for debugging.
 
@@ -36,25 +37,24 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from billiard.process import current_process
 from billiard.util import set_pdeathsig
-from sqlalchemy import bindparam, func, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
-from api.core.db import UTCDateTime, utcnow
 from api.core.settings import Settings
 from api.core.storage import LocalStorage, storage_from_url
-from api.jobs.events import append_events, lock_job
+from api.jobs import lifecycle
+from api.jobs.events import append_events
 from api.jobs.models import Job
 from worker.archive import extract_archive
+from worker.attempt import Attempt, LostJob, claim, lock_owned_job
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat
 from worker.references import UnresolvedReference, build_spec, latest_resumable_checkpoint
-from worker.relay import Attempt, EventRelay, LostJob, finish, lock_owned_job, recorded_metric_steps
+from worker.relay import EventRelay, recorded_metric_steps
 
 logger = logging.getLogger(__name__)
 
@@ -85,31 +85,6 @@ def run_job(job_id: str, settings: Settings) -> None:
 
 def worker_name(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-
-
-def claim(sessions: sessionmaker[Session], job_id: str, worker_id: str, settings: Settings) -> Attempt | None:
-    """Take a queued job with one conditional UPDATE; None when it was not queued."""
-    now = utcnow()
-    with sessions() as session, session.begin():
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "queued")
-            .values(
-                status="running",
-                worker_id=worker_id,
-                attempt=Job.attempt + 1,
-                lease_expires_at=now + timedelta(seconds=settings.lease_seconds),
-                started_at=func.coalesce(Job.started_at, bindparam("now", now, type_=UTCDateTime())),
-            )
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount == 0:  # type: ignore[attr-defined]
-            return None
-        job = lock_job(session, job_id)
-        data = {"status": "running", "previous": "queued", "attempt": job.attempt, "worker_id": worker_id}
-        append_events(session, job, [("status", data)])
-        workdir = settings.resolved_work_dir / "jobs" / job_id / f"attempt-{job.attempt}"
-        return Attempt(job.id, job.tenant_id, worker_id, job.attempt, workdir)
 
 
 def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings) -> None:
@@ -268,17 +243,14 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str, **data: object) -> None:
+def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str) -> None:
     with sessions() as session, session.begin():
-        job = lock_owned_job(session, attempt)
-        finish(job, session, status, **data)
+        lifecycle.transition(session, lock_owned_job(session, attempt), status)
 
 
 def _fail(sessions: sessionmaker[Session], attempt: Attempt, code: str, message: str) -> None:
     try:
         with sessions() as session, session.begin():
-            job = lock_owned_job(session, attempt)
-            job.error_code, job.error_message = code, message
-            finish(job, session, "failed", error={"code": code, "message": message})
+            lifecycle.fail(session, lock_owned_job(session, attempt), code, message)
     except LostJob:
         logger.warning("job %s: not marking failed, it is no longer ours", attempt.job_id)

@@ -1,18 +1,18 @@
-"""The API's side of the broker: it only ever sends "job X is ready" (DESIGN §2).
+"""The broker's one message, "job X is ready" (task `job.run`, DESIGN §2), and the API's connection.
 
-The job row is committed before its id is sent, so a worker that receives the id always finds the
-row. The worker defines the task "job.run"; the API names it and never imports worker code.
+`sender(app, queue)` is the only place that sends the task: the API sends through `get_celery()`
+(`send_job`), a worker's reaper through its own app. Code sends only through the job life cycle's
+`enqueue` (api/jobs/lifecycle.py), which commits the row first and records the send. The worker
+defines the task "job.run"; the API names it and never imports worker code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from celery import Celery
-from sqlalchemy import update
-from sqlalchemy.orm import Session
 
-from api.core.db import utcnow
 from api.core.settings import get_settings
 
 JOB_RUN_TASK = "job.run"
@@ -30,17 +30,18 @@ def get_celery() -> Celery:
     return app
 
 
-def enqueue_job(job_id: str) -> None:
-    """Tell the workers that job `job_id` (already committed) is ready to run."""
-    get_celery().send_task(JOB_RUN_TASK, args=[job_id], queue=get_settings().queue)
+def sender(app: Celery, queue: str) -> Callable[[str], None]:
+    """A function that tells the workers on `queue`, through `app`, that a job is ready to run."""
+
+    def send(job_id: str) -> None:
+        app.send_task(JOB_RUN_TASK, args=[job_id], queue=queue)
+
+    return send
 
 
-def mark_enqueued(session: Session, job_id: str) -> None:
-    """Record that a job id reached the broker (a queued job without it is sent again by the reaper)."""
-    from api.jobs.models import Job
-
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-    session.commit()
+def send_job(job_id: str) -> None:
+    """The API's sender: job `job_id` is ready, through the API's connection (get_celery)."""
+    sender(get_celery(), get_settings().queue)(job_id)
 
 
 def broker_reachable(timeout: float = 2.0) -> bool:

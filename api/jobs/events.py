@@ -1,7 +1,8 @@
 """Appending job events: the one place sequence numbers are handed out.
 
-Both the API (status changes on create/cancel) and the worker (status changes, relayed trainer
-events) append through `append_events`. It locks the job row (SELECT ... FOR UPDATE on Postgres;
+Both the API and the worker append through `append_events`: status events through the job life
+cycle (api/jobs/lifecycle.py, the only place that changes a job's status), relayed trainer events
+through worker/relay.py. It locks the job row (SELECT ... FOR UPDATE on Postgres;
 SQLite serialises writers anyway), so seqs are gap-free and strictly increasing per job even with
 several writers. The caller commits.
 """
@@ -38,10 +39,3 @@ def append_events(session: Session, job: Job, events: Iterable[tuple[str, dict[s
         session.add(row)
         rows.append(row)
     return rows
-
-
-def set_status(session: Session, job: Job, status: str, **data: Any) -> JobEvent:
-    """Change a locked job's status and record the transition as one `status` event."""
-    previous = job.status
-    job.status = status
-    return append_events(session, job, [("status", {"status": status, "previous": previous, **data})])[0]

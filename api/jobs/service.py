@@ -1,12 +1,12 @@
 """Jobs: create (checking everything checkable first), read, list, cancel, events and metrics.
 
-Create commits the job row and its first status event, then sends the id to the broker: a worker
-that receives an id always finds the row, and the row stays the truth if the send fails.
+Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create commits the
+job row and its first status event, then sends the id (enqueue-after-commit); cancel asks the life
+cycle what a cancel does to the job's status.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -15,22 +15,20 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.core.broker import enqueue_job, mark_enqueued
-from api.core.db import utcnow
+from api.core.broker import send_job
 from api.core.errors import Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
 from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
-from api.jobs.events import append_events, lock_job, set_status
+from api.jobs import lifecycle
+from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
 from api.models_dir.service import resolve_model_ref
 from api.reward_models.models import RewardModel
 from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
-
-log = logging.getLogger("alignd.jobs")
 
 ONLINE = ("grpo", "ppo")
 KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
@@ -83,8 +81,7 @@ def create_job(
         attempt=0,
         last_event_seq=0,
     )
-    session.add(job)
-    append_events(session, job, [("status", {"status": "queued", "previous": None})])
+    lifecycle.submit(session, job)
     try:
         session.commit()
     except IntegrityError:
@@ -94,14 +91,9 @@ def create_job(
         if existing is None:
             raise
         return existing, False
-    try:
-        enqueue_job(job.id)
-    except Exception:
-        # The row is committed and stays queued with enqueued_at NULL, which the workers' reaper
-        # sends again; a 5xx here would only invite a duplicate submission.
-        log.exception("could not send job %s to the broker; it stays queued and is sent again later", job.id)
-    else:
-        mark_enqueued(session, job.id)
+    # A send that fails leaves the committed job queued for the workers' reaper to send again; a 5xx
+    # here would only invite a duplicate submission.
+    lifecycle.enqueue(session, [job.id], send_job)
     return job, True
 
 
@@ -194,18 +186,15 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """queued -> cancelled at once; running -> cancelling (the worker stops the trainer); idempotent."""
     get_job(session, tenant_id, job_id)
     job = lock_job(session, job_id)
-    if job.status == "queued":
-        set_status(session, job, "cancelled", reason="cancelled by the user")
-        job.finished_at = utcnow()
-    elif job.status == "running":
-        set_status(session, job, "cancelling", reason="cancelled by the user")
-    elif job.status in ("cancelling", "cancelled"):
-        session.rollback()
-        return get_job(session, tenant_id, job_id)
-    else:
+    try:
+        changed = lifecycle.request_cancel(session, job, reason="cancelled by the user")
+    except lifecycle.ForbiddenTransition:
         status = job.status
         session.rollback()
-        raise JobFinished(f"job {job_id} already {status}; only queued or running jobs can be cancelled")
+        raise JobFinished(f"job {job_id} already {status}; only queued or running jobs can be cancelled") from None
+    if not changed:
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
     session.commit()
     return job
 

@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.jobs.events import append_events, lock_job, set_status
+from api.jobs.events import append_events, lock_job
+from api.jobs.lifecycle import transition
 from api.jobs.models import Job, JobEvent
 from tests.api.helpers import assert_error, real_lines, upload_ok
 from trainer.config import DPOConfig
@@ -284,7 +285,7 @@ def test_list_filters_by_status_and_algorithm_and_pages(
 
 def set_job_status(session: Session, job_id: str, status: str) -> None:
     job = lock_job(session, job_id)
-    set_status(session, job, status)
+    transition(session, job, status)
     session.commit()
 
 
@@ -331,7 +332,7 @@ def test_cancelling_a_finished_job_is_409(
 
 def add_training_events(session: Session, job_id: str) -> None:
     job = lock_job(session, job_id)
-    set_status(session, job, "running")
+    transition(session, job, "running")
     append_events(
         session,
         job,

@@ -26,7 +26,8 @@ from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
 from api.core.storage import LocalStorage, storage_from_url
 from api.datasets.models import Dataset
-from api.jobs.events import append_events, lock_job, set_status
+from api.jobs.events import append_events, lock_job
+from api.jobs.lifecycle import transition
 from api.jobs.models import Job, JobEvent
 from tests.shared_data import shared_data
 
@@ -153,7 +154,7 @@ def request_cancel(db: sessionmaker[Session], job_id: str) -> None:
     """What the API's cancel does to a running job."""
     with db() as session, session.begin():
         job = lock_job(session, job_id)
-        set_status(session, job, "cancelling")
+        transition(session, job, "cancelling")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.db import utcnow
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
-from api.jobs.events import lock_job, set_status
+from api.jobs.events import lock_job
+from api.jobs.lifecycle import transition
 from tests.worker.conftest import add_dataset, add_job, events_of, job_row
 from worker.reaper import reap_expired, resend_unsent
 
@@ -20,9 +21,9 @@ def _running_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: st
         dataset = add_dataset(session, storage, tenant_id)
         job = add_job(session, tenant_id, dataset.id, "tiny", **fields)
         job = lock_job(session, job.id)
-        set_status(session, job, "running")
+        transition(session, job, "running")
         if status != "running":
-            set_status(session, job, status)
+            transition(session, job, status)
         job.worker_id = "dead-host:123"
         job.attempt = fields.get("attempt", 1)
         job.lease_expires_at = utcnow() + timedelta(seconds=-1 if expired else 60)
@@ -30,10 +31,10 @@ def _running_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: st
         return job.id
 
 
-def _reap(db: sessionmaker[Session], settings: Settings) -> tuple[list[str], list[str]]:
+def _reap(db: sessionmaker[Session]) -> tuple[list[str], list[str]]:
     sent: list[str] = []
     with db() as session:
-        requeued = reap_expired(session, settings, sent.append)
+        requeued = reap_expired(session, sent.append)
     return requeued, sent
 
 
@@ -43,7 +44,7 @@ def test_a_job_whose_lease_expired_goes_back_to_the_queue_and_is_sent_again(
     job_id = _running_job(db, storage, tenant.id, expired=True)
     alive = _running_job(db, storage, tenant.id, expired=False)
 
-    requeued, sent = _reap(db, worker_settings)
+    requeued, sent = _reap(db)
 
     assert requeued == sent == [job_id]
     job = job_row(db, job_id)
@@ -51,7 +52,7 @@ def test_a_job_whose_lease_expired_goes_back_to_the_queue_and_is_sent_again(
     last = events_of(db, job_id)[-1]
     assert last.type == "status" and last.data["status"] == "queued" and last.data["reason"] == "lease expired"
     assert job_row(db, alive).status == "running"
-    assert _reap(db, worker_settings) == ([], [])  # a second reaper finds nothing more to do
+    assert _reap(db) == ([], [])  # a second reaper finds nothing more to do
 
 
 def test_a_job_whose_worker_died_max_attempts_times_fails_saying_so(
@@ -59,7 +60,7 @@ def test_a_job_whose_worker_died_max_attempts_times_fails_saying_so(
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True, attempt=3, max_attempts=3, progress={"step": 40})
 
-    assert _reap(db, worker_settings) == ([], [])
+    assert _reap(db) == ([], [])
 
     job = job_row(db, job_id)
     assert job.status == "failed" and job.error_code == "worker_lost" and job.finished_at is not None
@@ -71,7 +72,7 @@ def test_a_cancelling_job_whose_worker_died_becomes_cancelled(
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True, status="cancelling")
 
-    assert _reap(db, worker_settings) == ([], [])
+    assert _reap(db) == ([], [])
 
     assert job_row(db, job_id).status == "cancelled"
     statuses = [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
@@ -92,11 +93,11 @@ def test_a_queued_job_whose_send_failed_is_sent_by_the_reaper_once(
     sent: list[str] = []
 
     with db() as session:
-        assert resend_unsent(session, worker_settings, sent.append) == [unsent]
+        assert resend_unsent(session, sent.append) == [unsent]
     assert sent == [unsent]
     assert job_row(db, unsent).enqueued_at is not None and job_row(db, unsent).status == "queued"
     with db() as session:
-        assert resend_unsent(session, worker_settings, sent.append) == []
+        assert resend_unsent(session, sent.append) == []
     assert sent == [unsent] and already_sent not in sent
 
 
@@ -109,7 +110,7 @@ def test_a_send_that_fails_again_leaves_the_job_for_the_next_pass(
         raise ConnectionError("broker down")
 
     with db() as session:
-        assert resend_unsent(session, worker_settings, broker_down) == []
+        assert resend_unsent(session, broker_down) == []
     assert job_row(db, job_id).enqueued_at is None
 
 
@@ -119,7 +120,7 @@ def test_a_requeued_job_is_marked_sent_only_after_its_send(
     job_id = _running_job(db, storage, tenant.id, expired=True, enqueued_at=utcnow() - timedelta(hours=1))
     before = job_row(db, job_id).enqueued_at
 
-    _reap(db, worker_settings)
+    _reap(db)
 
     after = job_row(db, job_id).enqueued_at
     assert before is not None and after is not None and after > before

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.core.broker import enqueue_job
+from api.core.broker import send_job
 from api.core.settings import Settings
 from api.core.storage import LocalStorage
 from tests.worker.conftest import (
@@ -31,7 +31,7 @@ def submit(db: sessionmaker[Session], storage: LocalStorage, tenant, tiny_model:
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)
             job_id = add_job(session, tenant.id, dataset.id, base_model, hyperparameters=hyperparameters).id
-        enqueue_job(job_id)
+        send_job(job_id)
         return job_id
 
     return submit
@@ -47,7 +47,7 @@ def test_a_job_delivered_twice_runs_once_to_success(
 ) -> None:
     start_worker()
     job_id = submit(max_steps=8, save_every=4)
-    enqueue_job(job_id)  # a duplicate delivery, as a broker redelivery would make
+    send_job(job_id)  # a duplicate delivery, as a broker redelivery would make
 
     job = wait_for_status(db, job_id, ("succeeded", "failed"), timeout=180)
 

@@ -1,0 +1,207 @@
+"""The job life cycle (DESIGN §5): every change of `jobs.status`, and sending job ids to the broker.
+
+    queued --claim--> running --> succeeded | failed | cancelled
+    queued --cancel--> cancelled
+    running --cancel--> cancelling --> cancelled (or failed, when stopping the trainer broke)
+    running --lease expired--> queued (the next claim adds one to the attempt) | failed (max_attempts)
+
+`TRANSITIONS` is the table of allowed moves. Every status change goes through it: `transition` (and
+`claim`, its one conditional-UPDATE form) refuses a move the table lacks, stamps `started_at` on the
+first run and `finished_at` on a final status, records a failure's error, releases the lease where
+the job leaves a worker, and appends exactly one `status` event. The caller holds the row lock
+(api.jobs.events.lock_job) and commits. To add a status (pausing/paused, DESIGN §5), add its row to
+`TRANSITIONS` and, where it applies, to `ON_CANCEL`, `ON_LEASE_EXPIRY` or `HELD_STATUSES`.
+
+Enqueue-after-commit: `enqueue` commits the session first, then sends each job id and marks it sent
+(`enqueued_at`). So a worker that receives an id always finds the row, and the row stays the truth
+when a send fails: the job stays queued with `enqueued_at` NULL and a worker's reaper sends it again.
+The API (create), the reaper (requeued and unsent jobs) and nothing else call it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from api.core.db import utcnow
+from api.core.ids import new_id
+from api.jobs.events import append_events, lock_job
+from api.jobs.models import FINAL_STATUSES, Job, JobEvent
+
+log = logging.getLogger("alignd.jobs")
+
+Send = Callable[[str], None]
+"""Sends "job X is ready" to the broker (api.core.broker.sender); raises when it could not."""
+
+TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "queued": frozenset({"running", "cancelled"}),
+        "running": frozenset({"succeeded", "failed", "cancelled", "cancelling", "queued"}),
+        "cancelling": frozenset({"cancelled", "failed"}),
+        "succeeded": frozenset(),
+        "failed": frozenset(),
+        "cancelled": frozenset(),
+    }
+)
+"""status -> the statuses a job may move to from it. A final status has no way out."""
+
+ON_CANCEL: Mapping[str, str] = MappingProxyType({"queued": "cancelled", "running": "cancelling"})
+"""What a user's cancel does to a job in each status (a running job is stopped by its worker)."""
+
+ALREADY_CANCELLED = ("cancelling", "cancelled")
+"""Statuses where a cancel is under way or done: cancelling again changes nothing."""
+
+ON_LEASE_EXPIRY: Mapping[str, str] = MappingProxyType({"running": "queued", "cancelling": "cancelled"})
+"""Where a job goes when its worker stopped renewing the lease (`queued` becomes `failed` once the
+job used all its attempts)."""
+
+HELD_STATUSES = tuple(ON_LEASE_EXPIRY)
+"""Statuses in which a worker holds the job under a lease (heartbeat, reaper, ownership checks)."""
+
+
+class ForbiddenTransition(ValueError):
+    """A status change the life cycle does not allow."""
+
+    def __init__(self, job_id: str, current: str, new: str) -> None:
+        super().__init__(f"job {job_id}: {current} -> {new} is not a transition of the job life cycle")
+        self.current, self.new = current, new
+
+
+def allowed(current: str, new: str) -> bool:
+    """Whether the table lets a job move from `current` to `new`."""
+    return new in TRANSITIONS.get(current, frozenset())
+
+
+def submit(session: Session, job: Job) -> JobEvent:
+    """Add a new job row: it enters the life cycle as `queued` (no attempt yet), with its first status event."""
+    job.id = job.id or new_id("job")  # its events refer to it before the INSERT
+    job.status, job.attempt, job.last_event_seq = "queued", 0, 0
+    session.add(job)
+    return append_events(session, job, [("status", {"status": "queued", "previous": None})])[0]
+
+
+def transition(
+    session: Session, job: Job, status: str, *, error: tuple[str, str] | None = None, **data: Any
+) -> JobEvent:
+    """Move a locked job to `status`: check the table, apply its effects, append one status event.
+
+    `error` is (code, message) of a failure: stored on the job and in the event. `data` goes into the
+    event beside `status` and `previous` (e.g. `reason`). Raises ForbiddenTransition.
+    """
+    previous = job.status
+    if not allowed(previous, status):
+        raise ForbiddenTransition(job.id, previous, status)
+    job.status = status
+    return _entered(session, job, previous, error, data)
+
+
+def claim(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
+    """queued -> running for `worker_id` with one conditional UPDATE, so that of two deliveries of
+    one job exactly one gets it; the attempt number goes up by one. None when the job was not queued.
+    The caller commits."""
+    if not allowed("queued", "running"):  # the table is the rule, even for this fast path
+        raise ForbiddenTransition(job_id, "queued", "running")
+    claimed = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued")
+        .values(
+            status="running",
+            worker_id=worker_id,
+            attempt=Job.attempt + 1,
+            lease_expires_at=utcnow() + timedelta(seconds=lease_seconds),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    job = lock_job(session, job_id)
+    _entered(session, job, "queued", None, {"attempt": job.attempt, "worker_id": worker_id})
+    return job
+
+
+def fail(session: Session, job: Job, code: str, message: str, **data: Any) -> JobEvent:
+    """Move a locked job to `failed`, saying why (`code`, and a `message` a user can act on)."""
+    return transition(session, job, "failed", error=(code, message), **data)
+
+
+def request_cancel(session: Session, job: Job, reason: str) -> bool:
+    """Apply a user's cancel to a locked job (see ON_CANCEL). False when a cancel is already under
+    way or done; raises ForbiddenTransition for a job that cannot be cancelled (a final one)."""
+    if job.status in ALREADY_CANCELLED:
+        return False
+    target = ON_CANCEL.get(job.status)
+    if target is None:
+        raise ForbiddenTransition(job.id, job.status, "cancelled")
+    transition(session, job, target, reason=reason)
+    return True
+
+
+def expire_lease(session: Session, job: Job) -> str:
+    """A locked held job whose worker stopped renewing its lease: cancelling -> cancelled (nobody
+    is left to stop), running -> queued (resumed by the next claim), or failed once all attempts
+    are used. The worker is released either way. Returns the new status."""
+    dead_worker, job.worker_id = job.worker_id, None
+    target = ON_LEASE_EXPIRY.get(job.status)
+    if target is None:
+        raise ForbiddenTransition(job.id, job.status, "queued")
+    if target == "cancelled":
+        transition(session, job, target, reason="the worker running the job stopped responding")
+    elif job.attempt >= job.max_attempts:
+        step = (job.progress or {}).get("step")
+        message = (
+            f"The worker running this job died {job.attempt} times"
+            + (f" (last seen at step {step})" if step is not None else "")
+            + "; check the worker logs for out-of-memory kills or crashes, then resubmit"
+            " (a smaller batch_size or max_length, or LoRA, lowers memory use)."
+        )
+        fail(session, job, "worker_lost", message)
+    else:
+        transition(session, job, target, reason="lease expired", attempt=job.attempt, worker_id=dead_worker)
+    log.warning("job %s: lease of %s expired; now %s", job.id, dead_worker, job.status)
+    return job.status
+
+
+def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
+    """Commit the session, then send each job id to the broker and mark it sent; returns the ids sent.
+
+    A send that fails is logged and the job stays queued with `enqueued_at` NULL, which a worker's
+    reaper sends again (a duplicate delivery is harmless: `claim` takes a job once).
+    """
+    session.commit()
+    sent = []
+    for job_id in job_ids:
+        try:
+            send(job_id)
+        except Exception:
+            log.exception("could not send job %s to the broker; it stays queued and is sent again later", job_id)
+            continue
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+        session.commit()
+        sent.append(job_id)
+    return sent
+
+
+def _entered(
+    session: Session, job: Job, previous: str, error: tuple[str, str] | None, data: dict[str, Any]
+) -> JobEvent:
+    """The effects of a job having entered `job.status` from `previous`, and its one status event."""
+    now = utcnow()
+    if job.status == "running" and job.started_at is None:
+        job.started_at = now
+    if job.status == "queued":  # back from a worker: the next claim starts a new attempt
+        job.worker_id = None
+        job.lease_expires_at = None
+        job.enqueued_at = None
+    if job.status in FINAL_STATUSES:
+        job.finished_at = now
+        job.lease_expires_at = None
+    if error is not None:
+        job.error_code, job.error_message = error
+        data = {**data, "error": {"code": error[0], "message": error[1]}}
+    return append_events(session, job, [("status", {"status": job.status, "previous": previous, **data})])[0]
