@@ -145,7 +145,9 @@ def iter_lines(chunks: Iterable[bytes]) -> Generator[tuple[int, bytes], None, No
     """(line number, line without its newline) of each non-blank line in a stream of byte blocks.
 
     Runs of blank lines are skipped by regex/count scans in C; only non-blank lines cost a Python
-    step (100 MiB of newlines: ~0.1 s, where a readline() per line took ~15 s).
+    step: ~9 ns per blank byte, about what inflating it costs. Measured on the shared 2-core dev box:
+    a 100 KB gzip of 100 MiB of newlines took 40.9 s to validate with a readline() per line, 1.0-1.6 s
+    now with no ratio limit, 0.1 s under the default ratio limit (refused ~13 MiB in).
     """
     carry = b""
     lineno = 0
@@ -455,7 +457,7 @@ def _indexed_lines(storage: LocalStorage, dataset: Dataset, offset: int, limit: 
     """Read only the bytes between the index entries around rows [offset, offset+limit)."""
     index = index_key(dataset.storage_key)
     magic, stride = _INDEX_HEADER.unpack(_read(storage, index, 0, _INDEX_HEADER.size - 1))
-    if magic != INDEX_MAGIC:
+    if magic != INDEX_MAGIC or stride < 1:
         raise RuntimeError(f"{index} is not a row index")
     stop = min(offset + limit, dataset.rows)
     if offset >= stop:
