@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     """Scratch space of the worker for running jobs; default <data_dir>/work."""
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     """Largest dataset upload accepted (413 above it)."""
+    max_dataset_bytes: int | None = Field(None, ge=1)
+    """Largest dataset once decompressed (413 above it; datasets are stored decompressed); default 4x
+    max_upload_bytes, so a .jsonl.gz of ordinary text (3-6x smaller) fits when its upload does."""
+    max_compression_ratio: float = Field(100.0, gt=1)
+    """A .jsonl.gz that expands more than this many times its size (checked past 8 MiB) is refused (413)."""
     allow_hub_models: bool = True
     """Accept Hugging Face hub ids as base_model (resolved by the worker's hub cache)."""
     trust_remote_code: bool = False
@@ -76,6 +81,10 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"file://{self.data_dir.resolve() / 'artifacts'}"
+
+    @property
+    def resolved_max_dataset_bytes(self) -> int:
+        return self.max_dataset_bytes or 4 * self.max_upload_bytes
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -34,7 +34,7 @@ _UPLOAD_DOC = {
     }
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "over the size limit"},
+    413: {"description": "over the size limit, or a .jsonl.gz that decompresses past it or implausibly far"},
     422: {"description": "invalid rows (details per line)"},
 }
 
@@ -72,6 +72,7 @@ async def upload_dataset(
         name=fields.get("name") or None,
         filename=filename,
         declared_format=fields.get("format") or None,
+        limits=service.Limits.from_settings(settings),
     )
     return DatasetPublic.model_validate(dataset)
 
@@ -80,7 +81,13 @@ async def upload_dataset(
 async def validate_dataset(request: Request, settings: SettingsDep, tenant: TenantDep) -> DatasetValidation:
     """Check a dataset without storing it."""
     staged, fields, filename = await _receive(request, settings)
-    result = await run_in_threadpool(service.check_upload, staged, filename, fields.get("format") or None)
+    result = await run_in_threadpool(
+        service.check_upload,
+        staged,
+        filename,
+        fields.get("format") or None,
+        limits=service.Limits.from_settings(settings),
+    )
     return DatasetValidation(
         kind=result.kind,
         format=result.format,
@@ -115,10 +122,10 @@ def preview_rows(
     session: SessionDep,
     storage: StorageDep,
     tenant: TenantDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=service.MAX_ROWS)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> DatasetRows:
-    """Preview rows of a dataset."""
+    """Preview rows of a dataset (422 for an offset past its last row)."""
     dataset = service.get_dataset(session, tenant.id, dataset_id)
     rows, has_more = service.preview_rows(storage, dataset, offset=offset, limit=limit)
     return DatasetRows(data=rows, offset=offset, has_more=has_more)

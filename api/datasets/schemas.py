@@ -22,7 +22,7 @@ class DatasetPublic(BaseModel):
     prompt_completion, messages, alpaca or text."""
     rows: int
     bytes: int
-    """Size of the file as uploaded (compressed size for .jsonl.gz)."""
+    """Size of the file as uploaded (compressed size for .jsonl.gz; the rows are stored decompressed)."""
     sha256: str
     """sha256 of the file as uploaded."""
     created_at: datetime

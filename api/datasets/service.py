@@ -3,17 +3,36 @@
 An upload is written to a staging file (hashing and counting as the bytes arrive, stopping at
 the size limit), then validated line by line from that file with trainer.formats (the same rules
 the trainer reads with), and only then moved into the artifact store and recorded. On any error
-the staging file is removed: an invalid upload leaves no row and no file.
+the staging files are removed: an invalid upload leaves no row and no file.
+
+Validation counts decompressed bytes as it reads: a .jsonl.gz is refused (413) once it expands past
+`max_dataset_bytes` or, past 8 MiB, more than `max_compression_ratio` times the compressed bytes read
+so far, so a bomb costs a few MiB of inflating, not its full size. Lines are found with C-level
+scans of 1 MiB blocks, so blank lines cost about what gzip costs per byte, not a Python call each.
+
+What is stored is the data decompressed and normalised (one row per line, blank lines dropped, every
+line ending in a newline; the trainer reads it as plain .jsonl) plus a sidecar index (`<key>.idx`:
+the byte offset of every STRIDE-th row), so a page of rows is one small ranged read wherever it
+lies. The dataset's `bytes`/`sha256` still describe the file as uploaded. Datasets stored before
+the index existed (gzip or plain, no sidecar) are read from the start, as before.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import re
+import struct
+import sys
 import uuid
 import zlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,7 +52,17 @@ from trainer.formats import FORMATS, RowError, detect_format, parse_row
 
 MAX_DETAILS = 100
 MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_ROWS = 2**31 - 1
+"""datasets.rows is a 32-bit integer column."""
 GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1024 * 1024
+RATIO_GRACE_BYTES = 8 * 1024 * 1024
+"""The compression ratio is only judged past this many decompressed bytes (small files vary)."""
+STRIDE = 100
+"""The row index records the offset of every STRIDE-th row: a page reads at most STRIDE + limit rows."""
+INDEX_MAGIC = b"ALIGNDX1"
+_INDEX_HEADER = struct.Struct("<8sQ")  # magic, stride; then one little-endian uint64 offset per entry
+_NOT_BLANK = re.compile(rb"[^ \t\r\n\x0b\x0c]")  # bytes.strip()'s whitespace
 
 
 class DatasetInvalid(InvalidRequest):
@@ -101,7 +130,66 @@ def staging_dir(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "uploads"
 
 
+# ---- reading lines -------------------------------------------------------------------------------
+
+
+def _too_long(lineno: int) -> DatasetInvalid:
+    return DatasetInvalid(
+        f"line {lineno} is longer than {MAX_LINE_BYTES} bytes",
+        param="file",
+        details=[{"line": lineno, "field": None, "message": "line too long"}],
+    )
+
+
+def iter_lines(chunks: Iterable[bytes]) -> Generator[tuple[int, bytes], None, None]:
+    """(line number, line without its newline) of each non-blank line in a stream of byte blocks.
+
+    Runs of blank lines are skipped by regex/count scans in C; only non-blank lines cost a Python
+    step: ~9 ns per blank byte, about what inflating it costs. Measured on the shared 2-core dev box:
+    a 100 KB gzip of 100 MiB of newlines took 40.9 s to validate with a readline() per line, 1.0-1.6 s
+    now with no ratio limit, 0.1 s under the default ratio limit (refused ~13 MiB in).
+    """
+    carry = b""
+    lineno = 0
+    for chunk in chunks:
+        data = carry + chunk if carry else chunk
+        last = data.rfind(b"\n")
+        if last < 0:
+            carry = data
+            if len(carry) > MAX_LINE_BYTES:
+                raise _too_long(lineno + 1)
+            continue
+        carry = data[last + 1 :]
+        pos = 0
+        while (found := _NOT_BLANK.search(data, pos, last)) is not None:
+            # pos is a line start; the line holding `found` starts after the last newline before it.
+            start = max(pos, data.rfind(b"\n", pos, found.start()) + 1)
+            lineno += data.count(b"\n", pos, start) + 1
+            end = data.find(b"\n", found.start())
+            if end - start > MAX_LINE_BYTES:
+                raise _too_long(lineno)
+            yield lineno, data[start:end]
+            pos = end + 1
+        lineno += data.count(b"\n", pos, last + 1)
+    if carry.strip():
+        if len(carry) > MAX_LINE_BYTES:
+            raise _too_long(lineno + 1)
+        yield lineno + 1, carry
+
+
 # ---- validation ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    """Decompressed bytes allowed."""
+    max_ratio: float
+    """Decompressed / compressed bytes allowed past RATIO_GRACE_BYTES."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.resolved_max_dataset_bytes, settings.max_compression_ratio)
 
 
 @dataclass
@@ -112,63 +200,110 @@ class Validated:
     compressed: bool
 
 
-def _open_lines(path: Path, filename: str | None) -> tuple[IO[bytes], bool]:
-    fh = open(path, "rb")  # noqa: SIM115 (returned to the caller)
-    compressed = fh.read(2) == GZIP_MAGIC
-    fh.seek(0)
-    if filename and filename.lower().endswith(".gz") and not compressed:
-        fh.close()
-        raise NotGzip(f"{filename!r} is named .gz but is not gzip-compressed: upload it as .jsonl", param="file")
-    if compressed:
-        return gzip.GzipFile(fileobj=fh), True  # type: ignore[return-value]
-    return fh, False
+class Normalised:
+    """The validated rows written out one per line, hashed, with the sparse row index built on the way."""
+
+    def __init__(self, staging_dir: Path) -> None:
+        self.path = staging_dir / f"rows-{uuid.uuid4().hex}.part"
+        self.bytes = 0
+        self.offsets = array("Q")
+        self._digest = hashlib.sha256()
+        self._fh: IO[bytes] | None = open(self.path, "wb")  # noqa: SIM115 (closed in close/discard)
+
+    def add(self, row: int, line: bytes) -> None:
+        if row % STRIDE == 0:
+            self.offsets.append(self.bytes)
+        assert self._fh is not None
+        for part in (line, b"\n"):
+            self._fh.write(part)
+            self._digest.update(part)
+        self.bytes += len(line) + 1
+
+    @property
+    def sha256(self) -> str:
+        return self._digest.hexdigest()
+
+    def index(self) -> bytes:
+        offsets = array("Q", self.offsets)
+        if sys.byteorder != "little":
+            offsets.byteswap()
+        return _INDEX_HEADER.pack(INDEX_MAGIC, STRIDE) + offsets.tobytes()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
 
 
-def _lines(fh: IO[bytes]) -> Iterator[tuple[int, bytes]]:
-    lineno = 0
-    while True:
-        raw = fh.readline(MAX_LINE_BYTES + 1)
-        if not raw:
-            return
-        lineno += 1
-        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise DatasetInvalid(
-                f"line {lineno} is longer than {MAX_LINE_BYTES} bytes",
+def _decompressed(raw: IO[bytes], compressed: bool, limits: Limits) -> Iterator[bytes]:
+    """1 MiB blocks of the file's content, refusing a decompression bomb as soon as it shows."""
+    stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if compressed else raw  # type: ignore[assignment]
+    total = 0
+    while chunk := stream.read(CHUNK):
+        total += len(chunk)
+        if total > limits.max_bytes:
+            what = "decompresses to" if compressed else "is"
+            raise UploadTooLarge(
+                f"the dataset {what} more than this server's limit of {limits.max_bytes} bytes "
+                "(ALIGND_MAX_DATASET_BYTES); split it into several datasets",
                 param="file",
-                details=[{"line": lineno, "field": None, "message": "line too long"}],
             )
-        yield lineno, raw
+        # raw.tell() is how much of the gzip stream has been read so far (a little ahead of inflation).
+        if compressed and total > RATIO_GRACE_BYTES and total > limits.max_ratio * raw.tell():
+            raise UploadTooLarge(
+                f"the file expands more than {limits.max_ratio:g} times when decompressed, which real "
+                "datasets do not (ALIGND_MAX_COMPRESSION_RATIO); remove runs of blank or repeated lines, "
+                "or upload it uncompressed",
+                param="file",
+            )
+        yield chunk
 
 
-def validate_file(path: Path, filename: str | None = None, declared_format: str | None = None) -> Validated:
+def validate_file(
+    path: Path,
+    filename: str | None = None,
+    declared_format: str | None = None,
+    *,
+    limits: Limits,
+    out: Normalised | None = None,
+) -> Validated:
     """Check every line of a staged .jsonl / .jsonl.gz file; raises DatasetInvalid with line details.
 
-    All rows must share one format: the declared one, or the first valid row's. Reads one line at a
-    time; stops collecting after the first MAX_DETAILS problems.
+    All rows must share one format: the declared one, or the first valid row's. Reads 1 MiB at a
+    time; stops collecting after the first MAX_DETAILS problems. Valid rows go to `out` when given.
     """
     if declared_format is not None and declared_format not in FORMATS:
         raise InvalidRequest(f"unknown format {declared_format!r}; one of: {', '.join(FORMATS)}", param="format")
     details: list[dict[str, Any]] = []
     fmt = declared_format
     rows = 0
-    fh, compressed = _open_lines(path, filename)
-    try:
-        with fh:
-            for lineno, raw in _lines(fh):
-                if not raw.strip():
-                    continue
-                rows += 1
-                problem = _check_line(lineno, raw, fmt, declared=declared_format is not None)
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        if filename and filename.lower().endswith(".gz") and not compressed:
+            raise NotGzip(f"{filename!r} is named .gz but is not gzip-compressed: upload it as .jsonl", param="file")
+        try:
+            for lineno, line in iter_lines(_decompressed(raw, compressed, limits)):
+                if rows == MAX_ROWS:
+                    raise UploadTooLarge(f"the dataset has more than {MAX_ROWS} rows; split it", param="file")
+                problem = _check_line(lineno, line, fmt, declared=declared_format is not None)
                 if isinstance(problem, str):
                     fmt = fmt or problem
+                    if out is not None and not details:
+                        out.add(rows, line)
                 else:
                     details.append(problem)
                     if len(details) >= MAX_DETAILS:
                         break
-    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
-        raise NotGzip(
-            f"the file is not valid gzip ({exc}); upload it uncompressed or re-compress it", param="file"
-        ) from exc
+                rows += 1
+        except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+            raise NotGzip(
+                f"the file is not valid gzip ({exc}); upload it uncompressed or re-compress it", param="file"
+            ) from exc
     if details:
         more = " (showing the first 100)" if len(details) >= MAX_DETAILS else ""
         first = details[0]
@@ -213,13 +348,19 @@ def _check_line(lineno: int, raw: bytes, fmt: str | None, *, declared: bool) -> 
 # ---- create / read / delete ----------------------------------------------------------------------
 
 
-def check_upload(staged: StagedUpload, filename: str | None, declared_format: str | None) -> Validated:
+def check_upload(
+    staged: StagedUpload, filename: str | None, declared_format: str | None, *, limits: Limits
+) -> Validated:
     """Validate a staged upload and throw it away (the pre-flight)."""
     try:
         staged.close()
-        return validate_file(staged.path, filename, declared_format)
+        return validate_file(staged.path, filename, declared_format, limits=limits)
     finally:
         staged.discard()
+
+
+def index_key(storage_key: str) -> str:
+    return f"{storage_key}.idx"
 
 
 def create_dataset(
@@ -231,15 +372,20 @@ def create_dataset(
     name: str | None,
     filename: str | None,
     declared_format: str | None,
+    limits: Limits,
 ) -> Dataset:
-    """Validate a staged upload, move it into the store and record it; nothing is kept on failure."""
-    key = None
+    """Validate a staged upload, store its rows (normalised, indexed) and record it; nothing is kept on failure."""
+    keys: list[str] = []
+    normalised = Normalised(staged.path.parent)
     try:
         staged.close()
-        result = validate_file(staged.path, filename, declared_format)
+        result = validate_file(staged.path, filename, declared_format, limits=limits, out=normalised)
+        normalised.close()
         dataset_id = new_id("ds")
-        key = f"datasets/{tenant_id}/{dataset_id}.jsonl" + (".gz" if result.compressed else "")
-        storage.adopt(key, staged.path, staged.sha256)
+        key = f"datasets/{tenant_id}/{dataset_id}.jsonl"
+        keys += [key, index_key(key)]
+        storage.adopt(key, normalised.path, normalised.sha256)
+        storage.put_stream(index_key(key), io.BytesIO(normalised.index()))
         dataset = Dataset(
             id=dataset_id,
             tenant_id=tenant_id,
@@ -256,11 +402,12 @@ def create_dataset(
         return dataset
     except BaseException:
         session.rollback()
-        if key is not None:
-            storage.delete(key)
+        for stored in keys:
+            storage.delete(stored)
         raise
     finally:
         staged.discard()
+        normalised.discard()
 
 
 def _stem(filename: str | None) -> str | None:
@@ -291,20 +438,53 @@ def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | 
 
 
 def preview_rows(storage: LocalStorage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
-    """Rows [offset, offset+limit) as stored (blank lines skipped), read line by line."""
-    rows: list[Any] = []
-    fh, _ = _open_lines(storage.path(dataset.storage_key), None)
-    with fh:
-        index = 0
-        for _, raw in _lines(fh):
-            if not raw.strip():
-                continue
-            if index >= offset + limit:
-                return rows, True
-            if index >= offset:
-                rows.append(orjson.loads(raw))
-            index += 1
-    return rows, False
+    """Rows [offset, offset+limit) as stored (blank lines skipped); 422 for an offset past the end."""
+    if offset > dataset.rows:
+        raise InvalidRequest(f"offset {offset} is past the end of the dataset ({dataset.rows} rows)", param="offset")
+    if storage.exists(index_key(dataset.storage_key)):
+        lines = _indexed_lines(storage, dataset, offset, limit)
+    else:  # stored before the row index existed: read from the start
+        lines = _lines_from_start(storage, dataset.storage_key, offset, limit)
+    rows = [orjson.loads(line) for line in lines]
+    return rows, offset + len(rows) < dataset.rows
+
+
+def _read(storage: LocalStorage, key: str, start: int, end: int) -> bytes:
+    return b"".join(storage.iter_range(key, start, end))
+
+
+def _indexed_lines(storage: LocalStorage, dataset: Dataset, offset: int, limit: int) -> Iterator[bytes]:
+    """Read only the bytes between the index entries around rows [offset, offset+limit)."""
+    index = index_key(dataset.storage_key)
+    magic, stride = _INDEX_HEADER.unpack(_read(storage, index, 0, _INDEX_HEADER.size - 1))
+    if magic != INDEX_MAGIC or stride < 1:
+        raise RuntimeError(f"{index} is not a row index")
+    stop = min(offset + limit, dataset.rows)
+    if offset >= stop:
+        return
+    entries = -(-dataset.rows // stride)
+    first, after = offset // stride, -(-stop // stride)  # the entries at or before offset and at or after stop
+    last = min(after, entries - 1)
+    raw = _read(storage, index, _INDEX_HEADER.size + 8 * first, _INDEX_HEADER.size + 8 * last + 7)
+    offsets = struct.unpack(f"<{last - first + 1}Q", raw)
+    end = offsets[after - first] - 1 if after < entries else None
+    skip = offset - first * stride
+    with closing(iter_lines(storage.iter_range(dataset.storage_key, offsets[0], end))) as lines:
+        for _, line in islice(lines, skip, skip + stop - offset):
+            yield line
+
+
+def _lines_from_start(storage: LocalStorage, key: str, offset: int, limit: int) -> Iterator[bytes]:
+    def chunks() -> Iterator[bytes]:
+        if not key.endswith(".gz"):  # older uploads were stored as sent, .gz keys for gzip ones
+            yield from storage.iter_range(key, 0, None)
+            return
+        with storage.open(key) as fh, gzip.GzipFile(fileobj=fh) as gz:
+            yield from iter(partial(gz.read, CHUNK), b"")
+
+    with closing(iter_lines(chunks())) as lines:
+        for _, line in islice(lines, offset, offset + limit):
+            yield line
 
 
 def delete_dataset(session: Session, storage: LocalStorage, tenant_id: str, dataset_id: str) -> None:
@@ -324,3 +504,4 @@ def delete_dataset(session: Session, storage: LocalStorage, tenant_id: str, data
     dataset.deleted_at = utcnow()
     session.commit()
     storage.delete(dataset.storage_key)
+    storage.delete(index_key(dataset.storage_key))
