@@ -26,7 +26,7 @@ from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
 from api.core.pagination import page_query
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.datasets.models import Dataset
 from api.jobs.models import LIVE_STATUSES, Job
 from trainer.formats import FORMATS, RowError, detect_format, parse_row
@@ -224,7 +224,7 @@ def check_upload(staged: StagedUpload, filename: str | None, declared_format: st
 
 def create_dataset(
     session: Session,
-    storage: LocalStorage,
+    storage: Storage,
     tenant_id: str,
     staged: StagedUpload,
     *,
@@ -290,7 +290,7 @@ def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | 
     return items[:limit], len(items) > limit
 
 
-def preview_rows(storage: LocalStorage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
+def preview_rows(storage: Storage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
     """Rows [offset, offset+limit) as stored (blank lines skipped), read line by line."""
     rows: list[Any] = []
     fh, _ = _open_lines(storage.path(dataset.storage_key), None)
@@ -307,7 +307,7 @@ def preview_rows(storage: LocalStorage, dataset: Dataset, *, offset: int, limit:
     return rows, False
 
 
-def delete_dataset(session: Session, storage: LocalStorage, tenant_id: str, dataset_id: str) -> None:
+def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_id: str) -> None:
     """Remove the file and hide the dataset; 409 while a queued or running job uses it."""
     dataset = get_dataset(session, tenant_id, dataset_id, for_update=True)
     live = session.scalars(

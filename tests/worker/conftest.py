@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import LocalStorage, storage_from_url
+from api.core.storage import Storage, storage_from_url
 from api.datasets.models import Dataset
 from api.jobs.events import append_events, lock_job, set_status
 from api.jobs.models import Job, JobEvent
@@ -72,7 +72,7 @@ def db(worker_settings: Settings) -> sessionmaker[Session]:
 
 
 @pytest.fixture
-def storage(worker_settings: Settings) -> LocalStorage:
+def storage(worker_settings: Settings) -> Storage:
     return storage_from_url(worker_settings.resolved_storage_url)
 
 
@@ -108,7 +108,7 @@ def tiny_model(worker_settings: Settings, tiny_model_dir: Path) -> str:
     return "tiny"
 
 
-def add_dataset(session: Session, storage: LocalStorage, tenant_id: str) -> Dataset:
+def add_dataset(session: Session, storage: Storage, tenant_id: str) -> Dataset:
     """A stored preference dataset of short real pairs, as an upload leaves it."""
     import io
 

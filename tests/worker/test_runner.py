@@ -14,14 +14,14 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, request_cancel, wait_for
 from worker import runner
 from worker.runner import run_job
 
 
 @pytest.fixture
-def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
+def queued_job(db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
     def make(base_model: str = "org/hub-model", **fields):  # type: ignore[no-untyped-def]
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)
@@ -32,7 +32,7 @@ def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_output(
-    fake_trainer: None, queued_job, db: sessionmaker[Session], storage: LocalStorage, worker_settings: Settings
+    fake_trainer: None, queued_job, db: sessionmaker[Session], storage: Storage, worker_settings: Settings
 ) -> None:
     job_id = queued_job(hyperparameters={"max_steps": 9, "save_every": 4})
 
@@ -53,7 +53,8 @@ def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_
     for checkpoint in checkpoints:
         import hashlib
 
-        assert hashlib.sha256(storage.path(checkpoint.storage_key).read_bytes()).hexdigest() == checkpoint.sha256
+        with storage.open(checkpoint.storage_key) as archive:
+            assert hashlib.sha256(archive.read()).hexdigest() == checkpoint.sha256
         assert storage.size(checkpoint.storage_key) == checkpoint.bytes
 
 
