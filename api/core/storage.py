@@ -16,6 +16,7 @@ or misconfigured store raises `StorageUnavailable` (HTTP 503) instead of hanging
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import uuid
@@ -300,7 +301,8 @@ class S3Storage:
         return self._call("read", key, self.client.get_object, **args)["Body"]
 
     def open(self, key: str) -> BinaryIO:
-        return cast(BinaryIO, self._get(key))
+        # Buffered, so readline() and small reads do not become one tiny socket read each.
+        return cast(BinaryIO, io.BufferedReader(self._get(key), CHUNK))
 
     def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         # No Range header for the whole object: S3 answers 416 to any range of an empty one.

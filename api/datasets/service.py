@@ -293,8 +293,8 @@ def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | 
 def preview_rows(storage: Storage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
     """Rows [offset, offset+limit) as stored (blank lines skipped), read line by line."""
     rows: list[Any] = []
-    fh, _ = _open_lines(storage.path(dataset.storage_key), None)
-    with fh:
+    with storage.open(dataset.storage_key) as stored:
+        fh: IO[bytes] = gzip.GzipFile(fileobj=stored) if dataset.storage_key.endswith(".gz") else stored  # type: ignore[assignment]
         index = 0
         for _, raw in _lines(fh):
             if not raw.strip():

@@ -194,7 +194,7 @@ def test_storage_from_url_builds_the_s3_backend_from_settings(s3_endpoint: str) 
 def test_a_bucket_that_does_not_exist_is_a_clear_error(s3_endpoint: str) -> None:
     storage = s3_storage(s3_endpoint, "no-such-bucket")
 
-    with pytest.raises(StorageUnavailable, match="no-such-bucket.*NoSuchBucket"):
+    with pytest.raises(StorageUnavailable, match=r"no-such-bucket.*NoSuchBucket"):
         storage.put_stream("datasets/a.jsonl", io.BytesIO(b"{}\n"))
     with pytest.raises(StorageUnavailable, match="NoSuchBucket"):
         b"".join(storage.iter_range("datasets/a.jsonl"))
