@@ -73,7 +73,7 @@ def db(worker_settings: Settings) -> sessionmaker[Session]:
 
 @pytest.fixture
 def storage(worker_settings: Settings) -> Storage:
-    return storage_from_url(worker_settings.resolved_storage_url)
+    return storage_from_url(worker_settings.resolved_storage_url, worker_settings)
 
 
 @pytest.fixture

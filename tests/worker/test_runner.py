@@ -30,7 +30,7 @@ def queued_job(db: sessionmaker[Session], storage: Storage, tenant, worker_setti
     return make
 
 
-@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+@pytest.mark.parametrize(("backend", "store"), [("postgres", "file"), ("sqlite", "file"), ("postgres", "s3")])
 def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_output(
     fake_trainer: None, queued_job, db: sessionmaker[Session], storage: Storage, worker_settings: Settings
 ) -> None:
