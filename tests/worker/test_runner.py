@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,28 @@ def test_an_unknown_model_name_fails_the_job_saying_how_to_add_it(
     job = job_row(db, job_id)
     assert job.status == "failed" and job.error_code == "invalid_reference"
     assert "alignd models add no-such-model" in job.error_message
+
+
+@pytest.mark.parametrize("store", ["s3"])
+def test_a_job_whose_store_cannot_be_reached_fails_within_seconds_saying_so(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings, monkeypatch, store: str
+) -> None:
+    from api.core import reset_caches
+    from api.core.settings import get_settings
+    from tests.services import free_port
+
+    job_id = queued_job()  # its dataset is in the bucket
+    monkeypatch.setenv("ALIGND_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # the store went away
+    monkeypatch.setenv("ALIGND_S3_TIMEOUT_SECONDS", "2")
+    reset_caches()
+
+    started = time.monotonic()
+    run_job(job_id, get_settings())
+
+    job = job_row(db, job_id)
+    assert time.monotonic() - started < 30
+    assert job.status == "failed" and job.error_code == "worker_error"
+    assert "the artifact store s3://" in job.error_message and "could not download" in job.error_message
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
