@@ -93,8 +93,8 @@ class FileStorage:
     def __repr__(self) -> str:
         return f"FileStorage({str(self.root)!r})"
 
-    def path(self, key: str) -> Path:
-        """Local path of a key (file backend only: nothing outside this module should need it)."""
+    def _path(self, key: str) -> Path:
+        """Local path of a key, refusing keys that would leave the root."""
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents:
             raise ValueError(f"storage key escapes the store: {key!r}")
@@ -105,7 +105,7 @@ class FileStorage:
             return self.put_stream(key, fh)
 
     def put_stream(self, key: str, stream: BinaryIO) -> Stored:
-        target = self.path(key)
+        target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         digest = hashlib.sha256()
@@ -122,13 +122,13 @@ class FileStorage:
         return Stored(key, size, digest.hexdigest())
 
     def adopt(self, key: str, source: Path, sha256: str) -> Stored:
-        target = self.path(key)
+        target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(source), target)
         return Stored(key, target.stat().st_size, sha256)
 
     def open(self, key: str) -> BinaryIO:
-        return open(self.path(key), "rb")
+        return open(self._path(key), "rb")
 
     def iter_range(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
         with self.open(key) as fh:
@@ -143,17 +143,17 @@ class FileStorage:
                 yield chunk
 
     def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
+        return self._path(key).stat().st_size
 
     def exists(self, key: str) -> bool:
-        return self.path(key).exists()
+        return self._path(key).exists()
 
     def delete(self, key: str) -> None:
-        self.path(key).unlink(missing_ok=True)
+        self._path(key).unlink(missing_ok=True)
 
     def download_to(self, key: str, target: Path) -> Path:
         """A hard link where the store shares the filesystem (no copy of a large dataset), else a copy."""
-        source = self.path(key)
+        source = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         try:
