@@ -13,7 +13,7 @@ from api.auth.models import Tenant
 from api.auth.service import authenticate
 from api.core.db import session_scope
 from api.core.settings import Settings, get_settings
-from api.core.storage import LocalStorage, get_storage
+from api.core.storage import Storage, get_storage
 
 
 def _session() -> Iterator[Session]:
@@ -22,7 +22,7 @@ def _session() -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 # Declared for OpenAPI (the Authorize button in /docs); the header itself is checked by authenticate,
 # which tells a missing key from a malformed header.

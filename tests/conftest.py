@@ -1,10 +1,13 @@
-"""Shared fixtures: real Postgres (and Redis as the broker) with the real migrations applied.
+"""Shared fixtures: real Postgres (and Redis as the broker, moto's S3 server as a store) with the real
+migrations applied.
 
 - `backend` is "postgres" by default; parametrize a test with
   `@pytest.mark.parametrize("backend", ["postgres", "sqlite"])` to run it on the embedded SQLite too.
 - `database_url`: a fresh database per test. On Postgres it is a copy of a template database that
   `alembic upgrade head` built once per session (CREATE DATABASE ... TEMPLATE is much cheaper than
   re-running the migrations for every test; the schema is still the migrations' own).
+- `store` is "file" by default; parametrize a test with `@pytest.mark.parametrize("store", ["file", "s3"])`
+  to run it with the artifact store in S3 too (a fresh bucket on the session's moto server).
 - `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir
   and the Redis broker through ALIGND_* variables, and clears every cache (`api.core.reset_caches`)
   before and after. Worker tests may `monkeypatch.setenv(...)` more and call `reset_caches()` again.
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.services import create_database, postgres_server, redis_server
+from tests.services import create_bucket, create_database, postgres_server, redis_server, s3_server
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -54,6 +57,33 @@ def redis_url() -> Iterator[str]:
     """A throwaway Redis for the whole session (the Celery broker of API and worker tests)."""
     with redis_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A throwaway S3-compatible server (moto) for the whole session: its endpoint URL."""
+    with s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def store() -> str:
+    """Artifact store of a test; parametrize with ["file", "s3"] to run it on S3 too."""
+    return "file"
+
+
+@pytest.fixture
+def s3_environment(s3_endpoint: str) -> dict[str, str]:
+    """ALIGND_* variables of a store in a fresh bucket on the session's S3 server."""
+    return {
+        "ALIGND_STORAGE_URL": f"s3://{create_bucket(s3_endpoint)}/alignd",
+        "ALIGND_S3_ENDPOINT_URL": s3_endpoint,
+        "ALIGND_S3_REGION": "us-east-1",
+        "ALIGND_S3_ACCESS_KEY_ID": "test",
+        "ALIGND_S3_SECRET_ACCESS_KEY": "test",
+        "ALIGND_S3_ADDRESSING_STYLE": "path",
+        "ALIGND_S3_PART_SIZE_BYTES": str(5 * 1024**2),
+    }
 
 
 @pytest.fixture
@@ -94,7 +124,14 @@ def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(
+    database_url: str,
+    redis_url: str,
+    store: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[Settings]:
     """alignd's Settings pointed at this test's database, data dir, artifact store and broker."""
     from api.core import reset_caches
     from api.core.settings import get_settings
@@ -104,7 +141,13 @@ def settings(database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("ALIGND_DATA_DIR", str(data_dir))
     monkeypatch.setenv("ALIGND_DATABASE_URL", database_url)
     monkeypatch.setenv("ALIGND_BROKER_URL", redis_url)
-    monkeypatch.setenv("ALIGND_STORAGE_URL", f"file://{tmp_path / 'artifacts'}")
+    if store == "s3":
+        for name, value in request.getfixturevalue("s3_environment").items():
+            monkeypatch.setenv(name, value)
+    elif store == "file":
+        monkeypatch.setenv("ALIGND_STORAGE_URL", f"file://{tmp_path / 'artifacts'}")
+    else:
+        raise ValueError(f"unknown store {store!r}")
     monkeypatch.setenv("ALIGND_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("ALIGND_QUEUE", f"q_{uuid.uuid4().hex[:8]}")
     reset_caches()

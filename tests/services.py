@@ -1,9 +1,11 @@
-"""Real Postgres and Redis servers for the test session, started from installed binaries.
+"""Real Postgres, Redis and S3 servers for the test session, started from installed binaries.
 
 Written by hand rather than with pytest-postgresql / pytest-redis because CI runs as root and
 `initdb` refuses root: Postgres has to be initialised and started as the `postgres` system user
 in a directory it owns. `make test` installs the Debian packages when they are missing
 (scripts/install-services.sh); these helpers only start and stop servers on loopback ports.
+The S3 server is moto's server mode (`moto[server]`, a dev dependency): it speaks the S3 REST API
+over HTTP, so boto3 talks to it exactly as to AWS or MinIO.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -81,6 +84,55 @@ def create_database(server_url: str, name: str) -> str:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     engine.dispose()
     return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{what} did not start within {timeout}s")
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """Start moto's S3-compatible server on loopback; yields its endpoint URL (any credentials work)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port, proc, "moto_server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def s3_client(endpoint: str):  # type: ignore[no-untyped-def]
+    """A boto3 S3 client of the test server (moto accepts any credentials)."""
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
+
+
+def create_bucket(endpoint: str) -> str:
+    """Create a bucket with a fresh name on the test server; returns its name."""
+    import uuid
+
+    name = f"alignd-{uuid.uuid4().hex[:12]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
 
 
 @contextmanager

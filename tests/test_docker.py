@@ -14,11 +14,13 @@ DOCKER = ROOT / "docker"
 def test_compose_file_parses_and_wires_every_service_to_its_dependencies() -> None:
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "minio", "minio-bucket", "api", "worker"}
     for name in ("api", "worker"):
         build = services[name]["build"]
         assert (DOCKER / build["context"] / build["dockerfile"]).resolve().is_file()
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["api"]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    assert services["minio-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
     for volume in [v.split(":")[0] for s in services.values() for v in s.get("volumes", [])]:
         assert volume in compose["volumes"], f"volume {volume} is not declared"
 
@@ -31,6 +33,9 @@ def test_compose_environment_names_only_real_settings() -> None:
         unknown = set(env) - fields
         assert not unknown, f"{service} sets unknown settings {unknown}"
         assert env["ALIGND_ENVIRONMENT"] == "production"
+        # Artifacts go to the MinIO service's bucket, which the bucket job creates before api/worker start.
+        assert env["ALIGND_STORAGE_URL"].startswith("s3://alignd/")
+        assert env["ALIGND_S3_ENDPOINT_URL"] == "http://minio:9000"
 
 
 def test_dockerfiles_copy_only_paths_that_exist_and_pin_the_tested_torch() -> None:

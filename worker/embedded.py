@@ -68,6 +68,8 @@ def start_embedded_worker(settings: Settings) -> EmbeddedWorker:
 def settings_environment(settings: Settings) -> dict[str, str]:
     """ALIGND_* variables that rebuild `settings` in another process."""
     values = settings.model_dump(exclude_none=True)
+    if settings.s3_secret_access_key is not None:  # model_dump masks secrets
+        values["s3_secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
     values.update(
         data_dir=settings.data_dir.resolve(),
         database_url=settings.resolved_database_url,

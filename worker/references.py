@@ -1,6 +1,6 @@
 """Turning a job row into a trainer spec: every reference becomes a local path (DESIGN §7).
 
-- datasets: the local path of their key in the artifact store;
+- datasets: downloaded from the artifact store into the attempt folder (`<attempt>/data/`);
 - a MODEL_REF (base_model, reward model components): a name in the server's model directory -> that
   folder; `job:<id>` (its output checkpoint) or `checkpoint:<id>` -> the checkpoint's archive
   extracted into the worker's cache (`<work_dir>/cache/checkpoints/<id>/`, reused by later jobs);
@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.datasets.models import Dataset
 from api.jobs.models import Job
 from api.reward_models.models import RewardModel
@@ -34,13 +34,13 @@ class UnresolvedReference(Exception):
     """A reference of the job cannot be resolved; the message says which and what to do."""
 
 
-def build_spec(session: Session, job: Job, settings: Settings, storage: LocalStorage) -> TrainSpec:
-    """The SPEC.json of `job`, with local paths only."""
+def build_spec(session: Session, job: Job, settings: Settings, storage: Storage, workdir: Path) -> TrainSpec:
+    """The SPEC.json of `job`, with local paths only (datasets downloaded into `workdir`/data)."""
     train = _dataset(session, job, job.dataset_id)
     spec: dict[str, Any] = {
         "algorithm": job.algorithm,
         "base_model": resolve_model(session, job, job.base_model, settings, storage),
-        "train_file": str(storage.path(train.storage_key)),
+        "train_file": str(_download(storage, train, workdir)),
         "hyperparameters": job.hyperparameters,
         "lora": job.lora,
         "seed": job.seed,
@@ -49,7 +49,7 @@ def build_spec(session: Session, job: Job, settings: Settings, storage: LocalSto
     }
     if job.eval_dataset_id:
         evaluation = _dataset(session, job, job.eval_dataset_id)
-        spec["eval_file"] = str(storage.path(evaluation.storage_key))
+        spec["eval_file"] = str(_download(storage, evaluation, workdir))
         spec["dataset_sha256"]["eval"] = evaluation.sha256
     components = _reward_components(session, job)
     if components:
@@ -57,15 +57,19 @@ def build_spec(session: Session, job: Job, settings: Settings, storage: LocalSto
     return TrainSpec.model_validate(spec)
 
 
+def _download(storage: Storage, dataset: Dataset, workdir: Path) -> Path:
+    return storage.download_to(dataset.storage_key, workdir / "data" / Path(dataset.storage_key).name)
+
+
 def _resolve_component(
-    session: Session, job: Job, component: dict[str, Any], settings: Settings, storage: LocalStorage
+    session: Session, job: Job, component: dict[str, Any], settings: Settings, storage: Storage
 ) -> dict[str, Any]:
     if component.get("type") != "model":
         return component
     return {**component, "model": resolve_model(session, job, component["model"], settings, storage)}
 
 
-def resolve_model(session: Session, job: Job, ref: str, settings: Settings, storage: LocalStorage) -> str:
+def resolve_model(session: Session, job: Job, ref: str, settings: Settings, storage: Storage) -> str:
     """A MODEL_REF as a local folder (or a hub id, passed through)."""
     kind, _, ident = ref.partition(":")
     if kind in ("job", "checkpoint") and ident:
@@ -82,7 +86,7 @@ def resolve_model(session: Session, job: Job, ref: str, settings: Settings, stor
     )
 
 
-def cached_checkpoint(checkpoint: Checkpoint, settings: Settings, storage: LocalStorage) -> Path:
+def cached_checkpoint(checkpoint: Checkpoint, settings: Settings, storage: Storage) -> Path:
     """The checkpoint's folder in the worker cache, extracted from the store on first use."""
     target = settings.resolved_work_dir / "cache" / "checkpoints" / checkpoint.id
     if target.is_dir():

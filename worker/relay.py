@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
-from api.core.storage import LocalStorage, Stored
+from api.core.storage import Storage, Stored
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job, JobEvent
@@ -60,7 +60,7 @@ def recorded_metric_steps(session: Session, job_id: str) -> dict[str, int]:
 class EventRelay:
     attempt: Attempt
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     events_file: Path
     batch_size: int
     recorded_steps: dict[str, int] = field(default_factory=dict)

@@ -6,8 +6,8 @@
    UPDATE (queued -> running, worker id, attempt + 1, lease, started_at). A delivery that changes no
    row (the job is running elsewhere, finished or cancelled) returns.
 2. Prepare the attempt folder `<work_dir>/jobs/<job>/attempt-<n>/`: SPEC.json (every reference a
-   local path, worker/references.py) and, on attempt > 1, the job's last intermediate checkpoint
-   extracted for `--resume`.
+   local path, datasets downloaded from the store into `data/`, worker/references.py) and, on
+   attempt > 1, the job's last intermediate checkpoint extracted for `--resume`.
 3. Spawn `python -m trainer run SPEC --output DIR --events FILE [--resume CKPT]` in its own session
    (so a terminal's Ctrl-C reaches the worker, not the trainer) with the parent-death signal set
    (so a worker killed with SIGKILL takes its trainer along). With `gpus_per_job > 1` it is started
@@ -18,7 +18,7 @@
    SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
    checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
    and the last lines of its output. Every final status is set through the life cycle.
-5. Remove the attempt's local checkpoint copies (the store has their archives); SPEC.json,
+5. Remove the attempt's local checkpoint and dataset copies (the store has them); SPEC.json,
    events.jsonl and trainer.log stay in the attempt folder for debugging.
 
 A warm shutdown of the worker (SIGTERM) waits for the running job, as Celery does for any task; a
@@ -45,7 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import LocalStorage, storage_from_url
+from api.core.storage import Storage, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
@@ -73,7 +73,7 @@ def run_job(job_id: str, settings: Settings) -> None:
         return
     logger.info("job %s: attempt %d on %s", job_id, attempt.number, attempt.worker_id)
     try:
-        _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url), settings)
+        _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url, settings), settings)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
@@ -87,7 +87,7 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings) -> None:
+def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> None:
     # The heartbeat covers the preparation too: extracting a large checkpoint can outlast a lease.
     with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
         spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
@@ -108,13 +108,13 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Loc
 
 
 def _prepare(
-    attempt: Attempt, sessions: sessionmaker[Session], storage: LocalStorage, settings: Settings
+    attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings
 ) -> tuple[Path, Path | None, dict[str, int]]:
     """Write SPEC.json; on a retry extract the checkpoint to resume from. Returns (spec, resume, recorded steps)."""
     attempt.workdir.mkdir(parents=True, exist_ok=True)
     with sessions() as session:
         job = session.get_one(Job, attempt.job_id)
-        spec = build_spec(session, job, settings, storage)
+        spec = build_spec(session, job, settings, storage, attempt.workdir)
         resume_from = latest_resumable_checkpoint(session, job) if attempt.number > 1 else None
         resume = _extract_for_resume(resume_from, attempt, storage) if resume_from else None
         recorded = recorded_metric_steps(session, job.id)
@@ -127,12 +127,12 @@ def _prepare(
 
 
 def _remove_model_copies(attempt: Attempt) -> None:
-    """Drop the attempt's checkpoint folders (their archives are in the store); keep spec, events, log."""
-    for name in ("output", "resume"):
+    """Drop the attempt's checkpoint folders and dataset copies (all in the store); keep spec, events, log."""
+    for name in ("output", "resume", "data"):
         shutil.rmtree(attempt.workdir / name, ignore_errors=True)
 
 
-def _extract_for_resume(checkpoint: Checkpoint, attempt: Attempt, storage: LocalStorage) -> Path:
+def _extract_for_resume(checkpoint: Checkpoint, attempt: Attempt, storage: Storage) -> Path:
     """The checkpoint a retry resumes from, extracted into the attempt folder (training_state included)."""
     target = attempt.workdir / "resume"
     if not target.is_dir():

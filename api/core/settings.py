@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,7 +27,23 @@ class Settings(BaseSettings):
     broker_url: str | None = None
     """Celery broker URL; default sqla+sqlite:///<data_dir>/broker.db. Redis: redis://..."""
     storage_url: str | None = None
-    """Artifact store: file:///path (default <data_dir>/artifacts) or s3://bucket/prefix."""
+    """Artifact store: file:///path (default <data_dir>/artifacts) or s3://bucket/prefix (see s3_*)."""
+    s3_endpoint_url: str | None = None
+    """S3 API endpoint for MinIO, R2, Ceph (e.g. http://minio:9000); unset: AWS's own for the region."""
+    s3_region: str | None = None
+    """S3 region (e.g. eu-west-1; R2 uses auto); unset: boto3's default (AWS_REGION, ~/.aws/config)."""
+    s3_access_key_id: str | None = None
+    """S3 access key id; unset: boto3's default credential chain (AWS_* variables, instance role)."""
+    s3_secret_access_key: SecretStr | None = None
+    """S3 secret access key (goes with s3_access_key_id)."""
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    """Bucket in the host name (virtual) or in the path (path: most MinIO and Ceph setups)."""
+    s3_part_size_bytes: int = Field(64 * 1024**2, ge=5 * 1024**2)
+    """Objects above this size are uploaded in parts of this size (S3's minimum part is 5 MiB)."""
+    s3_timeout_seconds: float = Field(30.0, gt=0)
+    """Connect and read timeout of one S3 request (an unreachable store fails instead of hanging)."""
+    s3_max_attempts: int = Field(3, ge=1)
+    """Tries per S3 request, retries of throttling and transient errors included."""
     models_dir: Path | None = None
     """Server model directory, one folder per model name; default <data_dir>/models."""
     work_dir: Path | None = None

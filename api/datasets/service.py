@@ -45,7 +45,7 @@ from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
 from api.core.pagination import page_query
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.datasets.models import Dataset
 from api.jobs.models import LIVE_STATUSES, Job
 from trainer.formats import FORMATS, RowError, detect_format, parse_row
@@ -365,7 +365,7 @@ def index_key(storage_key: str) -> str:
 
 def create_dataset(
     session: Session,
-    storage: LocalStorage,
+    storage: Storage,
     tenant_id: str,
     staged: StagedUpload,
     *,
@@ -437,7 +437,7 @@ def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | 
     return items[:limit], len(items) > limit
 
 
-def preview_rows(storage: LocalStorage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
+def preview_rows(storage: Storage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:
     """Rows [offset, offset+limit) as stored (blank lines skipped); 422 for an offset past the end."""
     if offset > dataset.rows:
         raise InvalidRequest(f"offset {offset} is past the end of the dataset ({dataset.rows} rows)", param="offset")
@@ -449,11 +449,11 @@ def preview_rows(storage: LocalStorage, dataset: Dataset, *, offset: int, limit:
     return rows, offset + len(rows) < dataset.rows
 
 
-def _read(storage: LocalStorage, key: str, start: int, end: int) -> bytes:
+def _read(storage: Storage, key: str, start: int, end: int) -> bytes:
     return b"".join(storage.iter_range(key, start, end))
 
 
-def _indexed_lines(storage: LocalStorage, dataset: Dataset, offset: int, limit: int) -> Iterator[bytes]:
+def _indexed_lines(storage: Storage, dataset: Dataset, offset: int, limit: int) -> Iterator[bytes]:
     """Read only the bytes between the index entries around rows [offset, offset+limit)."""
     index = index_key(dataset.storage_key)
     magic, stride = _INDEX_HEADER.unpack(_read(storage, index, 0, _INDEX_HEADER.size - 1))
@@ -474,7 +474,7 @@ def _indexed_lines(storage: LocalStorage, dataset: Dataset, offset: int, limit: 
             yield line
 
 
-def _lines_from_start(storage: LocalStorage, key: str, offset: int, limit: int) -> Iterator[bytes]:
+def _lines_from_start(storage: Storage, key: str, offset: int, limit: int) -> Iterator[bytes]:
     def chunks() -> Iterator[bytes]:
         if not key.endswith(".gz"):  # older uploads were stored as sent, .gz keys for gzip ones
             yield from storage.iter_range(key, 0, None)
@@ -487,7 +487,7 @@ def _lines_from_start(storage: LocalStorage, key: str, offset: int, limit: int) 
             yield line
 
 
-def delete_dataset(session: Session, storage: LocalStorage, tenant_id: str, dataset_id: str) -> None:
+def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_id: str) -> None:
     """Remove the file and hide the dataset; 409 while a queued or running job uses it."""
     dataset = get_dataset(session, tenant_id, dataset_id, for_update=True)
     live = session.scalars(

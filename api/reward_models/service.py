@@ -14,7 +14,7 @@ from api.checkpoints.models import Checkpoint
 from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.pagination import page_query
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.jobs.models import Job
 from api.jobs.service import check_components, parse_components
 from api.models_dir.service import ResolvedModel, resolve_model_ref
@@ -83,7 +83,7 @@ def delete_reward_model(session: Session, tenant_id: str, reward_model_id: str) 
 def score(
     session: Session,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     tenant_id: str,
     reward_model_id: str,
     body: ScoreRequest,
@@ -113,7 +113,7 @@ def score(
     return total.tolist(), {name: values.tolist() for name, values in per_component.items()}
 
 
-def _local_model(session: Session, settings: Settings, storage: LocalStorage, resolved: ResolvedModel) -> str:
+def _local_model(session: Session, settings: Settings, storage: Storage, resolved: ResolvedModel) -> str:
     if resolved.kind == "local":
         assert resolved.path is not None
         return str(resolved.path)
@@ -124,7 +124,7 @@ def _local_model(session: Session, settings: Settings, storage: LocalStorage, re
     return str(_extracted(settings, storage, checkpoint))
 
 
-def _extracted(settings: Settings, storage: LocalStorage, checkpoint: Checkpoint) -> Path:
+def _extracted(settings: Settings, storage: Storage, checkpoint: Checkpoint) -> Path:
     """The checkpoint's folder, extracted once into <data dir>/cache/checkpoints/<id>."""
     target = settings.data_dir.resolve() / "cache" / "checkpoints" / checkpoint.id
     if target.is_dir():

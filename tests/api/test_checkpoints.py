@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from api.core.storage import get_storage
 from api.jobs.models import Job
 from tests.api.helpers import assert_error, real_lines, upload_ok
 from tests.conftest import TenantKey
+from tests.services import free_port
 
 
 def make_archive(folder: Path) -> bytes:
@@ -66,9 +68,9 @@ def test_get_checkpoint_shows_public_fields_only(client: TestClient, auth: dict[
     assert "storage_key" not in body and "tenant_id" not in body
 
 
-@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+@pytest.mark.parametrize(("backend", "store"), [("postgres", "file"), ("sqlite", "file"), ("postgres", "s3")])
 def test_download_streams_the_archive_with_length_and_sha256_and_it_extracts(
-    client: TestClient, auth: dict[str, str], checkpoint: dict, tmp_path: Path, backend: str
+    client: TestClient, auth: dict[str, str], checkpoint: dict, tmp_path: Path, backend: str, store: str
 ) -> None:
     resp = client.get(f"/v1/checkpoints/{checkpoint['id']}/download", headers=auth)
     assert resp.status_code == 200
@@ -83,8 +85,9 @@ def test_download_streams_the_archive_with_length_and_sha256_and_it_extracts(
     assert (out / "config.json").is_file() and (out / "model.safetensors").stat().st_size == 256 * 300
 
 
+@pytest.mark.parametrize("store", ["file", "s3"])
 def test_range_requests_return_206_with_the_bytes_asked_for(
-    client: TestClient, auth: dict[str, str], checkpoint: dict
+    client: TestClient, auth: dict[str, str], checkpoint: dict, store: str
 ) -> None:
     archive, url = checkpoint["archive"], f"/v1/checkpoints/{checkpoint['id']}/download"
     size = len(archive)
@@ -114,3 +117,21 @@ def test_unsatisfiable_range_is_416(client: TestClient, auth: dict[str, str], ch
 
 def test_unknown_checkpoint_is_404(client: TestClient, auth: dict[str, str]) -> None:
     assert_error(client.get("/v1/checkpoints/ckpt_nope/download", headers=auth), 404, "not_found")
+
+
+@pytest.mark.parametrize("store", ["s3"])
+def test_a_download_while_the_store_is_unreachable_is_a_503_not_a_hang(
+    client: TestClient, auth: dict[str, str], checkpoint: dict, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.core import reset_caches
+
+    monkeypatch.setenv("ALIGND_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("ALIGND_S3_TIMEOUT_SECONDS", "2")
+    reset_caches()
+
+    started = time.monotonic()
+    resp = client.get(f"/v1/checkpoints/{checkpoint['id']}/download", headers=auth)
+
+    assert_error(resp, 503, "storage_unavailable")
+    assert "could not read" in resp.json()["error"]["message"]
+    assert time.monotonic() - started < 20

@@ -255,7 +255,8 @@ def test_list_pages_newest_first_with_an_opaque_cursor(client: TestClient, auth:
     assert_error(client.get("/v1/datasets", headers=auth, params={"limit": 0}), 422, param="limit")
 
 
-def test_get_and_rows_preview(client: TestClient, auth: dict[str, str]) -> None:
+@pytest.mark.parametrize("store", ["file", "s3"])
+def test_get_and_rows_preview(client: TestClient, auth: dict[str, str], store: str) -> None:
     content = real_lines("gsm8k-train.jsonl", 12)
     ds = upload_ok(client, auth, content)
     assert client.get(f"/v1/datasets/{ds['id']}", headers=auth).json() == ds

@@ -93,3 +93,7 @@ def alignd(*args: str, env: dict[str, str] | None = None) -> str:
 def clean_environment() -> dict[str, str]:
     """This process's environment without ALIGND_* (the embedded defaults must need nothing)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("ALIGND_")}
+
+
+# The worker fixtures (real `alignd worker` processes, short leases, direct database access).
+from tests.worker.conftest import db, start_worker, worker_settings  # noqa: E402, F401

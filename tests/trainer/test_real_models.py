@@ -15,7 +15,6 @@ from tests.shared_data import DATA_DIR
 from tests.trainer.conftest import Result
 from trainer.formats import RowError, detect_format, parse_row
 
-
 pytestmark = pytest.mark.slow
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import LocalStorage, storage_from_url
+from api.core.storage import Storage, storage_from_url
 from api.datasets.models import Dataset
 from api.jobs.events import append_events, lock_job
 from api.jobs.lifecycle import transition
@@ -73,26 +73,18 @@ def db(worker_settings: Settings) -> sessionmaker[Session]:
 
 
 @pytest.fixture
-def storage(worker_settings: Settings) -> LocalStorage:
-    return storage_from_url(worker_settings.resolved_storage_url)
-
-
-FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+def storage(worker_settings: Settings) -> Storage:
+    return storage_from_url(worker_settings.resolved_storage_url, worker_settings)
 
 
 @pytest.fixture
 def fake_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs tests/worker/fake_trainer.py instead of `python -m trainer` (in this process only)."""
+    """Runs tests/worker/fake_trainer.py instead of `python -m trainer` (in this process only;
+    `start_worker(fake_trainer=True)` does the same in a worker process)."""
+    from tests.worker.fake_worker import fake_trainer_command
     from worker import runner
 
-    real = runner.trainer_command
-
-    def command(spec: Path, output: Path, events: Path, resume: Path | None, settings: Settings) -> list[str]:
-        args = real(spec, output, events, resume, settings)
-        assert args[:3] == [sys.executable, "-m", "trainer"]
-        return [sys.executable, str(FAKE_TRAINER), *args[3:]]
-
-    monkeypatch.setattr(runner, "trainer_command", command)
+    monkeypatch.setattr(runner, "trainer_command", fake_trainer_command)
 
 
 @pytest.fixture(scope="session")
@@ -109,7 +101,7 @@ def tiny_model(worker_settings: Settings, tiny_model_dir: Path) -> str:
     return "tiny"
 
 
-def add_dataset(session: Session, storage: LocalStorage, tenant_id: str) -> Dataset:
+def add_dataset(session: Session, storage: Storage, tenant_id: str) -> Dataset:
     """A stored preference dataset of short real pairs, as an upload leaves it."""
     import io
 
@@ -191,14 +183,15 @@ def checkpoints_of(db: sessionmaker[Session], job_id: str) -> list[Checkpoint]:
 
 
 def trainer_pids(job_id: str) -> list[int]:
-    """Processes running `python -m trainer run` for this job."""
+    """Processes running `python -m trainer run` (or the fake trainer) for this job."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"trainer" in cmdline and any(job_id.encode() in part for part in cmdline):
+        trainer = b"trainer" in cmdline or any(part.endswith(b"fake_trainer.py") for part in cmdline)
+        if trainer and any(job_id.encode() in part for part in cmdline):
             pids.append(int(proc.name))
     return pids
 
@@ -226,14 +219,21 @@ class WorkerProcess:
 
 @pytest.fixture
 def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
-    """Start real worker processes (with the environment of worker_settings); all are killed at the end."""
+    """Start real worker processes (with the environment of worker_settings); all are killed at the end.
+
+    `start(fake_trainer=True)` runs tests/worker/fake_trainer.py in place of the trainer (seconds, not minutes).
+    """
     started: list[WorkerProcess] = []
 
-    def start() -> WorkerProcess:
+    def start(*, fake_trainer: bool = False) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
+        command, cwd = [str(Path(sys.executable).with_name("alignd")), "worker"], None
+        if fake_trainer:  # a module of this repository: run from its root
+            command, cwd = [sys.executable, "-m", "tests.worker.fake_worker"], Path(__file__).parents[2]
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [str(Path(sys.executable).with_name("alignd")), "worker"],
+                command,
+                cwd=cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

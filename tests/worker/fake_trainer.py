@@ -1,6 +1,7 @@
 """A stand-in for `python -m trainer run` that speaks the event protocol (fast runner tests only).
 
-It trains nothing: it counts steps, sleeping `FAKE_STEP_SECONDS` per step, and behaves as the spec's
+It trains nothing: it checks that the worker materialised the training file (its sha256 is the
+dataset's), counts steps, sleeping `FAKE_STEP_SECONDS` per step, and behaves as the spec's
 base_model folder's name asks: "crash" dies with a traceback and no error event, "error" reports an error event.
 Checkpoints are folders with a `training_state/step` file, which `--resume` reads back.
 """
@@ -8,6 +9,7 @@ Checkpoints are folders with a `training_state/step` file, which `--resume` read
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -37,6 +39,10 @@ def main() -> int:
             events.write(json.dumps(event) + "\n")
             events.flush()
 
+        train = Path(spec["train_file"])
+        if not train.is_file() or hashlib.sha256(train.read_bytes()).hexdigest() != spec["dataset_sha256"]["train"]:
+            emit(type="error", code="invalid_data", message=f"the training file {train} is missing or not the dataset")
+            return 1
         model = Path(spec["base_model"]).name
         if model == "crash":
             print("loading model...", flush=True)

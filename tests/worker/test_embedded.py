@@ -59,3 +59,10 @@ def test_the_embedded_worker_gets_the_same_settings_with_paths_resolved(tmp_path
     rebuilt = Settings()
     assert rebuilt.resolved_database_url == f"sqlite:///{tmp_path / 'relative' / 'alignd.db'}"
     assert rebuilt.embedded
+
+
+def test_the_embedded_worker_gets_the_s3_secret_itself_not_its_mask() -> None:
+    settings = Settings(storage_url="s3://bucket/prefix", s3_access_key_id="id", s3_secret_access_key="s3cr3t")  # type: ignore[arg-type]
+    env = settings_environment(settings)
+    assert env["ALIGND_S3_SECRET_ACCESS_KEY"] == "s3cr3t" and env["ALIGND_S3_ACCESS_KEY_ID"] == "id"
+    assert env["ALIGND_STORAGE_URL"] == "s3://bucket/prefix"

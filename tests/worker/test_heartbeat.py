@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.db import utcnow
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.jobs.events import lock_job
 from tests.worker.conftest import add_dataset, add_job, job_row, request_cancel
 from worker.heartbeat import Heartbeat
@@ -16,7 +16,7 @@ from worker.runner import claim
 
 
 def test_a_heartbeat_renews_the_lease_and_notices_a_cancel_request_and_a_lost_job(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings, tmp_path: Path
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings, tmp_path: Path
 ) -> None:
     with db() as session:
         dataset = add_dataset(session, storage, tenant.id)

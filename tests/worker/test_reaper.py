@@ -8,14 +8,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.db import utcnow
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.jobs.events import lock_job
 from api.jobs.lifecycle import transition
 from tests.worker.conftest import add_dataset, add_job, events_of, job_row
 from worker.reaper import reap_expired, resend_unsent
 
 
-def _running_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: str, *, expired: bool, **fields) -> str:  # type: ignore[no-untyped-def]
+def _running_job(db: sessionmaker[Session], storage: Storage, tenant_id: str, *, expired: bool, **fields) -> str:  # type: ignore[no-untyped-def]
     status = fields.pop("status", "running")
     with db() as session:
         dataset = add_dataset(session, storage, tenant_id)
@@ -39,7 +39,7 @@ def _reap(db: sessionmaker[Session]) -> tuple[list[str], list[str]]:
 
 
 def test_a_job_whose_lease_expired_goes_back_to_the_queue_and_is_sent_again(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True)
     alive = _running_job(db, storage, tenant.id, expired=False)
@@ -56,7 +56,7 @@ def test_a_job_whose_lease_expired_goes_back_to_the_queue_and_is_sent_again(
 
 
 def test_a_job_whose_worker_died_max_attempts_times_fails_saying_so(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True, attempt=3, max_attempts=3, progress={"step": 40})
 
@@ -68,7 +68,7 @@ def test_a_job_whose_worker_died_max_attempts_times_fails_saying_so(
 
 
 def test_a_cancelling_job_whose_worker_died_becomes_cancelled(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True, status="cancelling")
 
@@ -79,14 +79,14 @@ def test_a_cancelling_job_whose_worker_died_becomes_cancelled(
     assert statuses == ["queued", "running", "cancelling", "cancelled"]
 
 
-def _queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant_id: str, **fields) -> str:  # type: ignore[no-untyped-def]
+def _queued_job(db: sessionmaker[Session], storage: Storage, tenant_id: str, **fields) -> str:  # type: ignore[no-untyped-def]
     with db() as session:
         dataset = add_dataset(session, storage, tenant_id)
         return add_job(session, tenant_id, dataset.id, "tiny", created_at=utcnow() - timedelta(minutes=1), **fields).id
 
 
 def test_a_queued_job_whose_send_failed_is_sent_by_the_reaper_once(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     unsent = _queued_job(db, storage, tenant.id)
     already_sent = _queued_job(db, storage, tenant.id, enqueued_at=utcnow())
@@ -102,7 +102,7 @@ def test_a_queued_job_whose_send_failed_is_sent_by_the_reaper_once(
 
 
 def test_a_send_that_fails_again_leaves_the_job_for_the_next_pass(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     job_id = _queued_job(db, storage, tenant.id)
 
@@ -115,7 +115,7 @@ def test_a_send_that_fails_again_leaves_the_job_for_the_next_pass(
 
 
 def test_a_requeued_job_is_marked_sent_only_after_its_send(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
 ) -> None:
     job_id = _running_job(db, storage, tenant.id, expired=True, enqueued_at=utcnow() - timedelta(hours=1))
     before = job_row(db, job_id).enqueued_at

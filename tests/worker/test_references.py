@@ -9,26 +9,30 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from api.jobs.models import Job
 from tests.worker.conftest import add_dataset, add_job, job_row
 from worker.references import UnresolvedReference, build_spec
 from worker.runner import run_job
 
 
-def _spec(db: sessionmaker[Session], job_id: str, settings: Settings, storage: LocalStorage):  # type: ignore[no-untyped-def]
+def _workdir(settings: Settings, job_id: str) -> Path:
+    return settings.resolved_work_dir / "jobs" / job_id / "attempt-1"
+
+
+def _spec(db: sessionmaker[Session], job_id: str, settings: Settings, storage: Storage):  # type: ignore[no-untyped-def]
     with db() as session:
-        return build_spec(session, session.get_one(Job, job_id), settings, storage)
+        return build_spec(session, session.get_one(Job, job_id), settings, storage, _workdir(settings, job_id))
 
 
 @pytest.fixture
-def dataset_id(db: sessionmaker[Session], storage: LocalStorage, tenant) -> str:  # type: ignore[no-untyped-def]
+def dataset_id(db: sessionmaker[Session], storage: Storage, tenant) -> str:  # type: ignore[no-untyped-def]
     with db() as session:
         return add_dataset(session, storage, tenant.id).id
 
 
 def test_a_model_name_a_hub_id_and_the_dataset_become_what_the_trainer_reads(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, dataset_id: str, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, dataset_id: str, worker_settings: Settings
 ) -> None:
     (worker_settings.resolved_models_dir / "smol").mkdir(parents=True)
     with db() as session:
@@ -38,6 +42,7 @@ def test_a_model_name_a_hub_id_and_the_dataset_become_what_the_trainer_reads(
     spec = _spec(db, named, worker_settings, storage)
     assert spec.base_model == str(worker_settings.resolved_models_dir / "smol")
     assert Path(spec.train_file).read_bytes().count(b"\n") == 32
+    assert Path(spec.train_file).parent == _workdir(worker_settings, named) / "data"  # a copy, not the store's
     assert spec.job_id == named and spec.seed == 7 and spec.algorithm == "dpo"
     assert len(spec.dataset_sha256["train"]) == 64
     assert _spec(db, hub, worker_settings, storage).base_model == "Qwen/Qwen2.5-0.5B-Instruct"
@@ -46,7 +51,7 @@ def test_a_model_name_a_hub_id_and_the_dataset_become_what_the_trainer_reads(
 def test_a_finished_jobs_output_is_extracted_once_and_used_as_the_next_base_model(
     fake_trainer: None,
     db: sessionmaker[Session],
-    storage: LocalStorage,
+    storage: Storage,
     tenant,
     other_tenant,
     dataset_id: str,
@@ -74,7 +79,7 @@ def test_a_finished_jobs_output_is_extracted_once_and_used_as_the_next_base_mode
 
 
 def test_a_path_is_never_taken_as_a_model(
-    db: sessionmaker[Session], storage: LocalStorage, tenant, dataset_id: str, worker_settings: Settings
+    db: sessionmaker[Session], storage: Storage, tenant, dataset_id: str, worker_settings: Settings
 ) -> None:
     with db() as session:
         job_id = add_job(session, tenant.id, dataset_id, "/etc").id

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, request_cancel, wait_for
 from worker import runner
 from worker.runner import run_job
 
 
 @pytest.fixture
-def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
+def queued_job(db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
     def make(base_model: str = "org/hub-model", **fields):  # type: ignore[no-untyped-def]
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)
@@ -30,9 +31,9 @@ def queued_job(db: sessionmaker[Session], storage: LocalStorage, tenant, worker_
     return make
 
 
-@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+@pytest.mark.parametrize(("backend", "store"), [("postgres", "file"), ("sqlite", "file"), ("postgres", "s3")])
 def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_output(
-    fake_trainer: None, queued_job, db: sessionmaker[Session], storage: LocalStorage, worker_settings: Settings
+    fake_trainer: None, queued_job, db: sessionmaker[Session], storage: Storage, worker_settings: Settings
 ) -> None:
     job_id = queued_job(hyperparameters={"max_steps": 9, "save_every": 4})
 
@@ -53,7 +54,8 @@ def test_a_job_runs_to_success_with_events_in_order_and_its_final_checkpoint_as_
     for checkpoint in checkpoints:
         import hashlib
 
-        assert hashlib.sha256(storage.path(checkpoint.storage_key).read_bytes()).hexdigest() == checkpoint.sha256
+        with storage.open(checkpoint.storage_key) as archive:
+            assert hashlib.sha256(archive.read()).hexdigest() == checkpoint.sha256
         assert storage.size(checkpoint.storage_key) == checkpoint.bytes
 
 
@@ -109,6 +111,28 @@ def test_an_unknown_model_name_fails_the_job_saying_how_to_add_it(
     job = job_row(db, job_id)
     assert job.status == "failed" and job.error_code == "invalid_reference"
     assert "alignd models add no-such-model" in job.error_message
+
+
+@pytest.mark.parametrize("store", ["s3"])
+def test_a_job_whose_store_cannot_be_reached_fails_within_seconds_saying_so(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings, monkeypatch, store: str
+) -> None:
+    from api.core import reset_caches
+    from api.core.settings import get_settings
+    from tests.services import free_port
+
+    job_id = queued_job()  # its dataset is in the bucket
+    monkeypatch.setenv("ALIGND_S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # the store went away
+    monkeypatch.setenv("ALIGND_S3_TIMEOUT_SECONDS", "2")
+    reset_caches()
+
+    started = time.monotonic()
+    run_job(job_id, get_settings())
+
+    job = job_row(db, job_id)
+    assert time.monotonic() - started < 30
+    assert job.status == "failed" and job.error_code == "worker_error"
+    assert "the artifact store s3://" in job.error_message and "could not download" in job.error_message
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from tests.worker.conftest import add_dataset, add_job, job_row, trainer_pids, wait_for
 from worker.runner import run_job
 
 
 @pytest.fixture
-def queued(db: sessionmaker[Session], storage: LocalStorage, tenant):  # type: ignore[no-untyped-def]
+def queued(db: sessionmaker[Session], storage: Storage, tenant):  # type: ignore[no-untyped-def]
     def queued(base_model: str, **hyperparameters: int) -> str:
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.broker import send_job
 from api.core.settings import Settings
-from api.core.storage import LocalStorage
+from api.core.storage import Storage
 from tests.worker.conftest import (
     add_dataset,
     add_job,
@@ -24,7 +24,7 @@ from tests.worker.conftest import (
 
 
 @pytest.fixture
-def submit(db: sessionmaker[Session], storage: LocalStorage, tenant, tiny_model: str):  # type: ignore[no-untyped-def]
+def submit(db: sessionmaker[Session], storage: Storage, tenant, tiny_model: str):  # type: ignore[no-untyped-def]
     """Create a queued DPO job on the tiny model and send it to the broker, as the API does."""
 
     def submit(base_model: str = tiny_model, **hyperparameters: int) -> str:
@@ -43,7 +43,7 @@ def statuses(db: sessionmaker[Session], job_id: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_job_delivered_twice_runs_once_to_success(
-    start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
+    start_worker, submit, db: sessionmaker[Session], storage: Storage
 ) -> None:
     start_worker()
     job_id = submit(max_steps=8, save_every=4)
@@ -61,7 +61,7 @@ def test_a_job_delivered_twice_runs_once_to_success(
 
 @pytest.mark.slow
 def test_cancelling_a_running_job_stops_the_trainer_and_keeps_the_last_checkpoint(
-    start_worker, submit, db: sessionmaker[Session], storage: LocalStorage
+    start_worker, submit, db: sessionmaker[Session], storage: Storage
 ) -> None:
     start_worker()
     job_id = submit(max_steps=2000, save_every=3)
