@@ -5,8 +5,8 @@
 - `database_url`: a fresh database per test. On Postgres it is a copy of a template database that
   `alembic upgrade head` built once per session (CREATE DATABASE ... TEMPLATE is much cheaper than
   re-running the migrations for every test; the schema is still the migrations' own).
-- `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir
-  and the Redis broker through ALIGND_* variables, and clears every cache (`api.core.reset_caches`)
+- `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir /
+  hub cache (the hub itself is never reached: HF_HUB_OFFLINE) and the Redis broker through ALIGND_* variables, and clears every cache (`api.core.reset_caches`)
   before and after. Worker tests may `monkeypatch.setenv(...)` more and call `reset_caches()` again.
 - `client` (FastAPI TestClient), `tenant` / `other_tenant` (a tenant with a fresh API key) and
   `auth` / `other_auth` (their Authorization headers).
@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
     from api.core.settings import Settings
 
 TEMPLATE_DB = "alignd_template"
+
+# Tests never reach the model hub: a hub id resolves from the test's own hub cache or not at all.
+# Set before huggingface_hub is imported, and inherited by every server and worker the tests start.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +111,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("ALIGND_BROKER_URL", redis_url)
     monkeypatch.setenv("ALIGND_STORAGE_URL", f"file://{tmp_path / 'artifacts'}")
     monkeypatch.setenv("ALIGND_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALIGND_HUB_CACHE_DIR", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("ALIGND_QUEUE", f"q_{uuid.uuid4().hex[:8]}")
     reset_caches()
     yield get_settings()

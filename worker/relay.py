@@ -35,12 +35,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.checkpoints.archive import archive_folder
 from api.checkpoints.models import Checkpoint
 from api.core.db import utcnow
 from api.core.storage import LocalStorage, Stored
 from api.jobs.events import append_events, lock_job, set_status
 from api.jobs.models import Job, JobEvent
-from worker.archive import archive_folder
 
 logger = logging.getLogger(__name__)
 

@@ -44,13 +44,13 @@ from billiard.util import set_pdeathsig
 from sqlalchemy import bindparam, func, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.checkpoints.archive import extract_archive
 from api.checkpoints.models import Checkpoint
 from api.core.db import UTCDateTime, utcnow
 from api.core.settings import Settings
 from api.core.storage import LocalStorage, storage_from_url
 from api.jobs.events import append_events, lock_job
 from api.jobs.models import Job
-from worker.archive import extract_archive
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat
 from worker.references import UnresolvedReference, build_spec, latest_resumable_checkpoint

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from api.cli import app
 from api.core.settings import Settings
-from api.models_dir.service import looks_like_path
+from api.models_dir.references import looks_like_path
 from tests.api.helpers import real_lines, upload_ok
 
 
