@@ -6,8 +6,9 @@
   `alembic upgrade head` built once per session (CREATE DATABASE ... TEMPLATE is much cheaper than
   re-running the migrations for every test; the schema is still the migrations' own).
 - `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir /
-  hub cache (the hub itself is never reached: HF_HUB_OFFLINE) and the Redis broker through ALIGND_* variables, and clears every cache (`api.core.reset_caches`)
-  before and after. Worker tests may `monkeypatch.setenv(...)` more and call `reset_caches()` again.
+  hub cache (the hub itself is never reached: HF_HUB_OFFLINE) and the Redis broker through ALIGND_*
+  variables, and clears every cache (`api.core.reset_caches`) before and after. Worker tests may
+  `monkeypatch.setenv(...)` more and call `reset_caches()` again.
 - `client` (FastAPI TestClient), `tenant` / `other_tenant` (a tenant with a fresh API key) and
   `auth` / `other_auth` (their Authorization headers).
 """

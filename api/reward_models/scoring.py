@@ -11,6 +11,7 @@ process. Past `score_timeout_seconds` the child is killed (504 `score_timeout`);
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 from dataclasses import dataclass, field
 from functools import cache
 from multiprocessing.connection import Connection
@@ -95,11 +96,13 @@ async def score(task: ScoreTask, settings: Settings) -> Scores:
 
 async def _in_child(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:
     context = _forkserver()
+    # Outside the deadline: the first request of a process starts the forkserver, which imports torch.
+    await run_sync(multiprocessing.forkserver.ensure_running)
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(writer, task, settings), daemon=True, name="alignd-score")
     try:
         with anyio.fail_after(settings.score_timeout_seconds):
-            await run_sync(process.start)  # the first start also starts the forkserver (imports torch)
+            await run_sync(process.start)
             writer.close()
             await anyio.wait_readable(reader.fileno())
         try:
