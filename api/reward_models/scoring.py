@@ -11,7 +11,6 @@ process. Past `score_timeout_seconds` the child is killed (504 `score_timeout`);
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.forkserver
 from dataclasses import dataclass, field
 from functools import cache
 from multiprocessing.connection import Connection
@@ -95,9 +94,7 @@ async def score(task: ScoreTask, settings: Settings) -> Scores:
 
 
 async def _in_child(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:
-    context = _forkserver()
-    # Outside the deadline: the first request of a process starts the forkserver, which imports torch.
-    await run_sync(multiprocessing.forkserver.ensure_running)
+    context = await run_sync(_forkserver)  # outside the deadline: the first call imports torch there
     reader, writer = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(writer, task, settings), daemon=True, name="alignd-score")
     try:
@@ -127,46 +124,47 @@ async def _in_child(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:
 
 @cache
 def _forkserver() -> ForkServerContext:
+    """The forkserver context, with the server started and its imports done (a first child has run)."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["trainer.rewards", __name__])
+    first = context.Process(target=_ready, daemon=True, name="alignd-score-warmup")
+    first.start()
+    first.join()
     return context
+
+
+def _ready() -> None:
+    """A first child: forking it waits until the forkserver has imported the trainer."""
 
 
 def _child(conn: Connection, task: ScoreTask, settings: Settings) -> None:
     try:
-        outcome: tuple[Any, ...] = ("ok", _score_here(task, settings))
-    except references.InvalidModelRef as exc:
-        outcome = ("invalid_model", exc.message, exc.param)
-    except _RewardUnavailable as exc:
-        outcome = ("unavailable", str(exc))
-    except Exception as exc:
-        from trainer.rewards import RewardError
-
-        kind = "reward_failed" if isinstance(exc, RewardError) else "error"
-        outcome = (kind, str(exc) if kind == "reward_failed" else f"{type(exc).__name__}: {exc}")
+        outcome = _score_here(task, settings)
+    except Exception as exc:  # reported to the API process, which logs it and answers 500
+        outcome = ("error", f"{type(exc).__name__}: {exc}")
     conn.send(outcome)
     conn.close()
 
 
-class _RewardUnavailable(Exception):
-    pass
-
-
-def _score_here(task: ScoreTask, settings: Settings) -> Scores:
+def _score_here(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:
+    """("ok", scores), or the expected failure as ("invalid_model" | "reward_failed" | "unavailable", ...)."""
     from api.core.storage import storage_from_url
 
     try:
-        from trainer.rewards import build_reward
+        from trainer.rewards import RewardError, build_reward
     except ImportError as exc:
-        raise _RewardUnavailable(
-            f"scoring needs the trainer's reward functions, which are not installed: {exc}"
-        ) from exc
+        return ("unavailable", f"scoring needs the trainer's reward functions, which are not installed: {exc}")
     storage = storage_from_url(settings.resolved_storage_url)
     local = list(task.components)
-    for i, source in task.sources.items():
-        folder = references.local_folder(source, settings, storage, param=f"components[{i}].model")
-        local[i] = local[i].model_copy(update={"model": str(folder)})
     n = len(task.completions)
-    reward = build_reward(local, device="cpu", trust_remote_code=settings.trust_remote_code)
-    total, per_component = reward([task.prompt] * n, task.completions, [task.fields] * n)
-    return total.tolist(), {name: values.tolist() for name, values in per_component.items()}
+    try:
+        for i, source in task.sources.items():
+            folder = references.local_folder(source, settings, storage, param=f"components[{i}].model")
+            local[i] = local[i].model_copy(update={"model": str(folder)})
+        reward = build_reward(local, device="cpu", trust_remote_code=settings.trust_remote_code)
+        total, per_component = reward([task.prompt] * n, task.completions, [task.fields] * n)
+    except references.InvalidModelRef as exc:
+        return ("invalid_model", exc.message, exc.param)
+    except RewardError as exc:
+        return ("reward_failed", str(exc))
+    return ("ok", (total.tolist(), {name: values.tolist() for name, values in per_component.items()}))

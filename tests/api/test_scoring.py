@@ -138,11 +138,11 @@ def minilm_in_models_dir(settings: Settings) -> str:
 def test_a_score_past_its_deadline_is_504_its_process_is_killed_and_the_api_stays_free(
     server: Server, tenant: TenantKey, minilm_in_models_dir: str
 ) -> None:
-    client = server(score_timeout_seconds="2", max_concurrent_scores="1")
+    client = server(score_timeout_seconds="4", max_concurrent_scores="1")
     server_pid = next(p for p in _children(os.getpid()) if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes())
     rules = reward_model(client, tenant, [{"type": "rule", "rule": "contains"}])
     assert score(client, tenant, rules, ["4"]).status_code == 200  # warm: the forkserver has imported torch
-    # A real BERT reward model on 256 completions of 512 tokens: far more than 2 s of CPU anywhere.
+    # A real BERT reward model on 256 completions of 512 tokens: far more than 4 s of CPU anywhere.
     slow = reward_model(client, tenant, [{"type": "model", "model": minilm_in_models_dir}])
     long = " ".join("abcdefghij" * 100)
     result: dict[str, Any] = {}
@@ -154,7 +154,7 @@ def test_a_score_past_its_deadline_is_504_its_process_is_killed_and_the_api_stay
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.0)
+    time.sleep(1.5)  # the slow request has taken the only slot
     busy = score(client, tenant, rules, ["4"])
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "scoring_busy", busy.text
     assert busy.headers["Retry-After"]
