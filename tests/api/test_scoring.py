@@ -142,8 +142,8 @@ def test_a_score_past_its_deadline_is_504_its_process_is_killed_and_the_api_stay
     server_pid = next(p for p in _children(os.getpid()) if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes())
     rules = reward_model(client, tenant, [{"type": "rule", "rule": "contains"}])
     assert score(client, tenant, rules, ["4"]).status_code == 200  # warm: the forkserver has imported torch
-    # A real BERT reward model on 256 completions of 512 tokens: far more than 4 s of CPU anywhere.
-    slow = reward_model(client, tenant, [{"type": "model", "model": minilm_in_models_dir}])
+    # Four real BERT reward models on 256 completions of 512 tokens each, about 5 TFLOP: far past 4 s on a CPU.
+    slow = reward_model(client, tenant, [{"type": "model", "model": minilm_in_models_dir}] * 4)
     long = " ".join("abcdefghij" * 100)
     result: dict[str, Any] = {}
 
