@@ -8,15 +8,17 @@ migrations applied.
   re-running the migrations for every test; the schema is still the migrations' own).
 - `store` is "file" by default; parametrize a test with `@pytest.mark.parametrize("store", ["file", "s3"])`
   to run it with the artifact store in S3 too (a fresh bucket on the session's moto server).
-- `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir
-  and the Redis broker through ALIGND_* variables, and clears every cache (`api.core.reset_caches`)
-  before and after. Worker tests may `monkeypatch.setenv(...)` more and call `reset_caches()` again.
+- `settings`: points alignd's Settings at that database, a tmp data dir / artifact store / models dir /
+  hub cache (the hub itself is never reached: HF_HUB_OFFLINE) and the Redis broker through ALIGND_*
+  variables, and clears every cache (`api.core.reset_caches`) before and after. Worker tests may
+  `monkeypatch.setenv(...)` more and call `reset_caches()` again.
 - `client` (FastAPI TestClient), `tenant` / `other_tenant` (a tenant with a fresh API key) and
   `auth` / `other_auth` (their Authorization headers).
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,10 @@ if TYPE_CHECKING:
     from api.core.settings import Settings
 
 TEMPLATE_DB = "alignd_template"
+
+# Tests never reach the model hub: a hub id resolves from the test's own hub cache or not at all.
+# Set before huggingface_hub is imported, and inherited by every server and worker the tests start.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
@@ -149,6 +155,7 @@ def settings(
     else:
         raise ValueError(f"unknown store {store!r}")
     monkeypatch.setenv("ALIGND_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("ALIGND_HUB_CACHE_DIR", str(tmp_path / "hub-cache"))
     monkeypatch.setenv("ALIGND_QUEUE", f"q_{uuid.uuid4().hex[:8]}")
     reset_caches()
     yield get_settings()

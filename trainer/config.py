@@ -249,6 +249,27 @@ class ModelComponent(_Component):
     """A sequence-classification model: a MODEL_REF in the API, a local folder in a trainer spec."""
 
 
+RE2_REQUIRED = (
+    "RE2 syntax is required: rule patterns run on RE2, which matches in time linear in the text, so no "
+    "pattern can stall scoring; RE2 has no backreferences (\\1), lookahead or lookbehind ((?=, (?!, (?<=), "
+    "possessive or atomic groups (a++, (?>...)); see https://github.com/google/re2/wiki/Syntax"
+)
+
+
+def compile_rule_pattern(pattern: str, *, dotall: bool = False) -> Any:
+    """The RE2 program of a regex/format rule (raises ValueError saying why RE2 refuses it)."""
+    import re2  # google-re2: linear-time matching, no catastrophic backtracking
+
+    options = re2.Options()
+    options.log_errors = False
+    options.dot_nl = dotall
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"pattern is not valid RE2 ({reason}); {RE2_REQUIRED}") from exc
+
+
 class RuleComponent(_Component):
     type: Literal["rule"] = "rule"
     rule: Literal["exact_match", "contains", "regex", "length", "format"]
@@ -256,7 +277,7 @@ class RuleComponent(_Component):
     column: str = "answer"
     """Dataset column the rule compares against (exact_match, contains)."""
     pattern: str | None = None
-    """Regular expression for regex/format rules."""
+    """Regular expression for regex/format rules, in RE2 syntax (linear-time matching)."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
     """Target completion length in characters for the length rule."""
     length_mode: Literal["target", "max"] = "target"
@@ -266,12 +287,7 @@ class RuleComponent(_Component):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            import re
-
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"pattern does not compile: {exc}") from exc
+            compile_rule_pattern(value)
         return value
 
     @model_validator(mode="after")

@@ -18,8 +18,10 @@ Rules (all return floats, 1.0 = pass, 0.0 = fail unless said otherwise):
   (GSM8K "#### 72", "1,000", "$5", "3.0", a trailing period). The final answer is the text after the
   last "####", else the last \\boxed{...}, else the last number in the completion.
 - contains: the column's answer (the part after "####" if present) occurs in the completion.
-- regex: the pattern is found anywhere in the completion (re.search).
-- format: the whole stripped completion matches the pattern (re.fullmatch, DOTALL).
+- regex: the pattern is found anywhere in the completion (search).
+- format: the whole stripped completion matches the pattern (fullmatch, '.' matches newlines).
+  Both run on RE2 (trainer.config.compile_rule_pattern): time linear in the completion, so a
+  pattern such as `(a+)+$` cannot stall a job or the API's score endpoint.
 - length: 'target' mode gives -|len - target| / target (0 at the target, in characters);
   'max' mode gives -max(0, len - target) / target.
 """
@@ -33,7 +35,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import ModelComponent, RuleComponent
+from trainer.config import ModelComponent, RuleComponent, compile_rule_pattern
 
 Text = str | list[dict[str, str]]
 Scorer = Callable[[Sequence[Text], Sequence[str], Sequence[dict[str, Any]]], Sequence[float]]
@@ -123,7 +125,7 @@ def _contains(spec: RuleComponent) -> Scorer:
 
 
 def _regex(spec: RuleComponent) -> Scorer:
-    pattern = re.compile(spec.pattern or "")
+    pattern = compile_rule_pattern(spec.pattern or "")
 
     def score(prompts: Sequence[Text], completions: Sequence[str], columns: Sequence[dict[str, Any]]) -> list[float]:
         return [float(pattern.search(c) is not None) for c in completions]
@@ -132,7 +134,7 @@ def _regex(spec: RuleComponent) -> Scorer:
 
 
 def _format(spec: RuleComponent) -> Scorer:
-    pattern = re.compile(spec.pattern or "", re.DOTALL)
+    pattern = compile_rule_pattern(spec.pattern or "", dotall=True)
 
     def score(prompts: Sequence[Text], completions: Sequence[str], columns: Sequence[dict[str, Any]]) -> list[float]:
         return [float(pattern.fullmatch(c.strip()) is not None) for c in completions]
@@ -175,12 +177,22 @@ class ModelScorer:
     (decoder models) or its own pooling position (encoders such as BERT).
     """
 
-    def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16, max_length: int = 2048):
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        max_length: int = 2048,
+        *,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+            )
         except (OSError, ValueError) as exc:
             raise RewardError(f"reward model '{path}' could not be loaded as a sequence classifier: {exc}") from exc
         if self.tokenizer.pad_token is None:
@@ -277,8 +289,13 @@ def component_name(component: ModelComponent | RuleComponent) -> str:
     return component.rule if isinstance(component, RuleComponent) else "model"
 
 
-def build_reward(components: Sequence[ModelComponent | RuleComponent], device: str | torch.device = "cpu") -> Reward:
-    """Build the weighted-sum reward of a spec; models are loaded once here (raises RewardError)."""
+def build_reward(
+    components: Sequence[ModelComponent | RuleComponent],
+    device: str | torch.device = "cpu",
+    *,
+    trust_remote_code: bool = False,
+) -> Reward:
+    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError)."""
     if not components:
         raise RewardError("the reward has no components: give at least one model or rule")
     named: list[tuple[str, float, Scorer]] = []
@@ -289,7 +306,7 @@ def build_reward(components: Sequence[ModelComponent | RuleComponent], device: s
         name = base if seen[base] == 1 else f"{base}_{seen[base]}"
         scorer: Scorer
         if isinstance(component, ModelComponent):
-            scorer = ModelScorer(component.model, device=device)
+            scorer = ModelScorer(component.model, device=device, trust_remote_code=trust_remote_code)
         else:
             scorer = RULES[component.rule](component)
         named.append((name, component.weight, scorer))

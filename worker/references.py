@@ -1,17 +1,16 @@
 """Turning a job row into a trainer spec: every reference becomes a local path (DESIGN §7).
 
 - datasets: downloaded from the artifact store into the attempt folder (`<attempt>/data/`);
-- a MODEL_REF (base_model, reward model components): a name in the server's model directory -> that
-  folder; `job:<id>` (its output checkpoint) or `checkpoint:<id>` -> the checkpoint's archive
-  extracted into the worker's cache (`<work_dir>/cache/checkpoints/<id>/`, reused by later jobs);
-  anything else is a hub id and is passed through for from_pretrained to resolve;
+- a MODEL_REF (base_model, reward model components): an absolute folder, by the one grammar the API
+  checked it with (api/models_dir/references.py): a model-directory folder, a hub id's snapshot in
+  the hub cache, or a checkpoint extracted into the checkpoint cache (reused by later jobs). The
+  trainer never sees a hub id, so it never looks for one as a folder in its working directory;
 - on a resumed attempt: the job's latest checkpoint that has training state, extracted into the
   attempt's folder.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,9 @@ from api.core.settings import Settings
 from api.core.storage import Storage
 from api.datasets.models import Dataset
 from api.jobs.models import Job
+from api.models_dir import references
 from api.reward_models.models import RewardModel
 from trainer.config import TrainSpec
-from worker.archive import extract_archive
-
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class UnresolvedReference(Exception):
@@ -70,34 +67,12 @@ def _resolve_component(
 
 
 def resolve_model(session: Session, job: Job, ref: str, settings: Settings, storage: Storage) -> str:
-    """A MODEL_REF as a local folder (or a hub id, passed through)."""
-    kind, _, ident = ref.partition(":")
-    if kind in ("job", "checkpoint") and ident:
-        checkpoint = _referenced_checkpoint(session, job, kind, ident)
-        return str(cached_checkpoint(checkpoint, settings, storage))
-    if _MODEL_NAME.match(ref) and (settings.resolved_models_dir / ref).is_dir():
-        return str(settings.resolved_models_dir / ref)
-    if "/" in ref and not ref.startswith(("/", ".")) and ".." not in ref:
-        if not settings.allow_hub_models:
-            raise UnresolvedReference(f"base model {ref!r}: hub models are disabled on this server (allow_hub_models)")
-        return ref
-    raise UnresolvedReference(
-        f"model {ref!r} is not in the server's model directory; add it with `alignd models add {ref} SOURCE`"
-    )
-
-
-def cached_checkpoint(checkpoint: Checkpoint, settings: Settings, storage: Storage) -> Path:
-    """The checkpoint's folder in the worker cache, extracted from the store on first use."""
-    target = settings.resolved_work_dir / "cache" / "checkpoints" / checkpoint.id
-    if target.is_dir():
-        return target
+    """A MODEL_REF of `job` as an absolute local folder, checked again for the job's tenant."""
     try:
-        with storage.open(checkpoint.storage_key) as archive:
-            return extract_archive(archive, target)
-    except OSError:
-        if target.is_dir():  # another job extracted it at the same time
-            return target
-        raise
+        source = references.check(session, settings, job.tenant_id, ref)
+        return str(references.local_folder(source, settings, storage))
+    except references.InvalidModelRef as exc:
+        raise UnresolvedReference(f"model {ref!r}: {exc.message}") from exc
 
 
 def latest_resumable_checkpoint(session: Session, job: Job) -> Checkpoint | None:
@@ -115,20 +90,6 @@ def _dataset(session: Session, job: Job, dataset_id: str) -> Dataset:
     if dataset is None or dataset.tenant_id != job.tenant_id or dataset.deleted_at is not None:
         raise UnresolvedReference(f"dataset {dataset_id} no longer exists; upload it again and resubmit the job")
     return dataset
-
-
-def _referenced_checkpoint(session: Session, job: Job, kind: str, ident: str) -> Checkpoint:
-    checkpoint: Checkpoint | None
-    if kind == "job":
-        source = session.get(Job, ident)
-        if source is None or source.tenant_id != job.tenant_id or source.output_checkpoint_id is None:
-            raise UnresolvedReference(f"model 'job:{ident}': that job has no output checkpoint (has it succeeded?)")
-        checkpoint = session.get(Checkpoint, source.output_checkpoint_id)
-    else:
-        checkpoint = session.get(Checkpoint, ident)
-    if checkpoint is None or checkpoint.tenant_id != job.tenant_id:
-        raise UnresolvedReference(f"model '{kind}:{ident}': no such checkpoint")
-    return checkpoint
 
 
 def _reward_components(session: Session, job: Job) -> list[dict[str, Any]]:

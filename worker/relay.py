@@ -35,12 +35,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.checkpoints.archive import archive_folder
 from api.checkpoints.models import Checkpoint
 from api.core.storage import Storage, Stored
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job, JobEvent
-from worker.archive import archive_folder
 from worker.attempt import Attempt, lock_owned_job
 
 logger = logging.getLogger(__name__)

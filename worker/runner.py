@@ -43,13 +43,13 @@ from billiard.process import current_process
 from billiard.util import set_pdeathsig
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.checkpoints.archive import extract_archive
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
 from api.core.storage import Storage, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
-from worker.archive import extract_archive
 from worker.attempt import Attempt, LostJob, claim, lock_owned_job
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat

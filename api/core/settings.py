@@ -56,9 +56,15 @@ class Settings(BaseSettings):
     max_compression_ratio: float = Field(100.0, gt=1)
     """A .jsonl.gz that expands more than this many times its size (checked past 8 MiB) is refused (413)."""
     allow_hub_models: bool = True
-    """Accept Hugging Face hub ids as base_model (resolved by the worker's hub cache)."""
+    """Accept Hugging Face hub ids as MODEL_REF (fetched into the hub cache, never read as a path)."""
+    hub_cache_dir: Path | None = None
+    """Hugging Face hub cache that hub-id models are fetched into; default huggingface_hub's own."""
     trust_remote_code: bool = False
     """Allow models that ship their own Python code (off: weights load from safetensors only)."""
+    score_timeout_seconds: float = Field(120.0, gt=0, le=3600)
+    """Deadline of one POST /v1/reward-models/{id}/score; its scoring process is killed past it (504)."""
+    max_concurrent_scores: int = Field(2, ge=1, le=64)
+    """Scoring processes one API process runs at once; more requests get 503 scoring_busy."""
     lease_seconds: int = Field(120, ge=5)
     """A running job whose lease is not renewed for this long goes back to the queue."""
     heartbeat_seconds: float = Field(15.0, gt=0)

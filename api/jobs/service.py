@@ -26,7 +26,7 @@ from api.jobs import lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
-from api.models_dir.service import resolve_model_ref
+from api.models_dir import references
 from api.reward_models.models import RewardModel
 from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
 
@@ -59,7 +59,7 @@ def create_job(
     if body.eval_dataset_id is not None:
         _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
     reward = _check_reward(session, settings, tenant_id, body)
-    resolve_model_ref(session, settings, tenant_id, body.base_model, "base_model")
+    references.check(session, settings, tenant_id, body.base_model, "base_model")
 
     job = Job(
         id=new_id("job"),
@@ -147,7 +147,7 @@ def check_components(session: Session, settings: Settings, tenant_id: str, compo
     """Every model component's MODEL_REF must resolve for this tenant."""
     for i, component in enumerate(components):
         if isinstance(component, ModelComponent):
-            resolve_model_ref(session, settings, tenant_id, component.model, f"{param}[{i}].model")
+            references.check(session, settings, tenant_id, component.model, f"{param}[{i}].model")
 
 
 def parse_components(values: Any, param: str) -> list[Any]:

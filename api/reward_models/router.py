@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
-from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from api.deps import SessionDep, SettingsDep, TenantDep
 from api.reward_models import service
 from api.reward_models.schemas import RewardModelCreate, RewardModelPublic, ScoreRequest, ScoreResponse
 
@@ -47,17 +46,16 @@ def delete_reward_model(reward_model_id: str, session: SessionDep, tenant: Tenan
     return Response(status_code=204)
 
 
-@router.post("/{reward_model_id}/score")
+@router.post(
+    "/{reward_model_id}/score",
+    responses={
+        503: {"description": "`scoring_busy`: the server's scoring slots are all in use; retry after Retry-After."},
+        504: {"description": "`score_timeout`: scoring ran past ALIGND_SCORE_TIMEOUT_SECONDS and was stopped."},
+    },
+)
 async def score(
-    reward_model_id: str,
-    body: ScoreRequest,
-    session: SessionDep,
-    settings: SettingsDep,
-    storage: StorageDep,
-    tenant: TenantDep,
+    reward_model_id: str, body: ScoreRequest, session: SessionDep, settings: SettingsDep, tenant: TenantDep
 ) -> ScoreResponse:
     """Score completions with a reward-model spec."""
-    scores, components = await run_in_threadpool(
-        service.score, session, settings, storage, tenant.id, reward_model_id, body
-    )
+    scores, components = await service.score(session, settings, tenant.id, reward_model_id, body)
     return ScoreResponse(scores=scores, components=components)

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-import tarfile
-import uuid
-from pathlib import Path
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from api.checkpoints.models import Checkpoint
-from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
+from api.core.errors import Conflict, NotFound
 from api.core.pagination import page_query
 from api.core.settings import Settings
-from api.core.storage import Storage
 from api.jobs.models import Job
 from api.jobs.service import check_components, parse_components
-from api.models_dir.service import ResolvedModel, resolve_model_ref
+from api.models_dir import references
+from api.reward_models import scoring
 from api.reward_models.models import RewardModel
 from api.reward_models.schemas import RewardModelCreate, ScoreRequest
+from api.reward_models.scoring import Scores, ScoreTask
 from trainer.config import ModelComponent
 
 
@@ -29,15 +25,6 @@ class RewardModelNotFound(NotFound):
 
 class RewardModelInUse(Conflict):
     code = "reward_model_in_use"
-
-
-class ScoringUnavailable(AlignError):
-    status_code = 501
-    code = "not_implemented"
-
-
-class ScoringFailed(InvalidRequest):
-    code = "reward_failed"
 
 
 def create_reward_model(session: Session, settings: Settings, tenant_id: str, body: RewardModelCreate) -> RewardModel:
@@ -80,61 +67,26 @@ def delete_reward_model(session: Session, tenant_id: str, reward_model_id: str) 
     session.commit()
 
 
-def score(
-    session: Session,
-    settings: Settings,
-    storage: Storage,
-    tenant_id: str,
-    reward_model_id: str,
-    body: ScoreRequest,
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Score completions of one prompt with the spec, exactly as a grpo/ppo job would."""
-    row = get_reward_model(session, tenant_id, reward_model_id)
-    components = parse_components(row.components, "components")
-    local = []
-    for i, component in enumerate(components):
-        if isinstance(component, ModelComponent):
-            resolved = resolve_model_ref(session, settings, tenant_id, component.model, f"components[{i}].model")
-            component = component.model_copy(update={"model": _local_model(session, settings, storage, resolved)})
-        local.append(component)
-    session.close()  # loading models takes a while; hold no connection meanwhile
+async def score(
+    session: Session, settings: Settings, tenant_id: str, reward_model_id: str, body: ScoreRequest
+) -> Scores:
+    """Score completions of one prompt with the spec, exactly as a grpo/ppo job would, in a child process."""
+    task = await run_in_threadpool(_score_task, session, settings, tenant_id, reward_model_id, body)
+    return await scoring.score(task, settings)
+
+
+def _score_task(
+    session: Session, settings: Settings, tenant_id: str, reward_model_id: str, body: ScoreRequest
+) -> ScoreTask:
+    """What the scoring process needs: the spec's components, each model reference checked for this tenant."""
     try:
-        from trainer.rewards import RewardError, build_reward
-    except ImportError as exc:
-        raise ScoringUnavailable(
-            f"scoring needs the trainer's reward functions, which are not installed: {exc}"
-        ) from exc
-    n = len(body.completions)
-    try:
-        reward = build_reward(local, device="cpu")
-        total, per_component = reward([body.prompt] * n, body.completions, [body.fields] * n)
-    except RewardError as exc:
-        raise ScoringFailed(str(exc), param="components") from exc
-    return total.tolist(), {name: values.tolist() for name, values in per_component.items()}
-
-
-def _local_model(session: Session, settings: Settings, storage: Storage, resolved: ResolvedModel) -> str:
-    if resolved.kind == "local":
-        assert resolved.path is not None
-        return str(resolved.path)
-    if resolved.kind == "hub":
-        return resolved.ref
-    checkpoint = session.get(Checkpoint, resolved.checkpoint_id)
-    assert checkpoint is not None
-    return str(_extracted(settings, storage, checkpoint))
-
-
-def _extracted(settings: Settings, storage: Storage, checkpoint: Checkpoint) -> Path:
-    """The checkpoint's folder, extracted once into <data dir>/cache/checkpoints/<id>."""
-    target = settings.data_dir.resolve() / "cache" / "checkpoints" / checkpoint.id
-    if target.is_dir():
-        return target
-    tmp = target.with_name(f".{checkpoint.id}.{uuid.uuid4().hex}")
-    tmp.mkdir(parents=True)
-    with storage.open(checkpoint.storage_key) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-        tar.extractall(tmp, filter="data")
-    try:
-        tmp.rename(target)
-    except OSError:  # extracted meanwhile by another request
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        row = get_reward_model(session, tenant_id, reward_model_id)
+        components = parse_components(row.components, "components")
+        sources = {
+            i: references.check(session, settings, tenant_id, c.model, f"components[{i}].model")
+            for i, c in enumerate(components)
+            if isinstance(c, ModelComponent)
+        }
+    finally:
+        session.close()  # scoring takes a while; hold no connection meanwhile
+    return ScoreTask(components, sources, body.prompt, body.completions, body.fields)

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from api.core.settings import Settings
-from api.models_dir.service import looks_like_path
+from api.models_dir.references import looks_like_path
 from cli.main import app
 from tests.api.helpers import real_lines, upload_ok
 
@@ -69,3 +69,32 @@ def test_paths_are_recognised(ref: str) -> None:
 @pytest.mark.parametrize("ref", ["tiny", "Qwen/Qwen2.5-0.5B-Instruct", "job:job_1", "checkpoint:ckpt_1", "v1.5"])
 def test_references_are_not_paths(ref: str) -> None:
     assert not looks_like_path(ref)
+
+
+@pytest.mark.parametrize("allow_hub", [True, False])
+def test_job_create_answers_the_same_for_a_hub_id_whether_or_not_a_folder_of_that_name_is_in_the_cwd(
+    client: TestClient,
+    auth: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    allow_hub: bool,
+) -> None:
+    from api.core import reset_caches
+
+    hf_folder(tmp_path / "cwd" / "org" / "name")
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setenv("ALIGND_ALLOW_HUB_MODELS", str(allow_hub).lower())
+    reset_caches()
+    ds = upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 2))
+
+    def create(ref: str) -> str:
+        body = {"algorithm": "dpo", "base_model": ref, "dataset_id": ds["id"]}
+        resp = client.post("/v1/jobs", headers=auth, json=body)
+        assert resp.status_code == (201 if allow_hub else 422), resp.text
+        return resp.text.replace(ref, "X") if not allow_hub else resp.json()["base_model"]
+
+    existing, missing = create("org/name"), create("org/gone")
+    if allow_hub:
+        assert (existing, missing) == ("org/name", "org/gone")  # stored as hub ids; the worker asks the hub cache
+    else:
+        assert existing == missing and "hub models are disabled" in existing

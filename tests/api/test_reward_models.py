@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -55,6 +56,35 @@ def test_invalid_components_are_422_naming_the_field_and_store_nothing(
     resp = client.post("/v1/reward-models", headers=auth, json={"name": "bad", "components": components})
     assert_error(resp, 422, param=param)
     assert count(session) == 0
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?=a)b", r"(?<!x)y", r"a++", r"(?>a)"])
+def test_regex_constructs_re2_lacks_are_422_saying_re2_syntax_is_required(
+    client: TestClient, auth: dict[str, str], session: Session, pattern: str
+) -> None:
+    for rule in ("regex", "format"):
+        components = [{"type": "rule", "rule": rule, "pattern": pattern}]
+        resp = client.post("/v1/reward-models", headers=auth, json={"name": "bad", "components": components})
+        error = assert_error(resp, 422, param="components[0].rule.pattern")
+        assert "RE2 syntax is required" in error["message"] and "linear" in error["message"], error
+    assert count(session) == 0
+
+
+def test_a_pattern_that_backtracks_in_python_is_accepted_and_scores_at_once(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    components = [
+        {"type": "rule", "rule": "regex", "pattern": "(a+)+$", "name": "search"},
+        {"type": "rule", "rule": "format", "pattern": "(x+x+)+y", "name": "whole"},
+    ]
+    rm = client.post("/v1/reward-models", headers=auth, json={"name": "hostile", "components": components})
+    assert rm.status_code == 201, rm.text
+    body = {"prompt": "p", "completions": ["a" * 28 + "!", "x" * 5000, "xxy"]}
+    start = time.monotonic()
+    resp = client.post(f"/v1/reward-models/{rm.json()['id']}/score", headers=auth, json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["components"] == {"search": [0.0, 0.0, 0.0], "whole": [0.0, 0.0, 1.0]}
+    assert time.monotonic() - start < 30  # Python's re would take longer than the age of the universe
 
 
 def test_model_component_from_the_model_directory_is_accepted(

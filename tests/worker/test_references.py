@@ -1,4 +1,4 @@
-"""Every reference in a job becomes a local path in the trainer's spec (or a hub id, passed through)."""
+"""Every reference in a job becomes an absolute local path in the trainer's spec (a hub id: its hub-cache snapshot)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.core.settings import Settings
 from api.core.storage import Storage
 from api.jobs.models import Job
+from tests.hub_cache import cached_hub_model
 from tests.worker.conftest import add_dataset, add_job, job_row
 from worker.references import UnresolvedReference, build_spec
 from worker.runner import run_job
@@ -35,6 +36,8 @@ def test_a_model_name_a_hub_id_and_the_dataset_become_what_the_trainer_reads(
     db: sessionmaker[Session], storage: Storage, tenant, dataset_id: str, worker_settings: Settings
 ) -> None:
     (worker_settings.resolved_models_dir / "smol").mkdir(parents=True)
+    assert worker_settings.hub_cache_dir is not None
+    snapshot = cached_hub_model(worker_settings.hub_cache_dir, "Qwen/Qwen2.5-0.5B-Instruct")
     with db() as session:
         named = add_job(session, tenant.id, dataset_id, "smol", seed=7).id
         hub = add_job(session, tenant.id, dataset_id, "Qwen/Qwen2.5-0.5B-Instruct").id
@@ -45,7 +48,7 @@ def test_a_model_name_a_hub_id_and_the_dataset_become_what_the_trainer_reads(
     assert Path(spec.train_file).parent == _workdir(worker_settings, named) / "data"  # a copy, not the store's
     assert spec.job_id == named and spec.seed == 7 and spec.algorithm == "dpo"
     assert len(spec.dataset_sha256["train"]) == 64
-    assert _spec(db, hub, worker_settings, storage).base_model == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert _spec(db, hub, worker_settings, storage).base_model == str(snapshot.resolve())
 
 
 def test_a_finished_jobs_output_is_extracted_once_and_used_as_the_next_base_model(
@@ -83,5 +86,37 @@ def test_a_path_is_never_taken_as_a_model(
 ) -> None:
     with db() as session:
         job_id = add_job(session, tenant.id, dataset_id, "/etc").id
-    with pytest.raises(UnresolvedReference, match="not in the server's model directory"):
+    with pytest.raises(UnresolvedReference, match="server paths are not accepted"):
         _spec(db, job_id, worker_settings, storage)
+
+
+def test_a_hub_id_never_reads_a_folder_of_that_name_in_the_working_directory(
+    db: sessionmaker[Session],
+    storage: Storage,
+    tenant,
+    dataset_id: str,
+    worker_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cwd = tmp_path / "cwd"
+    (cwd / "org" / "name").mkdir(parents=True)
+    (cwd / "org" / "name" / "config.json").write_text('{"model_type": "llama"}')
+    monkeypatch.chdir(cwd)
+    with db() as session:
+        existing = add_job(session, tenant.id, dataset_id, "org/name").id
+        missing = add_job(session, tenant.id, dataset_id, "org/gone").id
+
+    with pytest.raises(UnresolvedReference) as found:
+        _spec(db, existing, worker_settings, storage)
+    with pytest.raises(UnresolvedReference) as not_found:
+        _spec(db, missing, worker_settings, storage)
+    assert "hub cache" in str(found.value)
+    # Whether the folder exists changes nothing a tenant could see.
+    assert str(found.value).replace("org/name", "X") == str(not_found.value).replace("org/gone", "X")
+
+    # Once the hub cache has the model, the trainer gets the cache's snapshot, never the local folder.
+    assert worker_settings.hub_cache_dir is not None
+    snapshot = cached_hub_model(worker_settings.hub_cache_dir, "org/name")
+    base_model = _spec(db, existing, worker_settings, storage).base_model
+    assert Path(base_model).is_absolute() and base_model == str(snapshot.resolve())

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
 from api.core.storage import Storage
+from tests.hub_cache import cached_hub_model
 from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, request_cancel, wait_for
 from worker import runner
 from worker.runner import run_job
@@ -23,6 +24,9 @@ from worker.runner import run_job
 
 @pytest.fixture
 def queued_job(db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings):  # type: ignore[no-untyped-def]
+    assert worker_settings.hub_cache_dir is not None
+    cached_hub_model(worker_settings.hub_cache_dir, "org/hub-model")  # the default base model, as a download leaves it
+
     def make(base_model: str = "org/hub-model", **fields):  # type: ignore[no-untyped-def]
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)

@@ -6,6 +6,10 @@ folder, load that folder" is the whole recipe. Intermediate checkpoints keep the
 `from_pretrained` ignores it. One archive per checkpoint keeps the store, the Checkpoint row and the
 download one-to-one; the price is that an intermediate download carries the optimizer state too.
 Uncompressed because safetensors barely compress and gzip would cost minutes on large models.
+
+Written by the worker's relay; read back whole by `cached_checkpoint` (a checkpoint used as a
+model, by the worker and by the API's score endpoint: one cache folder, `<work_dir>/cache/checkpoints/`)
+and by a resumed attempt (extracted into its own folder).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import tarfile
 import uuid
 from pathlib import Path
 from typing import BinaryIO
+
+from api.core.settings import Settings
+from api.core.storage import Storage
 
 
 class _HashingWriter:
@@ -56,3 +63,22 @@ def extract_archive(archive: BinaryIO, target: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def checkpoint_cache(settings: Settings) -> Path:
+    """Where checkpoints used as models are extracted, one folder per checkpoint id, reused afterwards."""
+    return settings.resolved_work_dir / "cache" / "checkpoints"
+
+
+def cached_checkpoint(checkpoint_id: str, storage_key: str, settings: Settings, storage: Storage) -> Path:
+    """The checkpoint's folder in the cache, extracted from the store on first use."""
+    target = checkpoint_cache(settings) / checkpoint_id
+    if target.is_dir():
+        return target
+    try:
+        with storage.open(storage_key) as archive:
+            return extract_archive(archive, target)
+    except OSError:
+        if target.is_dir():  # extracted meanwhile by another job or request
+            return target
+        raise
