@@ -217,10 +217,22 @@ _HANDLERS: dict[str, _Handler] = {
 
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        event = json.loads(line)
+        event = _without_nul(json.loads(line))
     except ValueError:
         return {"type": "log", "level": "warning", "message": f"unreadable trainer event: {line[:200]!r}"}
     return event if isinstance(event, dict) and "type" in event else None
+
+
+def _without_nul(value: Any) -> Any:
+    """NUL characters replaced by U+FFFD: Postgres jsonb and text refuse them, and a sampled
+    completion (or a log line) may hold one, which would fail the whole batch."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 def _checkpoint(session: Session, job_id: str, step: int | None, kind: str) -> Checkpoint | None:

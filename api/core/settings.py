@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALIGND_", use_attribute_docstrings=True)
 
     environment: Literal["development", "production"] = "development"
-    """production refuses the embedded SQLite defaults and the development CORS/keys shortcuts."""
+    """production refuses the embedded SQLite defaults (it needs database_url and broker_url)."""
     data_dir: Path = Path("alignd-data")
     """Root of the embedded defaults (database, broker, artifacts, models, job scratch)."""
     database_url: str | None = None
@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     """Scratch space of the worker for running jobs; default <data_dir>/work."""
     max_upload_bytes: int = Field(2 * 1024**3, ge=1)
     """Largest dataset upload accepted (413 above it)."""
+    max_json_body_bytes: int = Field(1024**2, ge=1)
+    """Largest request body other than a multipart dataset upload (413 above it, streamed bytes counted)."""
     allow_hub_models: bool = True
     """Accept Hugging Face hub ids as base_model (resolved by the worker's hub cache)."""
     trust_remote_code: bool = False
