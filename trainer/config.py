@@ -234,9 +234,6 @@ HYPERPARAMETERS: dict[str, type[CommonConfig]] = {
 }
 
 
-ModuleName = Annotated[SafeStr, Field(min_length=1, max_length=200)]
-
-
 class LoraConfig(_Config):
     r: int = Field(16, ge=1, le=1024)
     """Rank of the low-rank update."""
@@ -244,10 +241,19 @@ class LoraConfig(_Config):
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the LoRA input."""
-    target_modules: Annotated[list[ModuleName], Field(max_length=256)] | Literal["all-linear"] = "all-linear"
+    target_modules: Annotated[list[str], Field(max_length=256)] | Literal["all-linear"] = "all-linear"
     """Module names to adapt, or all-linear for every linear layer but the output head."""
     merge: bool = False
     """Also save the base model with the adapter merged in (loads without peft)."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: list[str] | str) -> list[str] | str:
+        for i, name in enumerate(value if isinstance(value, list) else []):
+            if not 1 <= len(name) <= 200:
+                raise ValueError(f"target_modules[{i}]: a module name has 1 to 200 characters")
+            _no_nul(name)
+        return value
 
 
 # Reward components (grpo/ppo). A reward spec is a weighted list of these.
