@@ -101,7 +101,11 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(RequestLimits, max_body_bytes=lambda: get_settings().max_json_body_bytes)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=lambda: get_settings().max_json_body_bytes,
+        streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
+    )
     _document_errors(ops_router)
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):

@@ -1,11 +1,12 @@
 """What every request must satisfy before any route sees it: a bounded body and no NUL characters.
 
 An ASGI middleware, so it holds for every route, present and future:
-- A body that is not a multipart upload (JSON, or anything else) may be at most
-  `max_json_body_bytes`: a larger Content-Length is refused at once, and the bytes that actually
-  arrive are counted too (a chunked body has no Content-Length). The body is read here, at most
-  that many bytes, and handed on to the app. Multipart dataset uploads stream to disk under their
-  own limit (`max_upload_bytes`, api.core.uploads) and pass through untouched.
+- A request body may be at most `max_json_body_bytes`: a larger Content-Length is refused at once,
+  and the bytes that actually arrive are counted too (a chunked body has no Content-Length). The
+  body is read here, at most that many bytes, and handed on to the app. Only the routes that stream
+  a multipart upload to disk under their own limit (`max_upload_bytes`, api.core.uploads) are passed
+  through untouched; a multipart body sent to any other route is capped like JSON (FastAPI would
+  otherwise read it whole into memory).
 - NUL characters in the path, query string or a header are refused with 422: Postgres text and
   jsonb cannot store them, so an id or key holding one would fail in the driver (a 500) instead.
   NULs inside JSON bodies are refused by the request models (`api.core.validation.SafeStr`).
@@ -23,10 +24,12 @@ from api.core.errors import AlignError, InvalidRequest, PayloadTooLarge
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, max_body_bytes: Callable[[], int]) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: Callable[[], int], streamed_uploads: frozenset[str]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         """Read per request, so settings changed by tests (reset_caches) take effect."""
+        self.streamed_uploads = streamed_uploads
+        """Paths whose POST streams a multipart upload under its own limit."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,7 +38,7 @@ class RequestLimits:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         try:
             _refuse_nul(scope, headers)
-            if _content_type(headers).startswith(b"multipart/form-data"):
+            if scope["method"] == "POST" and scope["path"] in self.streamed_uploads:
                 await self.app(scope, receive, send)
                 return
             body = await _read_body(receive, headers, self.max_body_bytes())
@@ -44,10 +47,6 @@ class RequestLimits:
             return
         if body is not None:  # None: the client went away while sending it
             await self.app(scope, _replay(body, receive), send)
-
-
-def _content_type(headers: list[tuple[bytes, bytes]]) -> bytes:
-    return next((v.lower() for k, v in headers if k.lower() == b"content-type"), b"")
 
 
 def _refuse_nul(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:

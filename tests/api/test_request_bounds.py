@@ -140,12 +140,16 @@ def test_a_streamed_body_without_content_length_is_counted_and_413_over_the_limi
     assert client.post("/v1/jobs", headers=auth, json=body).status_code == 201
 
 
-def test_the_json_limit_does_not_cap_a_multipart_dataset_upload(
-    client: TestClient, auth: dict[str, str], small_json_limit: int
+def test_the_json_limit_does_not_cap_a_multipart_dataset_upload_but_caps_multipart_elsewhere(
+    client: TestClient, auth: dict[str, str], session: Session, small_json_limit: int
 ) -> None:
     content = real_lines("orca-dpo-pairs.openai-dpo.jsonl", 20)
     assert len(content) > 4 * small_json_limit
     assert upload_ok(client, auth, content, "orca.jsonl")["rows"] == 20
+    resp = upload(client, auth, content, "orca.jsonl", path="/v1/datasets/validate")
+    assert resp.status_code == 200, resp.text
+    assert_error(upload(client, auth, content, "orca.jsonl", path="/v1/jobs"), 413, "payload_too_large", "body")
+    assert_no_job_and_lists_work(client, auth, session)
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
