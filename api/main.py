@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import api
 from api.checkpoints.router import router as checkpoints_router
-from api.core.errors import AlignError
+from api.core.errors import AlignError, ErrorResponse
+from api.core.limits import RequestLimits
+from api.core.settings import get_settings
 from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
@@ -31,10 +34,7 @@ def _error(status: int, code: str, message: str, param: str | None = None, detai
 
 async def _align_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AlignError)
-    headers = dict(getattr(exc, "headers", None) or {})
-    if exc.status_code == 401:
-        headers["WWW-Authenticate"] = 'Bearer realm="alignd"'
-    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=headers or None)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers or None)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -61,12 +61,34 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # FastAPI's JSON parse of the body hit Python's recursion limit (thousands of nested [ or {).
+        return _error(400, "invalid_json", "the request body is not valid JSON here: it nests too deeply")
     return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return _error(500, "internal_error", "internal server error; the server log has the details")
+
+
+# Every error status of every route is documented with the one error shape (DESIGN §4).
+_ERROR_STATUSES = {
+    400: "The body is not valid JSON.",
+    401: "Missing, malformed or revoked API key.",
+    404: "No such object for this tenant.",
+    413: "The request body is over this server's limit.",
+    422: "A field, parameter or header is invalid (param names it; details lists every problem).",
+}
+
+
+def _document_errors(router: APIRouter) -> dict[int | str, dict[str, Any]]:
+    """Give each route's own 4xx/5xx responses the ErrorResponse model; returns the router-wide defaults."""
+    for route in router.routes:
+        for status, response in getattr(route, "responses", {}).items():
+            if str(status)[0] in "45":
+                response.setdefault("model", ErrorResponse)
+    return {status: {"model": ErrorResponse, "description": text} for status, text in _ERROR_STATUSES.items()}
 
 
 def create_app() -> FastAPI:
@@ -79,7 +101,13 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=lambda: get_settings().max_json_body_bytes,
+        streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
+    )
+    _document_errors(ops_router)
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
-        app.include_router(router, prefix="/v1")
+        app.include_router(router, prefix="/v1", responses=_document_errors(router))
     return app

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Algorithm = Literal["dpo", "reward", "sft", "grpo", "ppo"]
 
@@ -32,8 +32,22 @@ DATASET_KIND: dict[str, str] = {
 }
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters (\\u0000)")
+    return value
+
+
+SafeStr = Annotated[str, AfterValidator(_no_nul)]
+"""A string without NUL characters (Postgres text and jsonb cannot hold them)."""
+
+
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+    # Unknown fields are refused (a misspelt hyperparameter must not train on its default) and
+    # numbers are strict: no bools or numeric strings for numbers, no 1.5 for an integer, no NaN/inf.
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, use_attribute_docstrings=True, validate_default=True
+    )
 
 
 class CommonConfig(_Config):
@@ -227,10 +241,19 @@ class LoraConfig(_Config):
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: float = Field(0.05, ge=0, lt=1)
     """Dropout on the LoRA input."""
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: Annotated[list[str], Field(max_length=256)] | Literal["all-linear"] = "all-linear"
     """Module names to adapt, or all-linear for every linear layer but the output head."""
     merge: bool = False
     """Also save the base model with the adapter merged in (loads without peft)."""
+
+    @field_validator("target_modules")
+    @classmethod
+    def _module_names(cls, value: list[str] | str) -> list[str] | str:
+        for i, name in enumerate(value if isinstance(value, list) else []):
+            if not 1 <= len(name) <= 200:
+                raise ValueError(f"target_modules[{i}]: a module name has 1 to 200 characters")
+            _no_nul(name)
+        return value
 
 
 # Reward components (grpo/ppo). A reward spec is a weighted list of these.
@@ -245,7 +268,7 @@ class _Component(_Config):
 
 class ModelComponent(_Component):
     type: Literal["model"] = "model"
-    model: str = Field(min_length=1)
+    model: SafeStr = Field(min_length=1, max_length=500)
     """A sequence-classification model: a MODEL_REF in the API, a local folder in a trainer spec."""
 
 
@@ -274,9 +297,9 @@ class RuleComponent(_Component):
     type: Literal["rule"] = "rule"
     rule: Literal["exact_match", "contains", "regex", "length", "format"]
     """Which rule scores the completion (see trainer.rewards)."""
-    column: str = "answer"
+    column: SafeStr = Field("answer", min_length=1, max_length=300)
     """Dataset column the rule compares against (exact_match, contains)."""
-    pattern: str | None = None
+    pattern: SafeStr | None = Field(None, max_length=1000)
     """Regular expression for regex/format rules, in RE2 syntax (linear-time matching)."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
     """Target completion length in characters for the length rule."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,10 +188,26 @@ _HANDLERS: dict[str, _Handler] = {
 
 def _parse(line: bytes) -> dict[str, Any] | None:
     try:
-        event = json.loads(line)
+        event = _storable(json.loads(line))
     except ValueError:
         return {"type": "log", "level": "warning", "message": f"unreadable trainer event: {line[:200]!r}"}
     return event if isinstance(event, dict) and "type" in event else None
+
+
+def _storable(value: Any) -> Any:
+    """An event as Postgres can store it: NUL characters become U+FFFD and NaN/Infinity become null.
+
+    jsonb (and text) refuse both, and one such value (a sampled completion holding a NUL, a metric or
+    reward that came out NaN) would otherwise fail the whole batch of events with it."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(v) for v in value]
+    return value
 
 
 def _checkpoint(session: Session, job_id: str, step: int | None, kind: str) -> Checkpoint | None:

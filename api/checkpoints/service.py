@@ -20,8 +20,7 @@ class RangeNotSatisfiable(AlignError):
     code = "range_not_satisfiable"
 
     def __init__(self, message: str, size: int) -> None:
-        super().__init__(message, param="Range")
-        self.headers = {"Content-Range": f"bytes */{size}"}
+        super().__init__(message, param="Range", headers={"Content-Range": f"bytes */{size}"})
 
 
 def get_checkpoint(session: Session, tenant_id: str, checkpoint_id: str) -> Checkpoint:

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ALIGND_", use_attribute_docstrings=True)
 
     environment: Literal["development", "production"] = "development"
-    """production refuses the embedded SQLite defaults and the development CORS/keys shortcuts."""
+    """production refuses the embedded SQLite defaults (it needs database_url and broker_url)."""
     data_dir: Path = Path("alignd-data")
     """Root of the embedded defaults (database, broker, artifacts, models, job scratch)."""
     database_url: str | None = None
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_upload_bytes, so a .jsonl.gz of ordinary text (3-6x smaller) fits when its upload does."""
     max_compression_ratio: float = Field(100.0, gt=1)
     """A .jsonl.gz that expands more than this many times its size (checked past 8 MiB) is refused (413)."""
+    max_json_body_bytes: int = Field(1024**2, ge=1)
+    """Largest request body other than a multipart dataset upload (413 above it, streamed bytes counted)."""
     allow_hub_models: bool = True
     """Accept Hugging Face hub ids as MODEL_REF (fetched into the hub cache, never read as a path)."""
     hub_cache_dir: Path | None = None

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.core.errors import InvalidRequest
 from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
 from api.core.uploads import stream_multipart
 from api.datasets import service
@@ -14,6 +15,8 @@ from api.datasets.schemas import DatasetPublic, DatasetRows, DatasetValidation
 from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+NAME_MAX_CHARS = 300
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -25,7 +28,7 @@ _UPLOAD_DOC = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": ".jsonl or .jsonl.gz"},
-                        "name": {"type": "string", "description": "Defaults to the file name."},
+                        "name": {"type": "string", "maxLength": 300, "description": "Defaults to the file name."},
                         "format": {"type": "string", "description": "Declare the row format instead of detecting it."},
                     },
                 }
@@ -41,7 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def _receive(request: Request, settings: SettingsDep) -> tuple[service.StagedUpload, dict[str, str], str | None]:
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
+    if length and length.isascii() and length.isdigit() and int(length) > settings.max_upload_bytes + 64 * 1024:
         raise service.UploadTooLarge(
             f"the request is larger than this server's limit of {settings.max_upload_bytes} bytes", param="file"
         )
@@ -54,6 +57,14 @@ async def _receive(request: Request, settings: SettingsDep) -> tuple[service.Sta
     if form.filename is None:
         staged.discard()
         raise service.DatasetInvalid("no file: send the dataset as the multipart field 'file'", param="file")
+    # Postgres text cannot hold NUL; the name (or the file name it defaults to) is stored.
+    for param, value in [*form.fields.items(), ("file", form.filename)]:
+        if "\x00" in value:
+            staged.discard()
+            raise InvalidRequest(f"{param} must not contain NUL characters", param=param)
+    if len(form.fields.get("name", "")) > NAME_MAX_CHARS:
+        staged.discard()
+        raise InvalidRequest(f"name: at most {NAME_MAX_CHARS} characters", param="name")
     return staged, form.fields, form.filename
 
 

@@ -11,6 +11,7 @@ from api.checkpoints.schemas import CheckpointPublic
 from api.checkpoints.service import list_for_job
 from api.core.errors import InvalidRequest
 from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.validation import DB_INT_MAX
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.jobs import service
 from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
@@ -18,6 +19,8 @@ from api.jobs.stream import event_stream
 from trainer.config import Algorithm
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+SeqQuery = Annotated[int, Query(ge=0, le=DB_INT_MAX, description="Return events with seq greater than this.")]
 
 
 @router.post(
@@ -81,7 +84,7 @@ def list_events(
     job_id: str,
     session: SessionDep,
     tenant: TenantDep,
-    after: Annotated[int, Query(ge=0, description="Return events with seq greater than this.")] = 0,
+    after: SeqQuery = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventPage:
     """List a job's events in order."""
@@ -99,16 +102,21 @@ def stream_events(
     job_id: str,
     session: SessionDep,
     tenant: TenantDep,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this seq (Last-Event-ID wins).")] = None,
+    last_event_id: Annotated[str | None, Header(max_length=100)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=DB_INT_MAX, description="Start after this seq (Last-Event-ID wins).")
+    ] = None,
 ) -> EventSourceResponse:
     """Stream a job's events (Server-Sent Events); ends after the job finishes."""
     job = service.get_job(session, tenant.id, job_id)
     start = after or 0
     if last_event_id:
-        if not last_event_id.strip().isdigit():
-            raise InvalidRequest("Last-Event-ID must be an event seq (an integer)", param="Last-Event-ID")
-        start = int(last_event_id.strip())
+        seq = last_event_id.strip()
+        if not (seq.isascii() and seq.isdigit()) or int(seq) > DB_INT_MAX:
+            raise InvalidRequest(
+                f"Last-Event-ID must be an event seq (an integer from 0 to {DB_INT_MAX})", param="Last-Event-ID"
+            )
+        start = int(seq)
     session.close()  # the stream polls with its own short sessions
     return EventSourceResponse(event_stream(job.id, start), ping=15)
 

@@ -7,21 +7,23 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from api.core.validation import Metadata, RequestModel, SafeStr
 from trainer.config import Algorithm, LoraConfig, RewardComponent
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 
 
-class JobCreate(BaseModel):
+class JobCreate(RequestModel):
     algorithm: Algorithm
     """dpo, reward or sft (offline); grpo or ppo (online, need a reward)."""
-    base_model: str = Field(min_length=1, max_length=500)
+    base_model: SafeStr = Field(min_length=1, max_length=500)
     """MODEL_REF: a name from GET /v1/models, a hub id (org/name), job:<id> or checkpoint:<id>."""
-    dataset_id: str
+    dataset_id: SafeStr = Field(max_length=100)
     """Training data; its kind must fit the algorithm (preference: dpo/reward, prompt: grpo/ppo, sft: sft)."""
-    eval_dataset_id: str | None = None
-    """Held-out data of the same kind, evaluated every eval_every steps and at the end."""
-    reward_model_id: str | None = None
+    eval_dataset_id: SafeStr | None = Field(None, max_length=100)
+    """Held-out data of the same kind, evaluated every eval_every steps and at the end (dpo, reward and sft
+    only: grpo and ppo do not evaluate, and refuse it)."""
+    reward_model_id: SafeStr | None = Field(None, max_length=100)
     """A reward-model spec (POST /v1/reward-models) for grpo/ppo."""
     reward: list[RewardComponent] | None = None
     """Inline reward components for grpo/ppo, instead of reward_model_id."""
@@ -30,9 +32,10 @@ class JobCreate(BaseModel):
     lora: LoraConfig | None = None
     """LoRA settings, or null for full fine-tuning."""
     seed: int = Field(0, ge=0, le=2**32 - 1)
-    name: str | None = Field(None, max_length=300)
-    metadata: dict[str, Any] | None = None
-    """Free-form key/values kept with the job."""
+    name: SafeStr | None = Field(None, max_length=300)
+    metadata: Metadata | None = None
+    """Free-form key/values kept with the job: at most 16 keys of up to 64 characters, string values of up
+    to 512 characters."""
 
 
 class Progress(BaseModel):

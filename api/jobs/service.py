@@ -54,6 +54,12 @@ def create_job(
         hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
     except ValidationError as exc:
         raise invalid_from_pydantic(exc, "hyperparameters") from exc
+    if body.eval_dataset_id is not None and body.algorithm in ONLINE:
+        raise InvalidRequest(
+            f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
+            "dpo, reward and sft only",
+            param="eval_dataset_id",
+        )
     needed = DATASET_KIND[body.algorithm]
     _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
     if body.eval_dataset_id is not None:

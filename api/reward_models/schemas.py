@@ -5,11 +5,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.core.validation import RequestModel, SafeStr
 from trainer.config import RewardComponent
 
 
-class RewardModelCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=300)
+class RewardModelCreate(RequestModel):
+    name: SafeStr = Field(min_length=1, max_length=300)
     components: list[RewardComponent] = Field(min_length=1)
     """Weighted components: {"type": "model", "model": MODEL_REF} or {"type": "rule", "rule": ...}."""
 
@@ -23,7 +24,7 @@ class RewardModelPublic(BaseModel):
     created_at: datetime
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(RequestModel):
     prompt: str | list[dict[str, str]]
     """The prompt, as text or chat messages."""
     completions: list[str] = Field(min_length=1, max_length=256)

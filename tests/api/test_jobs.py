@@ -69,11 +69,11 @@ def job_count(session: Session) -> int:
 def test_created_job_is_queued_with_defaults_filled_in_and_sent_to_the_broker_after_commit(
     client: TestClient, auth: dict[str, str], settings: Settings, session: Session, model: str, pairs: str, backend: str
 ) -> None:
-    body = dpo(pairs, hyperparameters={"beta": 0.2, "max_steps": 3}, lora={"r": 8}, name="first", metadata={"a": 1})
+    body = dpo(pairs, hyperparameters={"beta": 0.2, "max_steps": 3}, lora={"r": 8}, name="first", metadata={"a": "1"})
     resp = client.post("/v1/jobs", headers=auth, json=body)
     assert resp.status_code == 201, resp.text
     job = resp.json()
-    assert job["status"] == "queued" and job["name"] == "first" and job["metadata"] == {"a": 1}
+    assert job["status"] == "queued" and job["name"] == "first" and job["metadata"] == {"a": "1"}
     expected = DPOConfig(beta=0.2, max_steps=3).model_dump(mode="json")
     assert job["hyperparameters"] == expected
     assert job["lora"]["r"] == 8 and job["lora"]["alpha"] == 32

@@ -1,0 +1,48 @@
+"""The relay stores what the trainer writes, even text Postgres could not hold as written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.core.settings import Settings
+from api.core.storage import Storage
+from api.jobs.models import JobEvent
+from tests.conftest import TenantKey
+from tests.worker.conftest import add_dataset, add_job, job_row
+from worker.relay import EventRelay
+from worker.runner import claim
+
+
+def test_nul_characters_and_non_finite_numbers_in_trainer_events_are_stored_as_postgres_can_hold_them(
+    db: sessionmaker[Session], storage: Storage, worker_settings: Settings, tenant: TenantKey, tmp_path: Path
+) -> None:
+    # A sampled completion may hold any token, NUL included, and a metric can come out NaN; Postgres
+    # jsonb refuses both "\u0000" and NaN, which failed the whole batch (DataError out of pump()).
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant.id)
+        job_id = add_job(session, tenant.id, dataset.id, "tiny").id
+    attempt = claim(db, job_id, "w1", worker_settings)
+    assert attempt is not None
+    events = tmp_path / "events.jsonl"
+    lines = [
+        {"type": "sample", "step": 1, "prompt": "2+2?", "completion": "4\u0000\u0000", "reward": 1.0},
+        {"type": "log", "level": "info", "message": "tokenizer said \u0000"},
+        {"type": "metrics", "step": 1, "values": {"loss": 0.5, "kl": float("nan"), "reward_std": float("inf")}},
+    ]
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    relay = EventRelay(attempt, db, storage, events, batch_size=10)
+
+    relay.pump()
+
+    with db() as session:
+        rows = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+    by_type = {row.type: row.data for row in rows}
+    assert by_type["sample"]["completion"] == "4\ufffd\ufffd"
+    assert by_type["log"]["message"] == "tokenizer said \ufffd"
+    assert by_type["metrics"] == {"step": 1, "values": {"loss": 0.5, "kl": None, "reward_std": None}}
+    job = job_row(db, job_id)
+    assert job.status == "running" and job.metrics == {"loss": 0.5, "kl": None, "reward_std": None}
