@@ -172,7 +172,8 @@ def _sharegpt_tagged(value: Any) -> bool:
     """Messages in LLaMA-Factory's shape: {"from", "value"} tags, or a role only it uses (e.g. "observation")."""
     if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
         return False
-    return "from" in value[0] or any(m.get("role") in SHAREGPT_ROLES.keys() - ROLES for m in value)
+    only_sharegpt = SHAREGPT_ROLES.keys() - ROLES
+    return "from" in value[0] or any(isinstance(r := m.get("role"), str) and r in only_sharegpt for m in value)
 
 
 def parse_row(row: Any, fmt: str) -> Example:
@@ -209,7 +210,7 @@ def _messages(value: Any, key: str, *, allow_empty: bool = False) -> list[dict[s
     for i, msg in enumerate(value):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise RowError(key, f'"{key}"[{i}] must be an object with "role" and "content"')
-        if msg["role"] not in ROLES:
+        if not isinstance(msg["role"], str) or msg["role"] not in ROLES:
             raise RowError(key, f'"{key}"[{i}] has unknown role {msg["role"]!r}')
         if not isinstance(msg["content"], str):
             raise RowError(key, f'"{key}"[{i}].content must be a string')
@@ -361,7 +362,7 @@ def _sharegpt_message(value: Any, key: str) -> dict[str, str]:
     if not isinstance(value, dict) or not ({"from", "value"} <= set(value) or {"role", "content"} <= set(value)):
         raise RowError(key, f'"{key}" must be an object with "from" and "value" (or "role" and "content")')
     role, content = (value["from"], value["value"]) if "from" in value else (value["role"], value["content"])
-    if role not in SHAREGPT_ROLES:
+    if not isinstance(role, str) or role not in SHAREGPT_ROLES:
         raise RowError(key, f'"{key}" has unknown role {role!r}; one of: {", ".join(SHAREGPT_ROLES)}')
     if not isinstance(content, str):
         raise RowError(key, f'"{key}" value must be a string')

@@ -170,6 +170,7 @@ def test_the_role_content_tag_variant_with_chosen_and_rejected_is_sharegpt_prefe
         ({"chosen": {"from": "human", "value": "4"}}, "chosen", '"chosen" must be a reply from "gpt"'),
         ({"rejected": {"from": "gpt", "value": "  "}}, "rejected", '"rejected" is empty'),
         ({"conversations": [{"from": "bot", "value": "hi"}]}, "conversations[0]", "unknown role 'bot'; one of: human"),
+        ({"conversations": [{"from": ["human"], "value": "hi"}]}, "conversations[0]", "unknown role ['human']"),
         ({"conversations": [{"speaker": "human", "text": "hi"}]}, "conversations[0]", 'with "from" and "value"'),
         ({"conversations": []}, "conversations", "non-empty list of messages"),
         (
@@ -258,6 +259,12 @@ def test_messages_with_llamafactory_roles_are_read_as_sharegpt() -> None:
     assert isinstance(ex, SFTExample) and isinstance(ex.prompt, list)
     assert [m["role"] for m in ex.prompt] == ["user", "assistant", "tool"]
     assert ex.completion == [{"role": "assistant", "content": "3 degrees."}]
+
+
+def test_a_role_that_is_not_a_string_is_a_row_error_not_a_crash() -> None:
+    # HAND-MADE rows: a list or object as a role used to raise TypeError (unhashable) out of the parser
+    for row in ({"messages": [{"role": ["user"], "content": "hi"}]}, {"messages": [{"from": {}, "value": "hi"}]}):
+        assert "unknown role" in refusal(row).message
 
 
 def test_a_sharegpt_sft_row_must_end_with_a_gpt_turn() -> None:
