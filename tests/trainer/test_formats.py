@@ -9,6 +9,7 @@ role/content tag variant, a top-level "system") and the refusals.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from tests.shared_data import shared_data
+from tests.trainer.conftest import Result
 from trainer.data import encode_preferences, encode_sft, render
 from trainer.formats import (
     FORMATS,
@@ -321,3 +323,30 @@ def test_a_declared_format_that_does_not_fit_says_what_is_wrong() -> None:
     row = rows(DPO_DEMO)[0]
     error = refusal(row, "alpaca_preference")
     assert error.field == "instruction" and error.message == '"instruction" is missing'
+
+
+# ---- the trainer trains on them ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("algorithm", "name"), [("dpo", DPO_DEMO), ("sft", TOOLCALL_DEMO)])
+def test_the_trainer_trains_on_the_llamafactory_demos_unchanged(
+    run_inprocess: Callable[..., Result], tiny_model: Path, algorithm: str, name: str
+) -> None:
+    spec: dict[str, Any] = {
+        "algorithm": algorithm,
+        "base_model": str(tiny_model),
+        "train_file": str(shared_data(name)),
+        "hyperparameters": {
+            "learning_rate": 1e-3,
+            "batch_size": 2,
+            "max_steps": 2,
+            "max_length": 1024,
+            "max_prompt_length": 512,
+        },
+    }
+    if algorithm == "dpo":
+        spec["hyperparameters"]["precompute_ref_logps"] = False  # two steps, not a pass over all 40 rows
+    result = run_inprocess(spec)
+    assert result.code == 0, result.events
+    losses = [e["values"]["loss"] for e in result.events if e["type"] == "metrics" and "loss" in e["values"]]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # two steps, no NaN
