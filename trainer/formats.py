@@ -3,6 +3,9 @@
 Pure Python (no torch): the API validates uploads line by line with these functions and the
 trainer reads its data with them, so both agree on what a valid row is.
 
+LLaMA-Factory's shapes (ShareGPT preference and SFT, Alpaca preference) are read as LLaMA-Factory reads
+them with its default tags; the refusal of an unknown shape lists every accepted shape with an example.
+
 Every row becomes one of three canonical examples. A *text* is either a plain string or a list of
 chat messages (`{"role", "content"}`); conversational texts go through the model's chat template
 later, in trainer.data.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +30,72 @@ FORMATS: dict[str, str] = {
     "conversational": "preference",
     "implicit_prompt": "preference",
     "openai_dpo": "preference",
+    "sharegpt_preference": "preference",
+    "alpaca_preference": "preference",
     "prompt": "prompt",
     "prompt_completion": "sft",
     "messages": "sft",
     "alpaca": "sft",
+    "sharegpt": "sft",
     "text": "sft",
 }
 
+# format name -> (what users call it, one example line); the refusal of an unknown shape lists these
+SHAPES: dict[str, tuple[str, str]] = {
+    "standard": ("standard preference", '{"prompt": "2+2?", "chosen": "4", "rejected": "5"}'),
+    "conversational": (
+        "conversational preference",
+        '{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": [{"role": "assistant", "content": "4"}], '
+        '"rejected": [{"role": "assistant", "content": "5"}]}',
+    ),
+    "implicit_prompt": (
+        "implicit-prompt preference (HH-RLHF)",
+        '{"chosen": "\\n\\nHuman: 2+2?\\n\\nAssistant: 4", "rejected": "\\n\\nHuman: 2+2?\\n\\nAssistant: 5"}',
+    ),
+    "openai_dpo": (
+        "OpenAI DPO",
+        '{"input": {"messages": [{"role": "user", "content": "2+2?"}]}, '
+        '"preferred_output": [{"role": "assistant", "content": "4"}], '
+        '"non_preferred_output": [{"role": "assistant", "content": "5"}]}',
+    ),
+    "sharegpt_preference": (
+        "LLaMA-Factory ShareGPT preference",
+        '{"conversations": [{"from": "human", "value": "2+2?"}], "chosen": {"from": "gpt", "value": "4"}, '
+        '"rejected": {"from": "gpt", "value": "5"}}',
+    ),
+    "alpaca_preference": (
+        "LLaMA-Factory Alpaca preference",
+        '{"instruction": "Add.", "input": "2+2", "chosen": "4", "rejected": "5"}',
+    ),
+    "prompt": ("prompt-only", '{"prompt": "2+2?", "answer": "4"} (or "question" for "prompt")'),
+    "prompt_completion": ("SFT prompt/completion", '{"prompt": "2+2?", "completion": "4"}'),
+    "messages": (
+        "SFT OpenAI chat",
+        '{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}',
+    ),
+    "alpaca": ("SFT Alpaca", '{"instruction": "Add.", "input": "2+2", "output": "4"}'),
+    "sharegpt": (
+        "SFT LLaMA-Factory ShareGPT",
+        '{"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]}',
+    ),
+    "text": ("SFT plain text", '{"text": "2+2=4"}'),
+}
+
 ROLES = {"system", "user", "assistant", "tool", "developer"}
+# LLaMA-Factory's ShareGPT roles (and its role/content tag variant) -> chat roles. A function call is an
+# assistant turn whose content is the call; an observation is the tool's answer.
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "function_call": "assistant",
+    "function": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+    "system": "system",
+}
+TOOLS_HEADER = "You can call these tools (JSON schema):\n"
 HH_ASSISTANT = "\n\nAssistant:"
 
 
@@ -71,18 +133,24 @@ Example = PreferenceExample | PromptExample | SFTExample
 
 
 def detect_format(row: Any) -> str:
-    """Name the format of one parsed JSON row, or raise RowError."""
+    """Name the format of one parsed JSON row, or raise RowError listing the accepted shapes."""
     if not isinstance(row, dict):
-        raise RowError(None, f"each line must be a JSON object, got {type(row).__name__}")
+        raise RowError(None, f"each line must be a JSON object, got {type(row).__name__}. {accepted_shapes()}")
     keys = set(row)
     if "preferred_output" in keys or "non_preferred_output" in keys:
         return "openai_dpo"
     if "chosen" in keys or "rejected" in keys:
+        if "conversations" in keys or "messages" in keys:
+            return "sharegpt_preference"
+        if "instruction" in keys:
+            return "alpaca_preference"
         if "prompt" not in keys:
             return "implicit_prompt"
         return "conversational" if isinstance(row.get("prompt"), list) else "standard"
+    if "conversations" in keys:
+        return "sharegpt"
     if "messages" in keys:
-        return "messages"
+        return "sharegpt" if _sharegpt_tagged(row["messages"]) else "messages"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
     if "completion" in keys:
@@ -91,12 +159,21 @@ def detect_format(row: Any) -> str:
         return "prompt"
     if "text" in keys:
         return "text"
-    raise RowError(
-        None,
-        "cannot tell the format: expected prompt/chosen/rejected (preference), "
-        "input/preferred_output/non_preferred_output (OpenAI DPO), prompt (prompt-only), "
-        "prompt/completion, messages, instruction/output or text (SFT)",
-    )
+    shown = ", ".join(sorted(k[:40] for k in keys)[:12]) + (", ..." if len(keys) > 12 else "")
+    raise RowError(None, f"unrecognised row shape (keys: {shown or 'none'}). {accepted_shapes()}")
+
+
+def accepted_shapes() -> str:
+    """One line naming every accepted row shape with an example (the refusal of an unknown shape)."""
+    return "Accepted shapes: " + "; ".join(f"{name} ({fmt}) {example}" for fmt, (name, example) in SHAPES.items())
+
+
+def _sharegpt_tagged(value: Any) -> bool:
+    """Messages in LLaMA-Factory's shape: {"from", "value"} tags, or a role only it uses (e.g. "observation")."""
+    if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+        return False
+    only_sharegpt = SHAREGPT_ROLES.keys() - ROLES
+    return "from" in value[0] or any(isinstance(r := m.get("role"), str) and r in only_sharegpt for m in value)
 
 
 def parse_row(row: Any, fmt: str) -> Example:
@@ -133,7 +210,7 @@ def _messages(value: Any, key: str, *, allow_empty: bool = False) -> list[dict[s
     for i, msg in enumerate(value):
         if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
             raise RowError(key, f'"{key}"[{i}] must be an object with "role" and "content"')
-        if msg["role"] not in ROLES:
+        if not isinstance(msg["role"], str) or msg["role"] not in ROLES:
             raise RowError(key, f'"{key}"[{i}] has unknown role {msg["role"]!r}')
         if not isinstance(msg["content"], str):
             raise RowError(key, f'"{key}"[{i}].content must be a string')
@@ -233,24 +310,116 @@ def _prompt_completion(row: dict[str, Any]) -> SFTExample:
 
 
 def _messages_row(row: dict[str, Any]) -> SFTExample:
-    msgs = _messages(row.get("messages"), "messages")
+    return _last_reply(_messages(row.get("messages"), "messages"), "messages")
+
+
+def _last_reply(msgs: list[dict[str, str]], key: str) -> SFTExample:
+    """Learn the trailing assistant message(s); everything before them is the prompt."""
     last = max((i for i, m in enumerate(msgs) if m["role"] != "assistant"), default=-1)
     if last == len(msgs) - 1:
-        raise RowError("messages", '"messages" must end with an assistant message to learn from')
+        raise RowError(key, f'"{key}" must end with an assistant message to learn from')
     completion = msgs[last + 1 :]
     if not any(m["content"].strip() for m in completion):
-        raise RowError("messages", "the final assistant message is empty")
+        raise RowError(key, "the final assistant message is empty")
     return SFTExample(msgs[: last + 1], completion)
 
 
-def _alpaca(row: dict[str, Any]) -> SFTExample:
+def _alpaca_prompt(row: dict[str, Any]) -> list[dict[str, str]]:
+    """Alpaca's prompt as messages: optional "system", optional "history" pairs, then instruction + input."""
     instruction = _string(row, "instruction")
     extra = row.get("input") or ""
     if not isinstance(extra, str):
         raise RowError("input", '"input" must be a string')
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    output = _string(row, "output")
-    return SFTExample([{"role": "user", "content": user}], [{"role": "assistant", "content": output}])
+    msgs: list[dict[str, str]] = []
+    system = row.get("system") or ""
+    if not isinstance(system, str):
+        raise RowError("system", '"system" must be a string')
+    if system.strip():
+        msgs.append({"role": "system", "content": system})
+    history = row.get("history") or []
+    if not isinstance(history, list):
+        raise RowError("history", '"history" must be a list of [instruction, response] pairs')
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise RowError("history", f'"history"[{i}] must be a pair of strings [instruction, response]')
+        msgs += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    msgs.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction})
+    return msgs
+
+
+def _alpaca(row: dict[str, Any]) -> SFTExample:
+    return SFTExample(_alpaca_prompt(row), [{"role": "assistant", "content": _string(row, "output")}])
+
+
+def _alpaca_preference(row: dict[str, Any]) -> PreferenceExample:
+    prompt = _alpaca_prompt(row)
+    chosen = [{"role": "assistant", "content": _string(row, "chosen")}]
+    rejected = [{"role": "assistant", "content": _string(row, "rejected")}]
+    return PreferenceExample(prompt, chosen, rejected, _margin(row))
+
+
+def _sharegpt_message(value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not ({"from", "value"} <= set(value) or {"role", "content"} <= set(value)):
+        raise RowError(key, f'"{key}" must be an object with "from" and "value" (or "role" and "content")')
+    role, content = (value["from"], value["value"]) if "from" in value else (value["role"], value["content"])
+    if not isinstance(role, str) or role not in SHAREGPT_ROLES:
+        raise RowError(key, f'"{key}" has unknown role {role!r}; one of: {", ".join(SHAREGPT_ROLES)}')
+    if not isinstance(content, str):
+        raise RowError(key, f'"{key}" value must be a string')
+    return {"role": SHAREGPT_ROLES[role], "content": content}
+
+
+def _sharegpt_conversation(row: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:
+    """(its key, the conversation as chat messages), with "system" and "tools" in one leading system message.
+
+    As in LLaMA-Factory, a system turn first in the conversation wins over a top-level "system"; tool
+    definitions ("tools", a JSON string or list) are appended to the system message, as its templates do.
+    """
+    key = "conversations" if "conversations" in row else "messages"
+    value = row[key]
+    if not isinstance(value, list) or not value:
+        raise RowError(key, f'"{key}" must be a non-empty list of messages')
+    msgs = [_sharegpt_message(m, f"{key}[{i}]") for i, m in enumerate(value)]
+    if any(m["role"] == "system" for m in msgs[1:]):
+        raise RowError(key, f'"{key}" may have a system message only as its first message')
+    system = msgs.pop(0)["content"] if msgs[0]["role"] == "system" else row.get("system") or ""
+    if not isinstance(system, str):
+        raise RowError("system", '"system" must be a string')
+    tools = row.get("tools") or ""
+    if not isinstance(tools, str):
+        tools = json.dumps(tools, ensure_ascii=False)
+    if tools.strip() not in ("", "[]", "{}"):
+        system = (f"{system}\n\n" if system.strip() else "") + TOOLS_HEADER + tools
+    if not msgs:
+        raise RowError(key, f'"{key}" has only a system message')
+    if not any(m["content"].strip() for m in msgs):
+        raise RowError(key, f'"{key}" is empty')
+    return key, ([{"role": "system", "content": system}] if system.strip() else []) + msgs
+
+
+def _sharegpt(row: dict[str, Any]) -> SFTExample:
+    key, msgs = _sharegpt_conversation(row)
+    return _last_reply(msgs, key)
+
+
+def _sharegpt_reply(row: dict[str, Any], key: str) -> list[dict[str, str]]:
+    if key not in row:
+        raise RowError(key, f'"{key}" is missing')
+    if not isinstance(row[key], dict):
+        raise RowError(key, f'"{key}" must be one message, e.g. {{"from": "gpt", "value": "..."}}')
+    msg = _sharegpt_message(row[key], key)
+    if msg["role"] != "assistant":
+        raise RowError(key, f'"{key}" must be a reply from "gpt" (or "function_call")')
+    if not msg["content"].strip():
+        raise RowError(key, f'"{key}" is empty')
+    return [msg]
+
+
+def _sharegpt_preference(row: dict[str, Any]) -> PreferenceExample:
+    key, prompt = _sharegpt_conversation(row)
+    if prompt[-1]["role"] == "assistant":
+        raise RowError(key, f'"{key}" must end with a human (or observation) turn that "chosen" and "rejected" answer')
+    return PreferenceExample(prompt, _sharegpt_reply(row, "chosen"), _sharegpt_reply(row, "rejected"), _margin(row))
 
 
 def _text_row(row: dict[str, Any]) -> SFTExample:
@@ -266,6 +435,9 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Example]] = {
     "prompt_completion": _prompt_completion,
     "messages": _messages_row,
     "alpaca": _alpaca,
+    "sharegpt": _sharegpt,
+    "sharegpt_preference": _sharegpt_preference,
+    "alpaca_preference": _alpaca_preference,
     "text": _text_row,
 }
 

@@ -18,8 +18,8 @@ class DatasetPublic(BaseModel):
     kind: DatasetKind
     """preference (dpo, reward), prompt (grpo, ppo) or sft."""
     format: str
-    """The row format detected (or declared): standard, conversational, implicit_prompt, openai_dpo, prompt,
-    prompt_completion, messages, alpaca or text."""
+    """The row format detected (or declared): standard, conversational, implicit_prompt, openai_dpo,
+    sharegpt_preference, alpaca_preference, prompt, prompt_completion, messages, alpaca, sharegpt or text."""
     rows: int
     bytes: int
     """Size of the file as uploaded (compressed size for .jsonl.gz; the rows are stored decompressed)."""

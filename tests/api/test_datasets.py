@@ -24,7 +24,7 @@ from api.datasets.models import Dataset
 from api.jobs.models import Job
 from tests.api.helpers import assert_error, assert_no_dataset_stored, real_lines, stored_files, upload, upload_ok
 from tests.conftest import TenantKey
-from trainer.formats import read_examples
+from trainer.formats import SHAPES, read_examples
 
 
 def stored_rows(settings: Settings) -> Path:
@@ -39,6 +39,8 @@ REAL_FILES = [
     ("gsm8k-train.jsonl", "prompt", "prompt"),
     ("gsm8k-openai-chat-sft.jsonl", "sft", "messages"),
     ("alpaca-en-demo.jsonl", "sft", "alpaca"),
+    ("llamafactory-dpo-en-demo.jsonl", "preference", "sharegpt_preference"),
+    ("llamafactory-glaive-toolcall-en-demo.jsonl", "sft", "sharegpt"),
 ]
 
 
@@ -113,6 +115,21 @@ def test_row_missing_chosen_is_422_naming_line_and_field_and_stores_nothing(
     content = b"".join(json.dumps(r).encode() + b"\n" for r in standard)
     error = assert_error(upload(client, auth, content), 422, "invalid_dataset")
     assert error["details"] == [{"line": 3, "field": "chosen", "message": '"chosen" is missing'}]
+    assert_no_dataset_stored(session, settings)
+
+
+def test_a_row_of_unknown_shape_is_422_listing_every_accepted_shape_with_an_example(
+    client: TestClient, auth: dict[str, str], settings: Settings, session: Session
+) -> None:
+    content = real_lines("gsm8k-train.jsonl", 2).replace(b'"question"', b'"query"').replace(b'"answer"', b'"label"')
+    error = assert_error(upload(client, auth, content), 422, "invalid_dataset", "file")
+    first = error["details"][0]
+    assert [d["line"] for d in error["details"]] == [1, 2]
+    assert first["line"] == 1 and first["field"] is None
+    assert first["message"].startswith("unrecognised row shape (keys: label, query). Accepted shapes: ")
+    for fmt, (name, example) in SHAPES.items():
+        assert f"{name} ({fmt}) {example}" in first["message"]
+    assert error["message"].startswith("2 invalid row(s); first: line 1: unrecognised row shape (keys: label, query)")
     assert_no_dataset_stored(session, settings)
 
 
