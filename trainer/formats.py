@@ -27,6 +27,7 @@ FORMATS: dict[str, str] = {
     "implicit_prompt": "preference",
     "openai_dpo": "preference",
     "prompt": "prompt",
+    "openai_rft": "prompt",
     "prompt_completion": "sft",
     "messages": "sft",
     "alpaca": "sft",
@@ -82,7 +83,7 @@ def detect_format(row: Any) -> str:
             return "implicit_prompt"
         return "conversational" if isinstance(row.get("prompt"), list) else "standard"
     if "messages" in keys:
-        return "messages"
+        return "openai_rft" if _ends_with_a_question(row["messages"]) else "messages"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
     if "completion" in keys:
@@ -224,6 +225,18 @@ def _prompt(row: dict[str, Any]) -> PromptExample:
     return PromptExample(prompt, {k: v for k, v in row.items() if k != key})
 
 
+def _ends_with_a_question(messages: Any) -> bool:
+    """OpenAI's reinforcement rows are chats that end before the answer (`{"messages": [..., user], ...}`)."""
+    return bool(messages) and isinstance(messages, list) and isinstance(messages[-1], dict) and (
+        messages[-1].get("role") not in ("assistant", None)
+    )
+
+
+def _openai_rft(row: dict[str, Any]) -> PromptExample:
+    """OpenAI reinforcement fine-tuning: the chat so far is the prompt; other keys are columns for the graders."""
+    return PromptExample(_messages(row.get("messages"), "messages"), {k: v for k, v in row.items() if k != "messages"})
+
+
 def _prompt_completion(row: dict[str, Any]) -> SFTExample:
     prompt = _text(row, "prompt", allow_empty=True)
     completion = _text(row, "completion")
@@ -263,6 +276,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Example]] = {
     "implicit_prompt": _implicit_prompt,
     "openai_dpo": _openai_dpo,
     "prompt": _prompt,
+    "openai_rft": _openai_rft,
     "prompt_completion": _prompt_completion,
     "messages": _messages_row,
     "alpaca": _alpaca,
