@@ -227,8 +227,11 @@ def _prompt(row: dict[str, Any]) -> PromptExample:
 
 def _ends_with_a_question(messages: Any) -> bool:
     """OpenAI's reinforcement rows are chats that end before the answer (`{"messages": [..., user], ...}`)."""
-    return bool(messages) and isinstance(messages, list) and isinstance(messages[-1], dict) and (
-        messages[-1].get("role") not in ("assistant", None)
+    return (
+        bool(messages)
+        and isinstance(messages, list)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") not in ("assistant", None))
     )
 
 

@@ -110,7 +110,12 @@ def test_length_rule_in_target_and_max_modes() -> None:
 
 @pytest.mark.parametrize(
     ("operation", "expected"),
-    [("eq", [1.0, 0.0, 0.0, 0.0]), ("ne", [0.0, 1.0, 1.0, 1.0]), ("like", [1.0, 1.0, 0.0, 1.0]), ("ilike", [1.0, 1.0, 1.0, 1.0])],
+    [
+        ("eq", [1.0, 0.0, 0.0, 0.0]),
+        ("ne", [0.0, 1.0, 1.0, 1.0]),
+        ("like", [1.0, 1.0, 0.0, 1.0]),
+        ("ilike", [1.0, 1.0, 1.0, 1.0]),
+    ],
 )
 def test_string_check_compares_raw_strings_with_the_column_as_openais_grader_does(
     operation: str, expected: list[float]
