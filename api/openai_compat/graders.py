@@ -254,7 +254,10 @@ def grader_view(reward: list[dict[str, Any]] | None, reward_model_id: str | None
             name, n = f"{base}_{n}", n + 1
         graders[name] = _single_view(component, name)
         terms.append(f"{component.get('weight', 1.0):g} * {name}")
-    return {"type": "multi", "name": "reward", "graders": graders, "calculate_output": " + ".join(terms) or "0"}
+    # One grader: the form the openai SDK types (`graders` is one grader); several: OpenAI's documented
+    # map of name -> grader (which the SDK's types cannot hold; see api/README.md).
+    shown: dict[str, Any] = next(iter(graders.values())) if len(graders) == 1 else graders
+    return {"type": "multi", "name": "reward", "graders": shown, "calculate_output": " + ".join(terms) or "0"}
 
 
 def _view_name(component: dict[str, Any]) -> str:

@@ -8,16 +8,36 @@ by its name rather than by a schema mismatch.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints
 
 T = TypeVar("T")
 
 Auto = Literal["auto"]
-BatchSize = Auto | Annotated[int, Field(strict=True, ge=1, le=8192)]
-Epochs = Auto | Annotated[int, Field(strict=True, ge=1, le=100)]
-Multiplier = Auto | Annotated[float, Field(gt=0, le=10000, allow_inf_nan=False)]
+
+
+def _auto_or_number(integer: bool, low: float, high: float, *, above: bool = False) -> PlainValidator:
+    """"auto" or a number in [low, high] (low excluded when `above`), with one plain error message (no
+    union branches in the error's location, so `param` is the field itself)."""
+    kind = "an integer" if integer else "a number"
+    bound = f"{'above' if above else 'from'} {low:g} {'up ' if above else ''}to {high:g}"
+
+    def check(value: Any) -> Any:
+        if value == "auto":
+            return value
+        number = isinstance(value, int) if integer else isinstance(value, int | float) and math.isfinite(value)
+        if isinstance(value, bool) or not number or value > high or value < low or (above and value == low):
+            raise ValueError(f"must be 'auto' or {kind} {bound}")
+        return value if integer else float(value)
+
+    return PlainValidator(check, json_schema_input_type=Literal["auto"] | (int if integer else float))
+
+
+BatchSize = Annotated[Auto | int, _auto_or_number(True, 1, 8192)]
+Epochs = Annotated[Auto | int, _auto_or_number(True, 1, 100)]
+Multiplier = Annotated[Auto | float, _auto_or_number(False, 0, 10000, above=True)]
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
@@ -41,16 +61,16 @@ class SupervisedHyperparameters(_Request):
 
 
 class DpoHyperparameters(SupervisedHyperparameters):
-    beta: Auto | Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)] | None = None
+    beta: Annotated[Auto | float, _auto_or_number(False, 0, 100, above=True)] | None = None
     """-> our DPO beta ("auto": 0.1)."""
 
 
 class ReinforcementHyperparameters(SupervisedHyperparameters):
-    compute_multiplier: Auto | Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    compute_multiplier: Annotated[Auto | float, _auto_or_number(False, 0, 1e6, above=True)] | None = None
     """Only "auto" (alignd samples num_generations completions per prompt, default 8)."""
-    eval_interval: Auto | Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
+    eval_interval: Annotated[Auto | int, _auto_or_number(True, 1, 1_000_000)] | None = None
     """-> eval_every (steps between evaluations on the validation file)."""
-    eval_samples: Auto | Annotated[int, Field(strict=True, ge=1)] | None = None
+    eval_samples: Annotated[Auto | int, _auto_or_number(True, 1, 1_000_000)] | None = None
     """Only "auto" (an evaluation scores one completion per validation prompt)."""
     reasoning_effort: Literal["default", "low", "medium", "high"] | None = None
     """Only "default" (alignd trains any causal LM; there is no reasoning-effort switch)."""
