@@ -225,9 +225,7 @@ def test_a_dpo_file_and_job_through_the_openai_sdk_train_and_show_events_checkpo
     assert follow_up.method.type == "supervised"
 
 
-def test_an_sft_job_with_legacy_hyperparameters_runs_and_its_events_page_newest_first(
-    oai: openai.OpenAI, work
-) -> None:
+def test_an_sft_job_with_legacy_hyperparameters_runs_and_its_events_page_newest_first(oai: openai.OpenAI, work) -> None:
     file = upload(oai, "gsm8k-chat.jsonl", real_rows("gsm8k-openai-chat-sft.jsonl", 6))
     job = oai.fine_tuning.jobs.create(
         model=HUB_MODEL, training_file=file.id, validation_file=file.id, hyperparameters={"n_epochs": 3}
@@ -252,8 +250,7 @@ def test_an_sft_job_with_legacy_hyperparameters_runs_and_its_events_page_newest_
 def test_jobs_page_newest_first_filter_by_metadata_cancel_and_refuse_pause(oai: openai.OpenAI) -> None:
     file = upload(oai, "gsm8k-chat.jsonl", real_rows("gsm8k-openai-chat-sft.jsonl", 4))
     jobs = [
-        oai.fine_tuning.jobs.create(model=HUB_MODEL, training_file=file.id, metadata={"run": str(i)})
-        for i in range(3)
+        oai.fine_tuning.jobs.create(model=HUB_MODEL, training_file=file.id, metadata={"run": str(i)}) for i in range(3)
     ]
     first_page = oai.fine_tuning.jobs.list(limit=2)
     assert [j.id for j in first_page.data] == [jobs[2].id, jobs[1].id] and first_page.has_more
@@ -315,8 +312,15 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
     native = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json()
     assert native["algorithm"] == "grpo"
     assert native["reward"] == [
-        {"type": "rule", "rule": "string_check", "name": "correct_answer", "weight": 1.0, "column": "answer",
-         "operation": "eq", "length_mode": "target"}  # fmt: skip
+        {
+            "type": "rule",
+            "rule": "string_check",
+            "name": "correct_answer",
+            "weight": 1.0,
+            "column": "answer",
+            "operation": "eq",
+            "length_mode": "target",
+        }
     ]
     assert native["hyperparameters"]["eval_every"] == 5 and native["hyperparameters"]["batch_size"] == 2
     work(job.id).join(60)
@@ -387,13 +391,24 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
     [
         ({"type": "python", "name": "mine", "source": "def grade(s, i): return 1"}, "python grader 'mine'"),
         (
-            {"type": "text_similarity", "name": "sim", "input": "{{sample.output_text}}", "reference": "x",
-             "evaluation_metric": "bleu"},  # fmt: skip
+            {
+                "type": "text_similarity",
+                "name": "sim",
+                "input": "{{sample.output_text}}",
+                "reference": "x",
+                "evaluation_metric": "bleu",
+            },
             "text_similarity grader 'sim' (evaluation_metric 'bleu')",
         ),
         (
-            {"type": "label_model", "name": "judge", "model": "gpt-4o", "input": [], "labels": ["a"],
-             "passing_labels": ["a"]},  # fmt: skip
+            {
+                "type": "label_model",
+                "name": "judge",
+                "model": "gpt-4o",
+                "input": [],
+                "labels": ["a"],
+                "passing_labels": ["a"],
+            },
             "label_model grader 'judge'",
         ),
         (
@@ -401,11 +416,27 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
             "input '{{item.answer}}' cannot be honoured",
         ),
         (
-            {"type": "multi", "name": "m", "calculate_output": "max(a, b)",
-             "graders": {"a": {"type": "string_check", "name": "a", "input": "{{sample.output_text}}",
-                               "reference": "x", "operation": "eq"},
-                         "b": {"type": "string_check", "name": "b", "input": "{{sample.output_text}}",
-                               "reference": "y", "operation": "eq"}}},  # fmt: skip
+            {
+                "type": "multi",
+                "name": "m",
+                "calculate_output": "max(a, b)",
+                "graders": {
+                    "a": {
+                        "type": "string_check",
+                        "name": "a",
+                        "input": "{{sample.output_text}}",
+                        "reference": "x",
+                        "operation": "eq",
+                    },
+                    "b": {
+                        "type": "string_check",
+                        "name": "b",
+                        "input": "{{sample.output_text}}",
+                        "reference": "y",
+                        "operation": "eq",
+                    },
+                },
+            },
             "calculate_output 'max(a, b)' cannot be honoured",
         ),
         (
@@ -414,12 +445,13 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
         ),
     ],
 )
-def test_graders_alignd_cannot_honour_are_refused_by_name(oai: openai.OpenAI, grader: dict[str, Any], named: str) -> None:
+def test_graders_alignd_cannot_honour_are_refused_by_name(
+    oai: openai.OpenAI, grader: dict[str, Any], named: str
+) -> None:
     file = upload(oai, "gsm8k-rft.jsonl", rft_rows(2))
+    method: Any = {"type": "reinforcement", "reinforcement": {"grader": grader}}
     with pytest.raises(openai.BadRequestError) as refused:
-        oai.fine_tuning.jobs.create(
-            model=HUB_MODEL, training_file=file.id, method={"type": "reinforcement", "reinforcement": {"grader": grader}}
-        )
+        oai.fine_tuning.jobs.create(model=HUB_MODEL, training_file=file.id, method=method)
     assert named in refused.value.message
     assert refused.value.type == "invalid_request_error"
     assert refused.value.param is not None and refused.value.param.startswith("method.reinforcement.grader")
@@ -435,7 +467,9 @@ def test_score_model_with_a_model_alignd_can_load_becomes_a_model_component(
         training_file=file.id,
         method={
             "type": "reinforcement",
-            "reinforcement": {"grader": {"type": "score_model", "name": "rm", "model": "org/reward-model", "input": []}},
+            "reinforcement": {
+                "grader": {"type": "score_model", "name": "rm", "model": "org/reward-model", "input": []}
+            },
         },
     )
     assert job.method is not None and job.method.reinforcement is not None
@@ -462,8 +496,10 @@ def test_requests_alignd_cannot_honour_are_openai_errors_naming_the_parameter(
         ({"method": {"type": "dpo"}}, "training_file"),  # an SFT file given to DPO
         ({"model": "gpt-4o-mini-2024-07-18"}, "model"),
         ({"hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 1e6}}}},
-         "method.supervised.hyperparameters.learning_rate_multiplier"),  # fmt: skip
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate_multiplier": 1e6}}}},
+            "method.supervised.hyperparameters.learning_rate_multiplier",
+        ),
         ({"integrations": [{"type": "wandb", "wandb": {"project": "p"}}]}, "integrations"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ]
@@ -480,9 +516,11 @@ def test_requests_alignd_cannot_honour_are_openai_errors_naming_the_parameter(
     raw = httpx.post(f"{live}/v1/fine_tuning/jobs", json={}, headers=tenant.headers)
     assert raw.status_code == 400 and set(raw.json()["error"]) >= {"message", "type", "param", "code"}
 
-    with openai.OpenAI(base_url=f"{live}/v1", api_key="wrong", max_retries=0) as stranger:
-        with pytest.raises(openai.AuthenticationError):
-            stranger.fine_tuning.jobs.list()
+    with (
+        openai.OpenAI(base_url=f"{live}/v1", api_key="wrong", max_retries=0) as stranger,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        stranger.fine_tuning.jobs.list()
 
 
 def test_files_list_retrieve_download_and_delete(oai: openai.OpenAI, live: str, tenant: TenantKey) -> None:
