@@ -247,6 +247,7 @@ def test_an_sft_job_with_legacy_hyperparameters_runs_and_its_events_page_newest_
     assert len({e.id for e in everything}) == len(everything) > 6
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_jobs_page_newest_first_filter_by_metadata_cancel_and_refuse_pause(oai: openai.OpenAI) -> None:
     file = upload(oai, "gsm8k-chat.jsonl", real_rows("gsm8k-openai-chat-sft.jsonl", 4))
     jobs = [
@@ -527,7 +528,11 @@ def test_files_list_retrieve_download_and_delete(oai: openai.OpenAI, live: str, 
     content = real_rows("orca-dpo-pairs.openai-dpo.jsonl", 3)
     first = upload(oai, "a.jsonl", content)
     second = upload(oai, "b.jsonl", real_rows("gsm8k-openai-chat-sft.jsonl", 2))
-    assert [f.id for f in oai.files.list(limit=1)] == [second.id, first.id]
+    listed = list(oai.files.list(limit=1))
+    assert [f.id for f in listed] == [second.id, first.id]
+    for file in listed:
+        assert isinstance(file, FileObject)
+        assert_parsed(file)
     assert oai.files.list(purpose="batch").data == []
     assert oai.files.content(first.id).content == content
     deleted = oai.files.delete(first.id)
