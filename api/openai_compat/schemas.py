@@ -19,7 +19,7 @@ Auto = Literal["auto"]
 
 
 def _auto_or_number(integer: bool, low: float, high: float, *, above: bool = False) -> PlainValidator:
-    """"auto" or a number in [low, high] (low excluded when `above`), with one plain error message (no
+    """Accept "auto" or a number in [low, high] (low excluded when `above`), with one plain error message (no
     union branches in the error's location, so `param` is the field itself)."""
     kind = "an integer" if integer else "a number"
     bound = f"{'above' if above else 'from'} {low:g} {'up ' if above else ''}to {high:g}"
