@@ -25,7 +25,7 @@ from openai.types import FileDeleted, FileObject
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.dpo_hyperparameters import DpoHyperparameters
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
-from openai.types.graders import MultiGrader, ScoreModelGrader, StringCheckGrader
+from openai.types.graders import MultiGrader, PythonGrader, ScoreModelGrader, StringCheckGrader
 
 from api.core.settings import Settings
 from tests.conftest import TenantKey
@@ -553,3 +553,39 @@ def test_calculate_output_is_read_as_a_weighted_sum_of_grader_names() -> None:
     for refused in ("a * b", "a + 1", "min(a, b)", "a / b", "d", "a - a", "a ** 2", "a +"):
         with pytest.raises(GraderRefused):
             _weighted_sum(refused, names, "p")
+
+
+def test_native_jobs_show_through_the_openai_view_unless_their_algorithm_has_no_openai_method(
+    oai: openai.OpenAI, client, tenant: TenantKey
+) -> None:
+    file = upload(oai, "orca.jsonl", real_rows("orca-dpo-pairs.openai-dpo.jsonl", 4))
+    native = {"base_model": HUB_MODEL, "dataset_id": file.id}
+    dpo = client.post("/v1/jobs", headers=tenant.headers, json={**native, "algorithm": "dpo", "name": "native"})
+    reward = client.post("/v1/jobs", headers=tenant.headers, json={**native, "algorithm": "reward"})
+    assert dpo.status_code == reward.status_code == 201, (dpo.text, reward.text)
+
+    shown = oai.fine_tuning.jobs.retrieve(dpo.json()["id"])
+    assert_parsed(shown)
+    assert (
+        shown.method is not None and shown.method.type == "dpo" and shown.hyperparameters.learning_rate_multiplier == 1
+    )
+    with pytest.raises(openai.NotFoundError, match="reward job, which has no OpenAI fine-tuning method"):
+        oai.fine_tuning.jobs.retrieve(reward.json()["id"])
+    assert [j.id for j in oai.fine_tuning.jobs.list()] == [dpo.json()["id"]]
+    prompts = upload(oai, "gsm8k-rft.jsonl", rft_rows(2))
+    grpo = client.post(
+        "/v1/jobs",
+        headers=tenant.headers,
+        json={
+            "algorithm": "grpo",
+            "base_model": HUB_MODEL,
+            "dataset_id": prompts.id,
+            "reward": [{"type": "rule", "rule": "exact_match"}],
+        },
+    )
+    assert grpo.status_code == 201, grpo.text
+    rl = oai.fine_tuning.jobs.retrieve(grpo.json()["id"])
+    assert_parsed(rl)
+    assert rl.method is not None and rl.method.reinforcement is not None
+    rule = rl.method.reinforcement.grader
+    assert isinstance(rule, PythonGrader) and rule.source.startswith("# alignd rule") and "exact_match" in rule.source
