@@ -295,16 +295,21 @@ def compile_rule_pattern(pattern: str, *, dotall: bool = False) -> Any:
 
 class RuleComponent(_Component):
     type: Literal["rule"] = "rule"
-    rule: Literal["exact_match", "contains", "regex", "length", "format"]
+    rule: Literal["exact_match", "contains", "regex", "length", "format", "string_check"]
     """Which rule scores the completion (see trainer.rewards)."""
     column: SafeStr = Field("answer", min_length=1, max_length=300)
-    """Dataset column the rule compares against (exact_match, contains)."""
+    """Dataset column the rule compares against (exact_match, contains, string_check without reference)."""
     pattern: SafeStr | None = Field(None, max_length=1000)
     """Regular expression for regex/format rules, in RE2 syntax (linear-time matching)."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
     """Target completion length in characters for the length rule."""
     length_mode: Literal["target", "max"] = "target"
     """Length rule: 'target' scores -|len - target| / target; 'max' penalises only the excess over target."""
+    operation: Literal["eq", "ne", "like", "ilike"] | None = None
+    """string_check rule (OpenAI's string_check grader): eq/ne compare whole strings, like/ilike test containment
+    (ilike ignoring case)."""
+    reference: SafeStr | None = Field(None, max_length=10000)
+    """string_check rule: a fixed reference string instead of the dataset column."""
 
     @field_validator("pattern")
     @classmethod
@@ -319,6 +324,10 @@ class RuleComponent(_Component):
             raise ValueError(f"rule '{self.rule}' needs a pattern")
         if self.rule == "length" and self.target_length is None:
             raise ValueError("rule 'length' needs target_length")
+        if self.rule == "string_check" and self.operation is None:
+            raise ValueError("rule 'string_check' needs an operation (eq, ne, like or ilike)")
+        if self.rule != "string_check" and (self.operation is not None or self.reference is not None):
+            raise ValueError("operation and reference apply to rule 'string_check' only")
         return self
 
 

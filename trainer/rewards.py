@@ -24,6 +24,9 @@ Rules (all return floats, 1.0 = pass, 0.0 = fail unless said otherwise):
   pattern such as `(a+)+$` cannot stall a job or the API's score endpoint.
 - length: 'target' mode gives -|len - target| / target (0 at the target, in characters);
   'max' mode gives -max(0, len - target) / target.
+- string_check: OpenAI's string_check grader, on the raw strings (no normalisation): the completion
+  compared with the column's value (or a fixed `reference`) by `operation`: eq (equal), ne (not
+  equal), like (contains it), ilike (contains it, ignoring case).
 """
 
 from __future__ import annotations
@@ -155,12 +158,34 @@ def _length(spec: RuleComponent) -> Scorer:
     return score
 
 
+_STRING_CHECKS: dict[str, Callable[[str, str], bool]] = {
+    "eq": lambda text, ref: text == ref,
+    "ne": lambda text, ref: text != ref,
+    "like": lambda text, ref: ref in text,
+    "ilike": lambda text, ref: ref.casefold() in text.casefold(),
+}
+
+
+def _string_check(spec: RuleComponent) -> Scorer:
+    check = _STRING_CHECKS[spec.operation or "eq"]
+
+    def score(prompts: Sequence[Text], completions: Sequence[str], columns: Sequence[dict[str, Any]]) -> list[float]:
+        out = []
+        for i, (completion, row) in enumerate(zip(completions, columns, strict=True)):
+            ref = spec.reference if spec.reference is not None else _column(row, spec.column, "string_check", i)
+            out.append(float(check(completion, ref if isinstance(ref, str) else str(ref))))
+        return out
+
+    return score
+
+
 RULES: dict[str, Callable[[RuleComponent], Scorer]] = {
     "exact_match": _exact_match,
     "contains": _contains,
     "regex": _regex,
     "format": _format,
     "length": _length,
+    "string_check": _string_check,
 }
 
 
