@@ -175,12 +175,22 @@ class ModelScorer:
     (decoder models) or its own pooling position (encoders such as BERT).
     """
 
-    def __init__(self, path: str, device: str | torch.device = "cpu", batch_size: int = 16, max_length: int = 2048):
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        max_length: int = 2048,
+        *,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
         except (OSError, ValueError) as exc:
             raise RewardError(f"reward model '{path}' could not be loaded as a sequence classifier: {exc}") from exc
         if self.tokenizer.pad_token is None:
@@ -277,8 +287,16 @@ def component_name(component: ModelComponent | RuleComponent) -> str:
     return component.rule if isinstance(component, RuleComponent) else "model"
 
 
-def build_reward(components: Sequence[ModelComponent | RuleComponent], device: str | torch.device = "cpu") -> Reward:
-    """Build the weighted-sum reward of a spec; models are loaded once here (raises RewardError)."""
+def build_reward(
+    components: Sequence[ModelComponent | RuleComponent],
+    device: str | torch.device = "cpu",
+    *,
+    trust_remote_code: bool = False,
+) -> Reward:
+    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError).
+
+    `trust_remote_code` lets a reward model with custom code run it (the spec's setting; off by default).
+    """
     if not components:
         raise RewardError("the reward has no components: give at least one model or rule")
     named: list[tuple[str, float, Scorer]] = []
@@ -289,7 +307,7 @@ def build_reward(components: Sequence[ModelComponent | RuleComponent], device: s
         name = base if seen[base] == 1 else f"{base}_{seen[base]}"
         scorer: Scorer
         if isinstance(component, ModelComponent):
-            scorer = ModelScorer(component.model, device=device)
+            scorer = ModelScorer(component.model, device=device, trust_remote_code=trust_remote_code)
         else:
             scorer = RULES[component.rule](component)
         named.append((name, component.weight, scorer))
