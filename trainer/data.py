@@ -242,8 +242,19 @@ def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length
         )
 
 
-def encode_preference_file(run: Run, tokenizer: PreTrainedTokenizerBase, path: str, name: str) -> list:
-    """Read and tokenise one preference file (dpo, reward), logging and recording its truncation report."""
+def encode_preference_files(
+    run: Run, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[PreferenceFeatures], list[PreferenceFeatures]]:
+    """(train, eval) features of a preference spec (dpo, reward); eval is empty without an eval file."""
+    train = _encode_preference_file(run, tokenizer, run.spec.train_file, "train")
+    evaluation = _encode_preference_file(run, tokenizer, run.spec.eval_file, "eval") if run.spec.eval_file else []
+    return train, evaluation
+
+
+def _encode_preference_file(
+    run: Run, tokenizer: PreTrainedTokenizerBase, path: str, name: str
+) -> list[PreferenceFeatures]:
+    """Read and tokenise one preference file, logging and recording its truncation report."""
     config = run.config
     encoded = encode_preferences(
         read_dataset(path, "preference", name), tokenizer, config.max_length, config.max_prompt_length, name

@@ -24,11 +24,11 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import DPOConfig
-from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_file
+from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
 from trainer.logprobs import completion_forward, sequence_logps
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import dpo_loss
-from trainer.models import is_peft, load_policy, load_reference, load_tokenizer
+from trainer.models import is_peft, load_policy, load_reference, policy_tokenizer
 from trainer.run import Run
 from trainer.state import chunks, seed_everything
 
@@ -97,12 +97,9 @@ def train(run: Run) -> None:
     seed_everything(spec.seed)
 
     # 1. data
-    tokenizer = load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code)
+    tokenizer = policy_tokenizer(run)
     pad_id = tokenizer.pad_token_id
-    features: list[PreferenceFeatures] = encode_preference_file(run, tokenizer, spec.train_file, "train")
-    eval_features: list[PreferenceFeatures] = (
-        encode_preference_file(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
-    )
+    features, eval_features = encode_preference_files(run, tokenizer)
 
     # 2. policy, optimizer, (resumed) state
     training = start_training(run, load_policy(run, tokenizer, "causal"), len(features))

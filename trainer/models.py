@@ -82,6 +82,11 @@ def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTo
     return tokenizer
 
 
+def policy_tokenizer(run: Run) -> PreTrainedTokenizerBase:
+    """The tokenizer of the spec's base model (custom code only when the spec trusts it)."""
+    return load_tokenizer(run.spec.base_model, trust_remote_code=run.spec.trust_remote_code)
+
+
 def _auto_class(kind: ModelKind) -> Any:
     return AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
 

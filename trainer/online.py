@@ -25,7 +25,7 @@ from trainer.config import GRPOConfig, PPOConfig
 from trainer.data import DataError, encode_prompt, read_dataset
 from trainer.formats import PromptExample
 from trainer.logprobs import completion_logprobs
-from trainer.models import load_tokenizer
+from trainer.models import policy_tokenizer
 from trainer.rewards import Reward, RewardError, build_reward
 from trainer.run import Run, TrainError
 from trainer.state import TrainState, draw, seed_everything
@@ -57,7 +57,7 @@ def start_online(run: Run) -> tuple[Any, Prompts]:
             f"{run.spec.algorithm} runs on one process for now; start it without accelerate launch (one GPU)",
         )
     seed_everything(run.spec.seed)
-    tokenizer = load_tokenizer(run.spec.base_model, trust_remote_code=run.spec.trust_remote_code)
+    tokenizer = policy_tokenizer(run)
     examples: list[PromptExample] = read_dataset(run.spec.train_file, "prompt", "train")
     if not examples:
         raise DataError("the train file has no prompts")

@@ -72,6 +72,11 @@ class AdaptiveKLController:
         self.value *= 1 + proportional_error * n_steps / self.horizon
 
 
+def needs_reference(config: PPOConfig) -> bool:
+    """A reference policy is needed for the KL penalty: a fixed kl_coef > 0 or an adaptive one."""
+    return config.kl_coef > 0 or config.adaptive_kl_target is not None
+
+
 # --- the value function --------------------------------------------------------------------------
 
 
@@ -155,7 +160,6 @@ class PPOStep:
         self.run, self.config = run, run.config
         self.model, self.value_fn, self.ref_model, self.tokenizer = model, value_fn, ref_model, tokenizer
         self.prompts, self.reward, self.kl_ctl = prompts, reward, kl_ctl
-        self.needs_reference = self.config.kl_coef > 0 or self.config.adaptive_kl_target is not None
 
     def __call__(self, state: TrainState, updater: Updater) -> StepResult:
         config, device, timings = self.config, self.run.device, {}
@@ -176,7 +180,7 @@ class PPOStep:
         # 3. log-probs and values of the rollout, reference log-probs
         t0 = time.perf_counter()
         old_logprobs, old_values = self.rollout_values(batch)
-        if self.ref_model is not None or (self.needs_reference and self.run.spec.lora is not None):
+        if needs_reference(config):
             with reference_of(self.model, self.ref_model) as reference:
                 ref_logprobs = batched_logprobs(reference, batch, config.micro_batch, config.temperature)
         else:
@@ -296,8 +300,7 @@ def train(run: Run) -> None:
     if run.resume is not None:
         value_fn.load_state_dict(training.resumed["value"])
         kl_ctl.value = training.resumed["kl_coef"]
-    needs_reference = config.kl_coef > 0 or config.adaptive_kl_target is not None
-    ref_model = load_reference(run) if needs_reference and run.spec.lora is None else None
+    ref_model = load_reference(run) if needs_reference(config) and run.spec.lora is None else None
     reward = load_reward(run)
     run.events.log(
         f"ppo: {len(prompts)} prompts, {config.total_steps(len(prompts))} rollouts of {config.batch_size}, "

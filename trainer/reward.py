@@ -19,10 +19,10 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import RewardConfig
-from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_file
+from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
-from trainer.models import load_policy, load_tokenizer
+from trainer.models import load_policy, policy_tokenizer
 from trainer.run import Run
 from trainer.state import seed_everything
 
@@ -53,12 +53,9 @@ def train(run: Run) -> None:
     spec = run.spec
     seed_everything(spec.seed)
 
-    tokenizer = load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code)
+    tokenizer = policy_tokenizer(run)
     pad_id = tokenizer.pad_token_id
-    features: list[PreferenceFeatures] = encode_preference_file(run, tokenizer, spec.train_file, "train")
-    eval_features: list[PreferenceFeatures] = (
-        encode_preference_file(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
-    )
+    features, eval_features = encode_preference_files(run, tokenizer)
 
     training = start_training(run, load_policy(run, tokenizer, "seqcls"), len(features))
 

@@ -18,7 +18,7 @@ from trainer.config import SFTConfig
 from trainer.data import SFTFeatures, collate_sft, encode_sft, pack_sft, read_dataset, record_report
 from trainer.logprobs import completion_forward, sequence_logps
 from trainer.loop import accumulate, start_training, train_loop
-from trainer.models import load_policy, load_tokenizer
+from trainer.models import load_policy, policy_tokenizer
 from trainer.run import Run
 from trainer.state import chunks, seed_everything
 
@@ -56,7 +56,7 @@ def train(run: Run) -> None:
     spec = run.spec
     seed_everything(spec.seed)
 
-    tokenizer = load_tokenizer(spec.base_model, trust_remote_code=spec.trust_remote_code)
+    tokenizer = policy_tokenizer(run)
     pad_id = tokenizer.pad_token_id
     features = _encode(run, tokenizer, spec.train_file, "train")
     eval_features = _encode(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
