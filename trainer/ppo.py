@@ -187,16 +187,10 @@ class PPOStep:
             ref_logprobs = old_logprobs
         timings["time/logprobs"] = time.perf_counter() - t0
 
-        # 4. per-token rewards: -kl_coef * KL_t everywhere, + score at the last completion token; GAE
+        # 4. per-token rewards (KL penalty + score), GAE
         kl = kl_penalty(old_logprobs, ref_logprobs, config.kl_estimator) * mask  # (N, T)
         non_score_reward = -self.kl_ctl.value * kl
-        rewards = non_score_reward.clone()
-        last = (mask.sum(dim=1) - 1).long()  # (N,)
-        rewards[torch.arange(len(last), device=device), last] += scores
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = gae(rewards, old_values * mask, mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask) * mask
+        advantages, returns = self.advantages(non_score_reward, scores, old_values, mask)
 
         # 5. PPO epochs over minibatches
         t0 = time.perf_counter()
@@ -233,6 +227,20 @@ class PPOStep:
         self.kl_ctl.update(mean_kl, rows)
         sample_events(self.run, step, picked, batch, scores, parts)
         return StepResult(values, samples=rows, tokens=int(batch.attention_mask.sum().item()))
+
+    def advantages(
+        self, non_score_reward: torch.Tensor, scores: torch.Tensor, old_values: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(whitened GAE advantages, returns), both (N, T), of the per-token rewards: -kl_coef * KL_t
+        everywhere, plus the score on the last completion token."""
+        config = self.config
+        rewards = non_score_reward.clone()
+        last = (mask.sum(dim=1) - 1).long()  # (N,)
+        rewards[torch.arange(len(last), device=rewards.device), last] += scores
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = gae(rewards, old_values * mask, mask, config.gamma, config.lam)
+        return masked_whiten(advantages, mask) * mask, returns
 
     @torch.no_grad()
     def rollout_values(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
