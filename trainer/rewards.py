@@ -216,7 +216,7 @@ class ModelScorer:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+                path, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError) as exc:
             raise RewardError(f"reward model '{path}' could not be loaded as a sequence classifier: {exc}") from exc
@@ -320,7 +320,10 @@ def build_reward(
     *,
     trust_remote_code: bool = False,
 ) -> Reward:
-    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError)."""
+    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError).
+
+    `trust_remote_code` lets a reward model with custom code run it (the spec's setting; off by default).
+    """
     if not components:
         raise RewardError("the reward has no components: give at least one model or rule")
     named: list[tuple[str, float, Scorer]] = []

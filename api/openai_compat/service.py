@@ -44,10 +44,10 @@ from api.openai_compat.schemas import (
     SupervisedHyperparameters,
     SupervisedMethodOut,
 )
-from trainer.config import HYPERPARAMETERS
+from trainer.config import HYPERPARAMETERS, Algorithm
 
-METHOD_ALGORITHM = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
-ALGORITHM_METHOD = {v: k for k, v in METHOD_ALGORITHM.items()}
+METHOD_ALGORITHM: dict[str, Algorithm] = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
+ALGORITHM_METHOD: dict[str, str] = {v: k for k, v in METHOD_ALGORITHM.items()}
 STATUS = {
     "queued": "queued",
     "running": "running",
