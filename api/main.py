@@ -8,10 +8,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 import api
 from api.checkpoints.router import router as checkpoints_router
 from api.core.errors import AlignError
+from api.core.openapi import install as install_openapi
 from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
@@ -59,9 +61,22 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid_request", message, field, details)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method of every route on this path (Starlette's 405 names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    response = _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    response.headers.update(exc.headers or {})
+    if exc.status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
+        response.headers["Allow"] = _allowed_methods(request)
+    return response
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -82,4 +97,5 @@ def create_app() -> FastAPI:
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
         app.include_router(router, prefix="/v1")
+    install_openapi(app)
     return app
