@@ -38,7 +38,7 @@ class ErrorResponse(BaseModel):
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 
 _DESCRIPTIONS = {
-    400: "The request body is not valid JSON (code invalid_json).",
+    400: "The request body is not valid JSON (code invalid_json) or multipart/form-data (invalid_multipart).",
     401: "Missing, malformed, unknown or revoked API key.",
     404: "Not found (another tenant's objects are not found either).",
     413: "The request body is too large.",
@@ -56,9 +56,7 @@ def _error_codes(operation: dict[str, Any]) -> set[int]:
     if any(p.get("in") == "path" for p in params):
         codes.add(404)
     if body:
-        codes |= {413, 422}
-    if "application/json" in body:
-        codes.add(400)
+        codes |= {400, 413, 422}
     if "multipart/form-data" in body:
         codes.add(415)
     if params:

@@ -1,0 +1,49 @@
+"""The OpenAPI schema declares the errors the API answers, and the answers keep to it (found by the fuzz)."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.api.helpers import assert_error
+
+
+def test_every_error_response_is_declared_with_the_error_json(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    operations = {(m.upper(), p): op for p, item in schema["paths"].items() for m, op in item.items()}
+    for (method, path), op in operations.items():
+        responses = op["responses"]
+        if path.startswith("/v1/"):
+            assert "401" in responses, (method, path)
+        if "{" in path:
+            assert "404" in responses, (method, path)
+        if "requestBody" in op:
+            assert {"400", "413", "422"} <= set(responses), (method, path)
+        for code, response in responses.items():
+            if code[0] in "45":
+                assert response["content"] == {"application/json": {"schema": error_ref}}, (method, path, code)
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert set(operations[("POST", "/v1/datasets")]["responses"]) >= {"415"}
+
+
+def test_validation_error_matches_the_declared_error_schema(client: TestClient, auth: dict[str, str]) -> None:
+    error = assert_error(client.get("/v1/jobs?limit=0", headers=auth), 422, "invalid_request", "limit")
+    assert error["details"] and error["details"][0]["field"] == "limit"
+
+
+def test_method_not_allowed_lists_every_method_of_the_path(client: TestClient, auth: dict[str, str]) -> None:
+    # /v1/datasets/{id} has two routes (GET and DELETE); Starlette alone names only the first one's methods.
+    resp = client.put("/v1/datasets/ds_x", headers=auth)
+    assert_error(resp, 405, "method_not_allowed")
+    assert resp.headers["allow"] == "DELETE, GET"
+    resp = client.options("/v1/datasets", headers=auth)
+    assert_error(resp, 405)
+    assert resp.headers["allow"] == "GET, POST"
+
+
+def test_malformed_multipart_body_is_400_not_500(client: TestClient, auth: dict[str, str]) -> None:
+    boundary = "f40477a892f77a47b4167440d7de9934"
+    body = f"--{boundary}\r\n-9789413271--{boundary}--\r\n".encode()
+    headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
+    for path in ("/v1/datasets", "/v1/datasets/validate"):
+        assert_error(client.post(path, headers=headers, content=body), 400, "invalid_multipart")
