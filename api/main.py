@@ -13,6 +13,7 @@ from starlette.routing import Match
 import api
 from api.checkpoints.router import router as checkpoints_router
 from api.core.errors import AlignError
+from api.core.nul import RefuseNul
 from api.core.openapi import install as install_openapi
 from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
@@ -99,5 +100,6 @@ def create_app() -> FastAPI:
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
         app.include_router(router, prefix="/v1")
+    app.add_middleware(RefuseNul)
     install_openapi(app)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.helpers import assert_error
@@ -47,3 +48,33 @@ def test_malformed_multipart_body_is_400_not_500(client: TestClient, auth: dict[
     headers = {**auth, "Content-Type": f"multipart/form-data; boundary={boundary}"}
     for path in ("/v1/datasets", "/v1/datasets/validate"):
         assert_error(client.post(path, headers=headers, content=body), 400, "invalid_multipart")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/job_%00",
+        "/v1/jobs/job_%00/events",
+        "/v1/jobs/job_%00/metrics",
+        "/v1/jobs/job_%00/checkpoints",
+        "/v1/datasets/ds_%00",
+        "/v1/datasets/ds_%00/rows",
+        "/v1/checkpoints/ckpt_%00",
+        "/v1/checkpoints/ckpt_%00/download",
+        "/v1/reward-models/rm_%00",
+    ],
+)
+def test_nul_character_in_an_id_is_404_on_postgres(client: TestClient, auth: dict[str, str], path: str) -> None:
+    assert_error(client.get(path, headers=auth), 404, "not_found")
+
+
+@pytest.mark.parametrize("resource", ["jobs", "datasets", "reward-models"])
+@pytest.mark.parametrize("cursor", ["%C3%81%00", "AA", "x" * 5000])  # "AA" is base64 of a NUL byte
+def test_cursor_that_names_no_item_is_422_on_postgres(
+    client: TestClient, auth: dict[str, str], resource: str, cursor: str
+) -> None:
+    assert_error(client.get(f"/v1/{resource}?after={cursor}", headers=auth), 422, "invalid_request", "after")
+
+
+def test_nul_character_in_a_query_parameter_is_422_naming_it(client: TestClient, auth: dict[str, str]) -> None:
+    assert_error(client.get("/v1/jobs?status=queued%00", headers=auth), 422, "invalid_request", "status")
