@@ -8,7 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import compile_path
 
 import api
 from api.checkpoints.router import router as checkpoints_router
@@ -62,23 +62,30 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid_request", message, field, details)
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method some route on this path answers (Starlette's 405 names only the first route's)."""
-    routes = request.app.router.routes
-    allowed = [
-        method
-        for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
-        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
-    ]
-    return ", ".join(allowed)
+def _allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI schema gives this path (its most specific template: fewest parameters).
+
+    Starlette's 405 names only the first matching route's methods, and /v1/datasets/validate (POST) must
+    not advertise the GET of /v1/datasets/{dataset_id}, which only answers it with a 404.
+    """
+    templates = []
+    for template, item in request.app.openapi()["paths"].items():
+        regex, _, params = compile_path(template)
+        if regex.match(request.url.path):
+            templates.append((len(params), [m.upper() for m in item if m != "parameters"]))
+    if not templates:
+        return None  # not in the schema (e.g. /docs): Starlette's own Allow
+    fewest = min(n for n, _ in templates)
+    return ", ".join(sorted({m for n, methods in templates if n == fewest for m in methods}))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     response = _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
     response.headers.update(exc.headers or {})
-    if exc.status_code == 405:  # RFC 9110: a 405 lists the methods the resource supports
-        response.headers["Allow"] = _allowed_methods(request)
+    allowed = _allowed_methods(request) if exc.status_code == 405 else None
+    if allowed is not None:  # RFC 9110: a 405 lists the methods the resource supports
+        response.headers["Allow"] = allowed
     return response
 
 

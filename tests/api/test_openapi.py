@@ -78,3 +78,11 @@ def test_cursor_that_names_no_item_is_422_on_postgres(
 
 def test_nul_character_in_a_query_parameter_is_422_naming_it(client: TestClient, auth: dict[str, str]) -> None:
     assert_error(client.get("/v1/jobs?status=queued%00", headers=auth), 422, "invalid_request", "status")
+
+
+def test_method_not_allowed_on_a_fixed_path_does_not_list_the_methods_of_an_id_path(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    resp = client.put("/v1/datasets/validate", headers=auth)  # not GET/DELETE of /v1/datasets/{dataset_id}
+    assert_error(resp, 405)
+    assert resp.headers["allow"] == "POST"
