@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 def _error(status: int, code: str, message: str, param: str | None) -> tuple[int, bytes]:
-    body = {"error": {"code": code, "message": message, "param": param, "details": []}}
+    body: dict[str, object] = {"error": {"code": code, "message": message, "param": param, "details": []}}
     return status, json.dumps(body).encode()
 
 

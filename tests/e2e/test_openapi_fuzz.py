@@ -50,7 +50,7 @@ MODEL = "tiny-llama"
 
 # Cases per operation (and per tenant): the bounded run keeps `make test` to a couple of minutes on a
 # 2-core machine; `make fuzz` (ALIGND_FUZZ_LONG=1 pytest -m fuzz_long) runs the long one.
-BOUNDED_EXAMPLES = int(os.environ.get("ALIGND_FUZZ_EXAMPLES", "30"))
+BOUNDED_EXAMPLES = int(os.environ.get("ALIGND_FUZZ_EXAMPLES", "50"))
 LONG_EXAMPLES = int(os.environ.get("ALIGND_FUZZ_LONG_EXAMPLES", "1000"))
 
 # The schema the server serves: built from the same code here, so that the tests can be collected before
