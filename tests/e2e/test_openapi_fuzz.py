@@ -109,13 +109,15 @@ REFERENCE_FIELDS = {"dataset_id": "dataset_id", "eval_dataset_id": "dataset_id",
 
 @SCHEMA.hook
 def flatmap_body(context: schemathesis.HookContext, body: Any) -> Any:
-    """Half of the JSON bodies that reference objects (a job's dataset_id, ...) reference seeded ones."""
-    if not isinstance(body, dict) or not any(SEEDS.ids.get(REFERENCE_FIELDS[k]) for k in body if k in REFERENCE_FIELDS):
+    """Half of the JSON bodies that reference objects (a job's dataset_id, ...) reference seeded ones, and
+    name the server's model as base_model, so that job creation is reached, not only its 422s."""
+    if not isinstance(body, dict) or not SEEDS.ids:
         return st.just(body)
-    replaced = st.fixed_dictionaries(
-        {k: st.sampled_from(SEEDS.ids[REFERENCE_FIELDS[k]]) for k in body if k in REFERENCE_FIELDS}
-    ).map(lambda ids: {**body, **ids})
-    return st.one_of(st.just(body), replaced)
+    pools = {k: SEEDS.ids.get(pool, []) for k, pool in REFERENCE_FIELDS.items()} | {"base_model": [MODEL]}
+    fields = {k: st.sampled_from(pools[k]) for k in body if pools.get(k)}
+    if not fields:
+        return st.just(body)
+    return st.one_of(st.just(body), st.fixed_dictionaries(fields).map(lambda ids: {**body, **ids}))
 
 
 def _referenced_ids(case: schemathesis.Case) -> set[str]:
@@ -183,8 +185,14 @@ def _seed(url: str, headers: dict[str, str]) -> None:
             {"type": "rule", "rule": "regex", "pattern": r"####\s*-?\d", "weight": 0.5, "name": "has_answer"},
         ]
 
-        def reward_model() -> str:
-            resp = http.post("/v1/reward-models", json={"name": "gsm8k", "components": rules})
+        # Rules that read no dataset column, so that any schema-valid /score request is scored (200).
+        columnless = [
+            {"type": "rule", "rule": "regex", "pattern": r"\d+", "weight": 1.0},
+            {"type": "rule", "rule": "length", "target_length": 40, "length_mode": "max", "weight": 0.1},
+        ]
+
+        def reward_model(components: list[dict[str, Any]] = rules) -> str:
+            resp = http.post("/v1/reward-models", json={"name": "gsm8k", "components": components})
             assert resp.status_code == 201, resp.text
             return str(resp.json()["id"])
 
@@ -192,7 +200,7 @@ def _seed(url: str, headers: dict[str, str]) -> None:
             "dataset_id": [upload("gsm8k-train.jsonl", 2), upload("orca-dpo-pairs.openai-dpo.jsonl", 2)],
             "reward_model_id": [reward_model()],
         }
-        reward_model_id = reward_model()
+        reward_model_ids = [reward_model(), reward_model(columnless)]
         resp = http.post("/v1/jobs", json={"algorithm": "dpo", "base_model": MODEL, "dataset_id": pairs})
         assert resp.status_code == 201, resp.text
         job_id = resp.json()["id"]
@@ -234,7 +242,7 @@ def _seed(url: str, headers: dict[str, str]) -> None:
     SEEDS.ids = {
         "dataset_id": [pairs, prompts, sft],
         "job_id": [job_id],
-        "reward_model_id": [reward_model_id],
+        "reward_model_id": reward_model_ids,
         "checkpoint_id": [checkpoint_id],
     }
 
