@@ -114,7 +114,7 @@ class Checkpoints:
             total = (int(length) + (offset if resumed else 0)) if length else None
             written = offset if resumed else 0
             with open(part, "ab" if resumed else "wb") as fh:
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():  # as it arrives: a cut keeps what came
                     fh.write(chunk)
                     written += len(chunk)
                     if progress is not None:

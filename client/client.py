@@ -21,11 +21,11 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 class Client:
     """A synchronous alignd client.
 
-        with Client("http://127.0.0.1:8000", api_key="alignd_...") as alignd:
-            ds = alignd.datasets.upload("pairs.jsonl", name="pairs")
-            job = alignd.jobs.create(algorithm="dpo", base_model="smollm2-135m-instruct", dataset_id=ds.id)
-            for event in alignd.jobs.stream_events(job.id): ...
-            alignd.checkpoints.download(alignd.jobs.wait(job.id).output_checkpoint_id, extract_to="model/")
+    with Client("http://127.0.0.1:8000", api_key="alignd_...") as alignd:
+        ds = alignd.datasets.upload("pairs.jsonl", name="pairs")
+        job = alignd.jobs.create(algorithm="dpo", base_model="smollm2-135m-instruct", dataset_id=ds.id)
+        for event in alignd.jobs.stream_events(job.id): ...
+        alignd.checkpoints.download(alignd.jobs.wait(job.id).output_checkpoint_id, extract_to="model/")
     """
 
     def __init__(

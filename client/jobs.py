@@ -55,9 +55,7 @@ class Jobs:
             "name": name,
             "metadata": metadata,
         }
-        return self.create_from(
-            {k: v for k, v in body.items() if v is not None}, idempotency_key=idempotency_key
-        )
+        return self.create_from({k: v for k, v in body.items() if v is not None}, idempotency_key=idempotency_key)
 
     def create_from(self, request: dict[str, Any], *, idempotency_key: str | None = None) -> Job:
         """Submit a job from a request body as DESIGN §4 describes it (e.g. read from a JSON/YAML file)."""
@@ -101,7 +99,8 @@ class Jobs:
             final_seen, progressed = False, False
             try:
                 headers = {"Last-Event-ID": str(last)} if last else {}
-                with self._t.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=STREAM_TIMEOUT) as r:
+                path = f"/v1/jobs/{job_id}/events/stream"
+                with self._t.stream("GET", path, headers=headers, timeout=STREAM_TIMEOUT) as r:
                     for message in EventSource(r).iter_sse():
                         if not message.id or not message.data:
                             continue  # pings and comments
