@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.services import free_port
 
@@ -70,14 +71,12 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the main process (as a service manager does), then SIGKILL to its group."""
+def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """`sig` to the main process (as a service manager does), then SIGKILL to its group."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
+        process.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -104,7 +103,11 @@ def _ready(url: str) -> bool:
 
 @contextmanager
 def live_server(
-    flavour: str, root: Path, *, postgres_url: str | None = None, redis_url: str | None = None,
+    flavour: str,
+    root: Path,
+    *,
+    postgres_url: str | None = None,
+    redis_url: str | None = None,
     tiny_model_dir: Path | None = None,
 ) -> Iterator[LiveServer]:
     """Start the flavour's processes under `root`; yields the server once it answers /readyz."""
@@ -159,8 +162,9 @@ def live_server(
         _wait("the worker", lambda: worker_log.exists() and b" ready." in worker_log.read_bytes(), processes, logs)
         yield LiveServer(flavour, url, keys.stdout.strip().splitlines()[-1], data_dir, model, failing, logs)
     finally:
-        for process in reversed(processes):
-            _stop(process)
+        for process, log in reversed(list(zip(processes, logs, strict=True))):
+            # the fake worker holds nothing worth a graceful stop (which takes Celery seconds): it is killed
+            _stop(process, signal.SIGKILL if log.name == "worker.log" else signal.SIGTERM)
 
 
 class CuttingProxy:
@@ -214,8 +218,45 @@ class CuttingProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
+
+
+# ---- session-wide fixtures (imported by tests/conftest.py, so tests/client and tests/cli share them) ----
+
+
+@pytest.fixture(scope="session")
+def live_postgres(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[LiveServer]:
+    """alignd on a fresh Postgres database (a copy of the migrated template) and Redis."""
+    import sqlalchemy as sa
+
+    server_url = request.getfixturevalue("postgres_server_url")
+    template = request.getfixturevalue("postgres_template")
+    name = f"live_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    admin.dispose()
+    database_url = server_url.rsplit("/", 1)[0] + f"/{name}"
+    with live_server(
+        "postgres", tmp_path_factory.mktemp("live-postgres"), postgres_url=database_url, redis_url=redis_url
+    ) as live:
+        yield live
+        print(live.tail())
+
+
+@pytest.fixture(scope="session")
+def live_embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """alignd on the embedded defaults (a data directory and nothing else), fake-trainer worker."""
+    with live_server("embedded", tmp_path_factory.mktemp("live-embedded")) as live:
+        yield live
+        print(live.tail())
+
+
+@pytest.fixture(params=["postgres", "embedded"])
+def live(request: pytest.FixtureRequest) -> LiveServer:
+    """A test using this runs on both live servers."""
+    return request.getfixturevalue(f"live_{request.param}")

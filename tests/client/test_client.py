@@ -115,7 +115,10 @@ def test_a_job_streams_live_to_success_then_its_events_metrics_and_checkpoints_a
 ) -> None:
     key = f"run-{uuid.uuid4()}"
     job = alignd.jobs.create(
-        algorithm="dpo", base_model=server.model, dataset_id=dataset.id, hyperparameters=HYPERPARAMETERS,
+        algorithm="dpo",
+        base_model=server.model,
+        dataset_id=dataset.id,
+        hyperparameters=HYPERPARAMETERS,
         idempotency_key=key,
     )
     repeated = alignd.jobs.create(  # a retry with the same key gets the first job, whatever the body says
