@@ -5,6 +5,7 @@ once per session and shared with tests/cli."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,10 @@ def server(live: LiveServer) -> LiveServer:
 def alignd(server: LiveServer) -> Iterator[Client]:
     with Client(server.url, api_key=server.key) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny")
