@@ -59,6 +59,13 @@ class Client:
         self.jobs = Jobs(self._transport)
         self.checkpoints = Checkpoints(self._transport)
 
+    def ready(self) -> bool:
+        """Whether the server answers GET /readyz with 200 (database and broker reachable); never raises."""
+        try:
+            return self._transport.http.get("/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def close(self) -> None:
         self._transport.close()
 
