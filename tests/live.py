@@ -257,6 +257,6 @@ def live_embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServ
 
 
 @pytest.fixture(params=["postgres", "embedded"])
-def live(request: pytest.FixtureRequest) -> LiveServer:
+def live_alignd(request: pytest.FixtureRequest) -> LiveServer:
     """A test using this runs on both live servers."""
     return request.getfixturevalue(f"live_{request.param}")

@@ -14,8 +14,8 @@ from tests.live import LiveServer
 
 
 @pytest.fixture
-def server(live: LiveServer) -> LiveServer:
-    return live
+def server(live_alignd: LiveServer) -> LiveServer:
+    return live_alignd
 
 
 @pytest.fixture
