@@ -45,7 +45,9 @@ def test_upload_submit_watch_and_download_a_model_that_from_pretrained_loads(
         )
         events = list(alignd.jobs.stream_events(job.id))
         done = alignd.jobs.wait(job.id, timeout=30)
-        got = alignd.checkpoints.download(done.output_checkpoint_id or "", tmp_path / "m.tar", extract_to=tmp_path / "model")
+        got = alignd.checkpoints.download(
+            done.output_checkpoint_id or "", tmp_path / "m.tar", extract_to=tmp_path / "model"
+        )
 
     assert done.status == "succeeded", done.error
     assert [e.data["step"] for e in events if e.type == "metrics"] == [1, 2]
