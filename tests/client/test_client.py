@@ -251,6 +251,7 @@ def test_errors_carry_the_apis_code_message_and_param(server: LiveServer, alignd
         Client(f"http://127.0.0.1:{free_port()}", api_key="k", max_retries=1, initial_backoff=0.01) as nowhere,
     ):
         nowhere.datasets.get("ds_x")
+    assert not Client(f"http://127.0.0.1:{free_port()}", api_key="k").ready()
 
 
 def test_the_address_and_key_come_from_alignd_url_and_alignd_api_key(
@@ -260,6 +261,7 @@ def test_the_address_and_key_come_from_alignd_url_and_alignd_api_key(
     monkeypatch.setenv("ALIGND_API_KEY", server.key)
     with Client() as from_environment:
         assert from_environment.datasets.get(dataset.id) == dataset
+        assert from_environment.ready()
     monkeypatch.delenv("ALIGND_API_KEY")
     with pytest.raises(AlignError, match="ALIGND_API_KEY"):
         Client()
