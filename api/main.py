@@ -19,6 +19,7 @@ from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
+from api.ops.metrics import HttpMetrics
 from api.ops.router import router as ops_router
 from api.reward_models.router import router as reward_models_router
 
@@ -106,6 +107,7 @@ def create_app() -> FastAPI:
         max_body_bytes=lambda: get_settings().max_json_body_bytes,
         streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
     )
+    app.add_middleware(HttpMetrics)  # outermost: latency by route template, every status counted
     _document_errors(ops_router)
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
