@@ -21,7 +21,7 @@ download) is measured to its first byte, not to its end.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -153,7 +153,7 @@ class DatabaseCollector(Collector):
         yield GaugeMetricFamily("alignd_checkpoint_bytes", "Bytes of stored checkpoint archives.", value=ckpt_bytes)
 
 
-def _per_job_gauges(held: list[Any], now: datetime) -> Iterator[Metric]:
+def _per_job_gauges(held: Sequence[Any], now: datetime) -> Iterator[Metric]:
     labels = ["job_id", "algorithm"]
     step = GaugeMetricFamily("alignd_job_step", "Last step a held job reached.", labels=labels)
     rate = GaugeMetricFamily(
