@@ -80,14 +80,25 @@ class HttpMetrics:
 
 
 def route_of(scope: Scope) -> str:
-    """The path template of the route that served the request (set by the router on the shared scope)."""
+    """The path template of the route that served the request, with the prefix it was included under.
+
+    The router leaves the matched route (`scope["route"]`) and its path parameters on the shared scope;
+    FastAPI may hand over the route as its router declared it (`/jobs/{job_id}`), without the prefix
+    of `include_router` (`/v1`). The prefix is what the raw path has before the route's own part, the
+    parameters rendered back in: static text, since the match was full."""
     route = scope.get("route")
-    path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if route is None or path is None:
+    template = getattr(route, "path_format", None)
+    if route is None or template is None:
         return UNMATCHED
-    if not hasattr(route, "endpoint"):  # a Mount (static files): its prefix, not the file path
-        return (path or "") + "/{path}"
-    return str(path)
+    if not hasattr(route, "endpoint"):  # a Mount (the dashboard's static files): its prefix only
+        return str(getattr(route, "path", "")) + "/{path}"
+    params, convertors = scope.get("path_params") or {}, getattr(route, "param_convertors", {})
+    try:
+        own = template.format(**{k: convertors[k].to_string(v) if k in convertors else v for k, v in params.items()})
+    except (KeyError, IndexError, ValueError, AssertionError):
+        return str(template)
+    path = str(scope.get("path", ""))
+    return path[: -len(own)] + template if own and path.endswith(own) else str(template)
 
 
 class DatabaseCollector(Collector):
