@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.core.validation import Metadata, RequestModel, SafeStr
 from trainer.config import Algorithm, LoraConfig, RewardComponent
@@ -26,11 +26,6 @@ class WandbSettings(RequestModel):
     tags: list[Annotated[SafeStr, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=16)
 
 
-class WandbIntegration(RequestModel):
-    type: Literal["wandb"]
-    wandb: WandbSettings
-
-
 class MlflowSettings(RequestModel):
     experiment: TrackerName
     """MLflow experiment name (created when missing)."""
@@ -41,12 +36,22 @@ class MlflowSettings(RequestModel):
     worker's (MLFLOW_TRACKING_TOKEN, ...), never part of a job."""
 
 
-class MlflowIntegration(RequestModel):
-    type: Literal["mlflow"]
-    mlflow: MlflowSettings
+class Integration(RequestModel):
+    """One experiment tracker, as the hosted APIs take it: {"type": "wandb", "wandb": {...}}."""
 
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
 
-Integration = Annotated[WandbIntegration | MlflowIntegration, Field(discriminator="type")]
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Integration:
+        # One model rather than a discriminated union, so errors name `integrations[0].wandb.project`.
+        if getattr(self, self.type) is None:
+            raise ValueError(f'an integration of type "{self.type}" needs its settings under "{self.type}"')
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, other) is not None:
+            raise ValueError(f'an integration of type "{self.type}" takes no "{other}" settings')
+        return self
 
 
 class JobCreate(RequestModel):
