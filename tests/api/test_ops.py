@@ -102,3 +102,27 @@ def test_request_latency_is_counted_by_route_template_not_by_raw_path(client: Te
         if s.name.endswith("_bucket") and s.labels["route"] == route
     ]
     assert buckets and buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == count_before + 3
+
+
+def test_sample_alert_rules_parse_and_name_only_metrics_that_metrics_exposes(client: TestClient) -> None:
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rules_file = Path(__file__).parents[2] / "docker" / "alerts.yml"
+    rules = [rule for group in yaml.safe_load(rules_file.read_text())["groups"] for rule in group["rules"]]
+    assert {r["alert"] for r in rules} >= {"AligndJobNoStep", "AligndQueueTooOld", "AligndHighServerErrorRate"}
+    no_step = next(r for r in rules if r["alert"] == "AligndJobNoStep")
+    assert "alignd_job_seconds_since_last_step" in no_step["expr"] and "> 600" in no_step["expr"]
+    client.get("/healthz")  # so the per-process HTTP series exist in this process
+    resp = client.get("/metrics")
+    exposed = {
+        name
+        for family in text_string_to_metric_families(resp.text)
+        for name in (family.name, *(s.name for s in family.samples))
+    }
+    for rule in rules:
+        assert {"alert", "expr", "labels", "annotations"} <= set(rule), rule
+        used = set(re.findall(r"\balignd_[a-z_]+", rule["expr"]))
+        assert used and used <= exposed, (rule["alert"], used - exposed)
