@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.core.db import Base, utcnow
@@ -60,8 +60,8 @@ class Job(Base):
     # when the job last advanced a step (or its current attempt was claimed, whichever is later),
     # its recent steps per second, and how long the newest trainer output took to reach the database.
     last_step_at: Mapped[datetime | None]
-    steps_per_second: Mapped[float | None]
-    relay_lag_seconds: Mapped[float | None]
+    steps_per_second: Mapped[float | None] = mapped_column(Double)
+    relay_lag_seconds: Mapped[float | None] = mapped_column(Double)
 
 
 class JobEvent(Base):

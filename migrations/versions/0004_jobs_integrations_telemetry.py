@@ -23,8 +23,8 @@ def upgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("integrations", json_type, nullable=True))
         batch_op.add_column(sa.Column("last_step_at", sa.DateTime(timezone=True), nullable=True))
-        batch_op.add_column(sa.Column("steps_per_second", sa.Float(), nullable=True))
-        batch_op.add_column(sa.Column("relay_lag_seconds", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("steps_per_second", sa.Double(), nullable=True))
+        batch_op.add_column(sa.Column("relay_lag_seconds", sa.Double(), nullable=True))
 
 
 def downgrade() -> None:
