@@ -16,7 +16,7 @@ from api.core import reset_caches
 from api.core.settings import Settings, get_settings
 from api.core.storage import Storage
 from tests.conftest import TenantKey
-from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row
+from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, wait_for
 from worker import integrations
 from worker.runner import run_job
 
@@ -53,6 +53,8 @@ def wandb_records(run_file: Path) -> Iterator[Any]:
             pos += block - pos % block
             continue
         _crc, length, kind = struct.unpack("<IHB", raw[pos : pos + header])
+        if pos + header + length > len(raw):  # still being written
+            return
         data, pos = raw[pos + header : pos + header + length], pos + header + length
         if kind == 0:  # zero padding up to the end of the block
             pos += (block - pos % block) % block
@@ -79,7 +81,12 @@ def test_wandb_offline_run_holds_every_metric_by_step_and_the_final_checkpoint(
     assert job_row(db, job_id).status == "succeeded"
     assert trackers.wandb_dir is not None
     (run_file,) = (trackers.wandb_dir / "wandb").glob(f"offline-run-*-{job_id}/run-{job_id}.wandb")
-    records = list(wandb_records(run_file))
+    # wandb's service process writes the file; give it a moment to flush up to the run's exit record.
+    records = wait_for(
+        lambda: (rs := list(wandb_records(run_file))) and any(r.WhichOneof("record_type") == "exit" for r in rs) and rs,
+        20,
+        "the W&B run file to hold the run's exit",
+    )
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert (run.run_id, run.project, run.display_name, list(run.tags)) == (job_id, "alignd-tests", "tiny dpo", ["ci"])
     history = {
