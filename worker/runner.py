@@ -89,9 +89,20 @@ def run_job(job_id: str, settings: Settings) -> None:
         logger.exception("job %s: worker error", job_id)
         _fail(sessions, attempt, "worker_error", f"The worker failed while preparing or relaying this job: {exc}")
     finally:
-        if reporters.reporters:
-            with sessions() as session:
-                reporters.finish(session.get_one(Job, job_id).status)
+        _finish_reporters(sessions, job_id, reporters)
+
+
+def _finish_reporters(sessions: sessionmaker[Session], job_id: str, reporters: Reporters) -> None:
+    """Close the job's tracker runs with its status (still running or queued: the attempt was cut short)."""
+    if not reporters.reporters:
+        return
+    try:
+        with sessions() as session:
+            status = session.get_one(Job, job_id).status
+    except Exception:
+        logger.exception("job %s: could not read its status to close its tracker runs", job_id)
+        status = "failed"
+    reporters.finish(status)
 
 
 def worker_name(settings: Settings) -> str:

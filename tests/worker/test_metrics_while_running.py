@@ -4,16 +4,23 @@ the real runner, so the numbers come from the real relay."""
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
+from api.core.storage import Storage
 from tests.api.helpers import real_lines, upload_ok
-from tests.worker.conftest import wait_for
-from worker.runner import run_job
+from tests.conftest import TenantKey
+from tests.worker.conftest import add_dataset, add_job, job_row, wait_for
+from worker.relay import EventRelay
+from worker.runner import claim, run_job
 
 
 def scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -82,3 +89,22 @@ def test_metrics_follow_a_job_from_queue_to_running_to_done(
     assert job_sample(done, "alignd_job_seconds_since_last_step", job_id) is None  # only held jobs have one
     assert done[("alignd_checkpoints", ())] == 1
     assert done[("alignd_http_request_duration_seconds_count", (("method", "GET"), ("route", "/metrics")))] >= 3
+
+
+def test_relay_lag_is_measured_from_an_events_own_time_when_the_trainer_stamps_one(
+    db: sessionmaker[Session], storage: Storage, worker_settings: Settings, tenant: TenantKey, tmp_path: Path
+) -> None:
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant.id)
+        job_id = add_job(session, tenant.id, dataset.id, "tiny").id
+    attempt = claim(db, job_id, "w1", worker_settings)
+    assert attempt is not None
+    events = tmp_path / "events.jsonl"
+    written = time.time() - 30  # the trainer wrote it 30 s before the relay got to it
+    events.write_text(json.dumps({"type": "metrics", "step": 1, "values": {"loss": 0.5}, "time": written}) + "\n")
+
+    EventRelay(attempt, db, storage, events, batch_size=10).pump()
+
+    job = job_row(db, job_id)
+    assert job.relay_lag_seconds is not None and 30 <= job.relay_lag_seconds < 40
+    assert job.last_step_at is not None and job.progress == {"step": 1}
