@@ -40,6 +40,8 @@ from api.jobs.models import FINAL_STATUSES, LIVE_STATUSES, Job
 
 JOB_STATUSES = (*LIVE_STATUSES, *FINAL_STATUSES)
 UNMATCHED = "<unmatched>"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted by name; any other a client invents counts as "other" (bounded label values)."""
 
 HTTP_DURATION = Histogram(
     "alignd_http_request_duration_seconds",
@@ -65,18 +67,19 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        method = scope["method"] if scope["method"] in METHODS else "other"
         status = [500]  # an exception that escapes every handler ends as a 500
 
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
-                HTTP_DURATION.labels(scope["method"], route_of(scope)).observe(time.perf_counter() - start)
+                HTTP_DURATION.labels(method, route_of(scope)).observe(time.perf_counter() - start)
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
         finally:
-            HTTP_REQUESTS.labels(scope["method"], route_of(scope), str(status[0])).inc()
+            HTTP_REQUESTS.labels(method, route_of(scope), str(status[0])).inc()
 
 
 def route_of(scope: Scope) -> str:
