@@ -19,6 +19,8 @@ from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
+from api.openai_compat.router import files_router as openai_files_router
+from api.openai_compat.router import jobs_router as openai_jobs_router
 from api.ops.metrics import HttpMetrics
 from api.ops.router import router as ops_router
 from api.reward_models.router import router as reward_models_router
@@ -112,4 +114,7 @@ def create_app() -> FastAPI:
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
         app.include_router(router, prefix="/v1", responses=_document_errors(router))
+    # OpenAI's fine-tuning API (api/openai_compat) answers errors in OpenAI's own shape.
+    for router in (openai_files_router, openai_jobs_router):
+        app.include_router(router, prefix="/v1")
     return app
