@@ -22,6 +22,7 @@ from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
 from api.openai_compat.router import files_router as openai_files_router
 from api.openai_compat.router import jobs_router as openai_jobs_router
+from api.ops.metrics import HttpMetrics
 from api.ops.router import router as ops_router
 from api.reward_models.router import router as reward_models_router
 
@@ -112,6 +113,7 @@ def create_app() -> FastAPI:
         max_body_bytes=lambda: get_settings().max_json_body_bytes,
         streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
     )
+    app.add_middleware(HttpMetrics)  # outermost: latency by route template, every status counted
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
         app.include_router(router, prefix="/v1")

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     """GPUs a worker may use; default: as many as torch sees (0 on a CPU machine)."""
     gpus_per_job: int = Field(1, ge=1)
     """GPUs one job trains on; above 1 the trainer runs under `accelerate launch`."""
+    wandb_api_key: SecretStr | None = None
+    """Weights & Biases API key the workers report jobs' `wandb` integrations with (never from a request)."""
+    wandb_base_url: str | None = None
+    """W&B server for a self-hosted W&B; unset: wandb's default (api.wandb.ai)."""
+    wandb_mode: Literal["online", "offline"] = "online"
+    """offline: W&B runs are written under wandb_dir only (to `wandb sync` later); no API key needed."""
+    wandb_dir: Path | None = None
+    """Where W&B keeps its run files; default <work_dir>/wandb."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server for jobs' `mlflow` integrations that name none (http(s)://..., or file:/path,
+    databricks). Its credentials come from the workers' MLFLOW_TRACKING_* variables."""
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
