@@ -165,6 +165,12 @@ def _hyperparameters(algorithm: str, given: SupervisedHyperparameters | None, pr
         if theirs == "learning_rate_multiplier":
             default = HYPERPARAMETERS[algorithm].model_fields["learning_rate"].default
             out["learning_rate"] = float(f"{value * default:.12g}")
+        elif theirs == "eval_interval" and isinstance(given, ReinforcementHyperparameters):
+            raise Unsupported(
+                f"eval_interval {value!r} is not supported for reinforcement yet: alignd's grpo does not evaluate "
+                "during training; leave it 'auto'",
+                param=f"{prefix}.{theirs}",
+            )
         elif theirs in OURS:
             out[OURS[theirs]] = value
         else:  # compute_multiplier, eval_samples, reasoning_effort
