@@ -114,7 +114,9 @@ class ValueFunction(nn.Module):
         self.to(run.device)
 
     def values(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.head(hidden).squeeze(-1).float()
+        # The shared head is kept in fp32 (stable value learning) while a bf16 trunk feeds it bf16
+        # hidden states: cast them to the head's dtype (found on a GPU: bf16 PPO failed with a dtype error).
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
 
 
 def forward_policy_and_values(

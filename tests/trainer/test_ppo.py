@@ -136,6 +136,14 @@ def test_ppo_with_a_separate_value_model_lora_and_k3_adaptive_kl(tmp_path: Path,
     assert (out / "final" / "adapter_config.json").is_file()
 
 
+def test_ppo_in_bf16_feeds_the_fp32_value_head_and_trains(tmp_path: Path, tiny: Path, prompts: Path) -> None:
+    # Found on a GPU (bench/gpu_check.sh): a bf16 trunk into the fp32 value head was a dtype error.
+    reward = [{"type": "rule", "rule": "length", "target_length": 8}]
+    code, events, _ = run_trainer(tmp_path, ppo_spec(tiny, prompts, reward, precision="bf16", max_steps=1))
+    assert code == 0, events[-1]
+    assert all(math.isfinite(v) for v in of_type(events, "metrics")[0]["values"].values())
+
+
 def test_adaptive_kl_controller_moves_towards_the_target() -> None:
     controller = AdaptiveKLController(0.1, target=6.0, horizon=100)
     controller.update(current_kl=12.0, n_steps=10)  # error clipped to +0.2
