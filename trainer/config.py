@@ -289,7 +289,16 @@ class LoraConfig(_Config):
 # Reward components (grpo/ppo). A reward spec is a weighted list of these.
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    # The union is told apart by `type`, so a request must send it; the Python default is a convenience.
+    required = schema.setdefault("required", [])
+    if "type" not in required:
+        required.insert(0, "type")
+
+
 class _Component(_Config):
+    model_config = ConfigDict(json_schema_extra=_type_required)
+
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     """Name used in metrics (rewards/<name>); defaults to the rule or 'model'."""
     weight: float = Field(1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
