@@ -58,7 +58,7 @@ STATUS = {
     "pausing": "running",
     "paused": "paused",
 }
-OURS = {"n_epochs": "num_epochs", "batch_size": "batch_size", "beta": "beta", "eval_interval": "eval_every"}
+OURS = {"n_epochs": "num_epochs", "batch_size": "batch_size", "beta": "beta"}
 THEIRS = {v: k for k, v in OURS.items()} | {"learning_rate": "learning_rate_multiplier"}
 
 
@@ -165,15 +165,9 @@ def _hyperparameters(algorithm: str, given: SupervisedHyperparameters | None, pr
         if theirs == "learning_rate_multiplier":
             default = HYPERPARAMETERS[algorithm].model_fields["learning_rate"].default
             out["learning_rate"] = float(f"{value * default:.12g}")
-        elif theirs == "eval_interval" and isinstance(given, ReinforcementHyperparameters):
-            raise Unsupported(
-                f"eval_interval {value!r} is not supported for reinforcement yet: alignd's grpo does not evaluate "
-                "during training; leave it 'auto'",
-                param=f"{prefix}.{theirs}",
-            )
         elif theirs in OURS:
             out[OURS[theirs]] = value
-        else:  # compute_multiplier, eval_samples, reasoning_effort
+        else:  # compute_multiplier, eval_interval (grpo does not evaluate yet), eval_samples, reasoning_effort
             assert isinstance(given, ReinforcementHyperparameters)
             raise Unsupported(
                 f"{theirs} {value!r} is not supported: only 'auto'"
@@ -246,12 +240,9 @@ def job_view(job: Job) -> FineTuningJob:
     elif method == "dpo":
         out.dpo = DpoMethodOut(hyperparameters=DpoHyperparametersOut(**common.model_dump(), beta=hp.get("beta")))
     else:
-        eval_every = hp.get("eval_every")
         out.reinforcement = ReinforcementMethodOut(
             grader=graders.grader_view(job.reward, job.reward_model_id),
-            hyperparameters=ReinforcementHyperparametersOut(
-                **common.model_dump(), eval_interval=eval_every if eval_every is not None else "auto"
-            ),
+            hyperparameters=ReinforcementHyperparametersOut(**common.model_dump(), eval_interval="auto"),
         )
     progress = job.progress or {}
     eta = progress.get("eta_seconds")
