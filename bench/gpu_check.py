@@ -55,6 +55,22 @@ def gsm8k_prompts(work: Path, n: int) -> Path:
     return out
 
 
+def parseable_pairs(work: Path) -> Path:
+    """HH-RLHF without the few rows our parser refuses (a single-space answer), as the upload would."""
+    from trainer.formats import RowError, detect_format, parse_row
+
+    out = work / "hh-rlhf-parseable.jsonl"
+    with (DATA / "hh-rlhf-harmless-base.jsonl").open() as src, out.open("w") as dst:
+        for line in src:
+            row = json.loads(line)
+            try:
+                parse_row(row, detect_format(row))
+            except RowError:
+                continue
+            dst.write(line)
+    return out
+
+
 ONLINE = {"max_new_tokens": 128, "temperature": 1.0, "top_p": 1.0}
 LENGTH_RULE = [{"type": "rule", "rule": "length", "weight": 1.0, "target_length": 200}]
 
@@ -70,7 +86,7 @@ def specs(model: Path, work: Path, steps: int) -> dict[str, dict[str, Any]]:
         },
         "reward": {
             "algorithm": "reward",
-            "train_file": str(DATA / "hh-rlhf-harmless-base.jsonl"),
+            "train_file": str(parseable_pairs(work)),
             "hyperparameters": {**common, "learning_rate": 1e-5, "batch_size": 16, "max_length": 1024},
         },
         "sft": {
