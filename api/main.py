@@ -14,12 +14,14 @@ import api
 from api.checkpoints.router import router as checkpoints_router
 from api.core.errors import AlignError
 from api.core.limits import RequestLimits
+from api.core.openapi import OPENAI_PATHS
 from api.core.openapi import install as install_openapi
 from api.core.settings import get_settings
 from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
+from api.openai_compat.errors import to_openai
 from api.openai_compat.router import files_router as openai_files_router
 from api.openai_compat.router import jobs_router as openai_jobs_router
 from api.ops.metrics import HttpMetrics
@@ -112,6 +114,7 @@ def create_app() -> FastAPI:
         RequestLimits,
         max_body_bytes=lambda: get_settings().max_json_body_bytes,
         streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
+        reshape=lambda path, response: to_openai(response) if path.startswith(OPENAI_PATHS) else response,
     )
     app.add_middleware(HttpMetrics)  # outermost: latency by route template, every status counted
     app.include_router(ops_router)

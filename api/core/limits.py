@@ -17,19 +17,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qsl, unquote_to_bytes
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.core.errors import AlignError, InvalidRequest, NotFound, PayloadTooLarge
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, max_body_bytes: Callable[[], int], streamed_uploads: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: Callable[[], int],
+        streamed_uploads: frozenset[str],
+        reshape: Callable[[str, Response], Response] = lambda path, response: response,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         """Read per request, so settings changed by tests (reset_caches) take effect."""
         self.streamed_uploads = streamed_uploads
         """Paths whose POST streams a multipart upload under its own limit."""
+        self.reshape = reshape
+        """Turns an error response into the shape the path's clients expect (OpenAI's, on its routes)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +51,8 @@ class RequestLimits:
                 return
             body = await _read_body(receive, headers, self.max_body_bytes())
         except AlignError as exc:
-            await JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers)(scope, receive, send)
+            response = JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers)
+            await self.reshape(scope["path"], response)(scope, receive, send)
             return
         if body is not None:  # None: the client went away while sending it
             await self.app(scope, _replay(body, receive), send)

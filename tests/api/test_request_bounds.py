@@ -352,6 +352,19 @@ def test_nul_characters_in_the_url_are_404_or_422_and_in_a_header_422(
     assert_no_job_and_lists_work(client, auth, session)
 
 
+def test_a_request_refused_before_routing_on_openais_routes_has_openais_error_shape(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    resp = client.get("/v1/fine_tuning/jobs?after=%00", headers=auth)
+    assert resp.status_code == 400, resp.text  # OpenAI's clients get a 400 for a request they can fix
+    assert resp.json()["error"] == {
+        "message": "after: NUL characters are not allowed in the query string (%00)",
+        "type": "invalid_request_error",
+        "param": "after",
+        "code": "invalid_request",
+    }
+
+
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_nul_characters_in_the_dataset_name_or_file_name_are_422_and_store_nothing(
     client: TestClient, auth: dict[str, str], session: Session, settings: Settings, backend: str

@@ -202,7 +202,8 @@ def _seed(url: str, headers: dict[str, str]) -> None:
     from api.checkpoints.models import Checkpoint
     from api.core.db import get_sessionmaker
     from api.core.storage import get_storage
-    from api.jobs.events import append_events, lock_job, set_status
+    from api.jobs.events import append_events, lock_job
+    from api.jobs.lifecycle import transition
     from tests.api.test_checkpoints import make_archive
 
     with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
@@ -238,7 +239,7 @@ def _seed(url: str, headers: dict[str, str]) -> None:
     with get_sessionmaker()() as session:
         job = lock_job(session, job_id)
         tenant_id = job.tenant_id
-        set_status(session, job, "running")
+        transition(session, job, "running")
         append_events(
             session,
             job,
@@ -265,7 +266,7 @@ def _seed(url: str, headers: dict[str, str]) -> None:
         session.add(checkpoint)
         session.flush()
         job.output_checkpoint_id = checkpoint.id
-        set_status(session, job, "succeeded")
+        transition(session, job, "succeeded")
         session.commit()
         checkpoint_id = checkpoint.id
     SEEDS.ids = {
