@@ -16,7 +16,9 @@ from api.core.errors import AlignError, ErrorResponse
 from api.core.limits import RequestLimits
 from api.core.settings import get_settings
 from api.core.validation import error_details
+from api.dashboard import mount_dashboard
 from api.datasets.router import router as datasets_router
+from api.jobs.router import hyperparameters_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
 from api.ops.router import router as ops_router
@@ -108,6 +110,8 @@ def create_app() -> FastAPI:
     )
     _document_errors(ops_router)
     app.include_router(ops_router)
-    for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
+    routers = (datasets_router, jobs_router, hyperparameters_router, checkpoints_router, reward_models_router)
+    for router in (*routers, models_router):
         app.include_router(router, prefix="/v1", responses=_document_errors(router))
+    mount_dashboard(app)
     return app
