@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import ALIGND, alignd, clean_environment
 from tests.services import free_port
@@ -33,9 +34,7 @@ class Live:
 
 def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +83,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     if CHROMIUM is None:
         pytest.fail("no chromium binary: run scripts/install-services.sh (installs Debian's chromium)")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         # Debian's chromium, never a downloaded one; --no-sandbox because CI runs as root.
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
@@ -97,7 +94,7 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser, live: Live, tmp_path: Path) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def page(browser: Browser, live: Live) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1366, "height": 820}, accept_downloads=True, base_url=live.url)
     context.set_default_timeout(15_000)
     pg = context.new_page()

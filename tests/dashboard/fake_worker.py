@@ -21,5 +21,5 @@ def fake_trainer_command(spec: Path, output: Path, events: Path, resume: Path | 
 
 
 if __name__ == "__main__":
-    runner.trainer_command = fake_trainer_command  # type: ignore[assignment]
+    runner.trainer_command = fake_trainer_command
     run_worker(get_settings())

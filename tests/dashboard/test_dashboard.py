@@ -155,6 +155,9 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
     hyper.locator('[data-field="learning_rate"] input').fill("5")
     form.locator("button[type=submit]").click()
     expect(form.locator(".error")).to_contain_text("hyperparameters.learning_rate")
+    expect(hyper.locator('[data-field="learning_rate"]')).to_have_class(re.compile("invalid"))
+    no_horizontal_scroll(page)
+    screenshot(page, "dashboard-new-job.png", tmp_path)
     hyper.locator('[data-field="learning_rate"] input').fill("")
     hyper.locator('[data-field="max_steps"] input').fill("40")
     form.locator("button[type=submit]").click()
@@ -169,8 +172,15 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
         f"() => +document.querySelector('figure[data-chart=\"Loss\"]').dataset.points > {seen}", timeout=10_000
     )
     assert page.locator(".badge[data-status]").first.get_attribute("data-status") == "running"
-    for chart in ("Learning rate", "Grad norm", "Tokens / s", "Reward (total and per component)", "KL",
-                  "Clip fraction", "Completion length"):
+    for chart in (
+        "Learning rate",
+        "Grad norm",
+        "Tokens / s",
+        "Reward (total and per component)",
+        "KL",
+        "Clip fraction",
+        "Completion length",
+    ):
         expect(page.locator(f'figure[data-chart="{chart}"]')).to_be_visible()
     expect(page.locator('figure[data-chart="Reward (total and per component)"]')).to_contain_text("rewards/brevity")
 
@@ -225,12 +235,14 @@ def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its
     expect(page.locator("#cancel")).to_be_hidden()
 
 
-def test_the_jobs_list_shows_status_and_progress_and_pages(page: Page, live: Live) -> None:
+def test_the_jobs_list_shows_status_and_progress_and_filters(page: Page, live: Live, tmp_path: Path) -> None:
     sign_in(page, live.key)
     expect(page.locator("tr[data-job]").first).to_be_visible()
     rows = page.locator("tr[data-job]")
     assert rows.count() >= 2
     expect(page.locator("tr[data-job]", has_text="grpo from the form").locator(".progress")).to_contain_text("40/40")
+    no_horizontal_scroll(page)
+    screenshot(page, "dashboard-jobs.png", tmp_path)
     page.select_option("select[name=status]", "cancelled")
     expect(page.locator("tr[data-job] .badge")).to_have_text(["cancelled"])
     no_horizontal_scroll(page)

@@ -190,7 +190,7 @@ async function jobPage(id) {
     "section",
     { id: "samples", hidden: !ONLINE.has(job.algorithm) },
     h("h2", {}, "Rollout samples"),
-    h("table", { class: "list samples" }, h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Prompt"), h("th", {}, "Completion"), h("th", {}, "Reward"))), samplesBody),
+    h("div", { class: "scroll" }, h("table", { class: "list samples" }, h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Prompt"), h("th", {}, "Completion"), h("th", {}, "Reward"))), samplesBody)),
   );
   const checkpointsBox = h("div");
   const logBody = h("tbody");
@@ -541,18 +541,27 @@ function datasetsList() {
   table.load();
 }
 
-function messageList(messages) {
-  if (!Array.isArray(messages)) return h("div", { class: "msg" }, typeof messages === "string" ? messages : JSON.stringify(messages));
-  return h("div", {}, ...messages.map((m) => h("div", { class: `msg role-${m.role || m.from || ""}` }, h("span", { class: "role" }, m.role || m.from || "?"), typeof (m.content ?? m.value) === "string" ? (m.content ?? m.value) : JSON.stringify(m.content ?? m.value))));
+function isMessage(v) {
+  return v && typeof v === "object" && !Array.isArray(v) && ("role" in v || "from" in v);
+}
+
+function message(m) {
+  const content = m.content ?? m.value;
+  const role = m.role || m.from || "?";
+  return h("div", { class: `msg role-${role}` }, h("span", { class: "role" }, role), typeof content === "string" ? content.trim() : JSON.stringify(content));
+}
+
+/** A row field: strings as text, message lists as a conversation, objects field by field, the rest as JSON. */
+function valueView(v) {
+  if (typeof v === "string") return h("div", { class: "msg" }, v.trim());
+  if (isMessage(v)) return message(v);
+  if (Array.isArray(v) && v.length && v.every(isMessage)) return h("div", {}, ...v.map(message));
+  if (v && typeof v === "object" && !Array.isArray(v)) return rowView(v);
+  return h("pre", {}, JSON.stringify(v, null, 2));
 }
 
 function rowView(row) {
-  // Each top-level field, messages drawn as a conversation; everything else as JSON.
-  return h(
-    "div",
-    { class: "row-view" },
-    ...Object.entries(row).map(([k, v]) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), typeof v === "string" || Array.isArray(v) ? messageList(v) : h("pre", {}, JSON.stringify(v, null, 2)))),
-  );
+  return h("div", { class: "row-view" }, ...Object.entries(row).map(([k, v]) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), valueView(v))));
 }
 
 async function datasetPage(id) {

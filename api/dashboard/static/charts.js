@@ -87,6 +87,15 @@ export const CHARTS = [
   { id: "length", title: "Completion length", match: (n) => n === "completions/mean_length" },
 ];
 
+/** Axis and legend numbers: 3 significant digits, exponents for tiny or huge values (learning rates). */
+export function fmt(v) {
+  if (v == null || !Number.isFinite(v)) return "--";
+  const a = Math.abs(v);
+  if (a === 0) return "0";
+  if (a < 1e-3 || a >= 1e6) return v.toExponential(1).replace("e+", "e");
+  return String(Number(v.toPrecision(3)));
+}
+
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];
 
 /** One uPlot chart of several series against the step, redrawn from a MetricStore. */
@@ -131,12 +140,13 @@ export class Chart {
         width: this.width(),
         height: 200,
         scales: { x: { time: false } },
-        axes: [{ label: "step", size: 36 }, { size: 56 }],
+        axes: [{ label: "step", size: 36 }, { size: 60, values: (u, splits) => splits.map(fmt) }],
         legend: { live: true },
         series: [
           { label: "step" },
           ...this.names.map((n, i) => ({
             label: n,
+            value: (u, v) => fmt(v),
             stroke: COLORS[i % COLORS.length],
             width: 1.5,
             dash: n.startsWith("eval/") ? [6, 4] : undefined,
