@@ -1,11 +1,15 @@
-"""The dashboard's server side: the page at `/` without a key, its assets, and the hyperparameter
-schemas its job form is generated from (the very classes job create validates with)."""
+"""The dashboard's server side: the page at `/` without a key, its assets, the hyperparameter schemas
+its job form is generated from (the very classes job create validates with), and the dataset preview
+as the trainer parses the rows."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.api.helpers import assert_error, upload_ok
 from trainer.config import HYPERPARAMETERS
 
 
@@ -44,3 +48,26 @@ def test_hyperparameter_schemas_need_a_key_and_a_known_algorithm(client: TestCli
     assert client.get("/v1/hyperparameters/dpo/schema").status_code == 401
     unknown = client.get("/v1/hyperparameters/rlhf/schema", headers=auth)
     assert unknown.status_code == 422 and unknown.json()["error"]["param"] == "algorithm"
+
+
+def test_examples_show_rows_as_the_trainer_splits_them_and_only_to_their_tenant(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str]
+) -> None:
+    rows = [
+        {"chosen": "\n\nHuman: hi there\n\nAssistant: hello!", "rejected": "\n\nHuman: hi there\n\nAssistant: go away"},
+        {"prompt": "2+2?", "chosen": "4", "rejected": "5"},
+    ]
+    # implicit_prompt: the shared prefix is the prompt (as the trainer reads hh-rlhf)
+    dataset = upload_ok(client, auth, json.dumps(rows[0]).encode() + b"\n")
+    page = client.get(f"/v1/datasets/{dataset['id']}/examples", headers=auth).json()
+    (example,) = page["data"]
+    assert example["prompt"].endswith("Human: hi there\n\nAssistant:")
+    assert example["chosen"].strip() == "hello!" and example["rejected"].strip() == "go away"
+    assert page["has_more"] is False and page["offset"] == 0
+
+    standard = upload_ok(client, auth, b"".join(json.dumps(rows[1]).encode() + b"\n" for _ in range(3)))
+    paged = client.get(f"/v1/datasets/{standard['id']}/examples?offset=1&limit=1", headers=auth).json()
+    assert paged["data"] == [{"prompt": "2+2?", "chosen": "4", "rejected": "5", "margin": None}]
+    assert paged["has_more"] is True
+    assert_error(client.get(f"/v1/datasets/{standard['id']}/examples", headers=other_auth), 404)
+    assert_error(client.get(f"/v1/datasets/{standard['id']}/examples?offset=4", headers=auth), 422, param="offset")

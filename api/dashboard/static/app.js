@@ -561,7 +561,7 @@ function valueView(v) {
 }
 
 function rowView(row) {
-  return h("div", { class: "row-view" }, ...Object.entries(row).map(([k, v]) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), valueView(v))));
+  return h("div", { class: "row-view" }, ...Object.entries(row).filter(([, v]) => v !== null).map(([k, v]) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), valueView(v))));
 }
 
 async function datasetPage(id) {
@@ -576,13 +576,20 @@ async function datasetPage(id) {
   const info = h("span", { class: "muted" });
   const prev = h("button", { type: "button" }, "← Previous");
   const next = h("button", { type: "button" }, "Next →");
-  const raw = h("input", { type: "checkbox", name: "raw" });
+  const mode = h(
+    "select",
+    { name: "view" },
+    h("option", { value: "examples" }, "as the trainer parses them"),
+    h("option", { value: "rows" }, "as stored"),
+    h("option", { value: "raw" }, "raw JSON"),
+  );
   let offset = 0;
   const LIMIT = 5;
   async function load() {
     try {
-      const page = await api(`/v1/datasets/${id}/rows?offset=${offset}&limit=${LIMIT}`);
-      clear(rowsBox).append(...page.data.map((row, i) => h("article", { class: "card row-card", "data-row": offset + i }, h("div", { class: "muted" }, `row ${offset + i + 1}`), raw.checked ? h("pre", {}, JSON.stringify(row, null, 2)) : rowView(row))));
+      const endpoint = mode.value === "examples" ? "examples" : "rows";
+      const page = await api(`/v1/datasets/${id}/${endpoint}?offset=${offset}&limit=${LIMIT}`);
+      clear(rowsBox).append(...page.data.map((row, i) => h("article", { class: "card row-card", "data-row": offset + i }, h("div", { class: "muted" }, `row ${offset + i + 1}`), mode.value === "raw" ? h("pre", {}, JSON.stringify(row, null, 2)) : rowView(row))));
       info.textContent = `rows ${offset + 1}–${offset + page.data.length} of ${dataset.rows}`;
       prev.disabled = offset === 0;
       next.disabled = !page.has_more;
@@ -598,12 +605,12 @@ async function datasetPage(id) {
     offset += LIMIT;
     load();
   };
-  raw.onchange = load;
+  mode.onchange = load;
   view.append(
     h("div", { class: "toolbar" }, h("h1", {}, dataset.name), h("span", { class: "badge" }, dataset.kind)),
     h("dl", { class: "summary" }, ...[["id", dataset.id], ["format", dataset.format], ["rows", dataset.rows], ["size", bytes(dataset.bytes)], ["sha256", dataset.sha256], ["created", when(dataset.created_at)]].flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: "mono" }, v)])),
-    h("p", { class: "muted" }, "Rows as stored (the trainer reads these; its model's chat template is applied at training time and is not shown here)."),
-    h("div", { class: "pager" }, prev, info, next, h("label", {}, raw, " raw JSON")),
+    h("p", { class: "muted" }, "“As the trainer parses them” is GET /v1/datasets/{id}/examples: the prompt / chosen / rejected (or completion) split the trainer makes. The base model's chat template is applied at training time and is not shown."),
+    h("div", { class: "pager" }, prev, info, next, mode),
     rowsBox,
   );
   load();
