@@ -113,6 +113,7 @@ def test_a_refused_upload_lists_its_line_errors_and_a_valid_one_uploads_and_prev
     expect(errors.locator("table.details th").first).to_have_text("line")
     expect(errors.locator("table.details tbody tr")).to_have_count(2)
     expect(errors.locator("table.details tbody")).to_contain_text("2")
+    screenshot(page, "dashboard-upload-refused.png", tmp_path)
 
     good = tmp_path / "hh-rlhf-short.jsonl"
     good.write_bytes(short_preference_pairs(12))
@@ -292,10 +293,15 @@ def test_long_series_are_drawn_with_at_most_2000_points_keeping_the_extremes(pag
 def test_hundreds_of_jobs_are_paged_25_at_a_time(page: Page, live: Live) -> None:
     headers = {"Authorization": f"Bearer {live.other_key}"}
     dataset = api_upload(live, live.other_key, "pairs.jsonl", short_preference_pairs(4))
-    for i in range(30):  # created and cancelled at once: queued jobs, so the worker runs none of them
-        body = {"algorithm": "dpo", "base_model": "tiny", "dataset_id": dataset["id"], "name": f"many-{i:02d}"}
-        job = httpx.post(f"{live.url}/v1/jobs", headers=headers, json=body).json()
-        assert httpx.post(f"{live.url}/v1/jobs/{job['id']}/cancel", headers=headers).json()["status"] == "cancelled"
+    for i in range(30):  # one fake step each; the worker works through them while the list is paged
+        body = {
+            "algorithm": "dpo",
+            "base_model": "tiny",
+            "dataset_id": dataset["id"],
+            "name": f"many-{i:02d}",
+            "hyperparameters": {"max_steps": 1},
+        }
+        assert httpx.post(f"{live.url}/v1/jobs", headers=headers, json=body).status_code == 201
     sign_in(page, live.other_key)
     rows = page.locator("tr[data-job]")
     expect(rows).to_have_count(25)

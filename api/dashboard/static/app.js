@@ -33,7 +33,7 @@ function errorBox(err) {
           "tbody",
           {},
           ...rows.map((d) =>
-            h("tr", {}, ...cols.map((c) => h("td", {}, typeof d[c] === "object" ? JSON.stringify(d[c]) : d[c] ?? ""))),
+            h("tr", {}, ...cols.map((c) => h("td", {}, d[c] !== null && typeof d[c] === "object" ? JSON.stringify(d[c]) : d[c] ?? ""))),
           ),
         ),
       ),
@@ -361,6 +361,7 @@ async function jobPage(id) {
     try {
       for await (const ev of sse(`/v1/jobs/${id}/events/stream`, { signal: abort.signal, lastEventId: lastSeq })) {
         if (!ev.data || typeof ev.data !== "object" || ev.data.seq === undefined) continue;
+        if (errorSlot.firstChild) clear(errorSlot); // resumed after a drop
         lastSeq = ev.data.seq;
         const d = ev.data.data || {};
         if (ev.data.type === "metrics") {
@@ -372,7 +373,7 @@ async function jobPage(id) {
         } else if (ev.data.type === "checkpoint") {
           renderCheckpoints();
         }
-        if (ev.data.type !== "metrics" || logRows < MAX_LOG) logEvent(ev);
+        logEvent(ev);
         refreshJob();
       }
     } catch (err) {
