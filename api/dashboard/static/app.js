@@ -426,11 +426,15 @@ async function newJob() {
     dataset_id: withList("dl-datasets"),
     eval_dataset_id: withList("dl-datasets"),
     reward_model_id: withList("dl-reward-models"),
+    reward: (name, prop) => field(name, prop, openapi, { example: '[{"type": "rule", "rule": "contains", "column": "answer", "name": "correct"}]  (grpo/ppo)' }),
+    metadata: (name, prop) => field(name, prop, openapi, { example: '{"team": "search", "ticket": "ALN-12"}' }),
     hyperparameters: () => ({ el: h("fieldset", { class: "field wide", "data-field": "hyperparameters" }, h("legend", {}, "hyperparameters"), hyperBox), read: () => (hyper ? hyper.read() : undefined) }),
   });
   const algorithm = top.fields.find((f) => f.name === "algorithm");
+  let generation = 0;
   async function loadHyper() {
     const alg = algorithm.read();
+    const mine = ++generation; // a slower earlier answer (another algorithm) must not land after this one
     clear(hyperBox);
     hyper = null;
     if (!alg) {
@@ -439,10 +443,12 @@ async function newJob() {
     }
     try {
       const hs = await api(`/v1/hyperparameters/${alg}/schema`);
+      if (mine !== generation) return;
       hyper = objectFields(hs, hs);
+      hyperBox.dataset.algorithm = alg;
       hyperBox.append(...hyper.fields.map((f) => f.el));
     } catch (err) {
-      hyperBox.append(errorBox(err));
+      if (mine === generation) hyperBox.append(errorBox(err));
     }
   }
   algorithm.input.addEventListener("change", loadHyper);

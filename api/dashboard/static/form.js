@@ -42,7 +42,7 @@ function defaultText(schema) {
  * A field for `schema`; returns {el, read, input}. read() gives the value, or undefined when blank,
  * and throws Error(name: reason) for text it cannot turn into the schema's type.
  */
-export function field(name, schemaIn, root, { required = false, datalist = null } = {}) {
+export function field(name, schemaIn, root, { required = false, datalist = null, example = null } = {}) {
   const [schema, nullable] = unwrapNullable(schemaIn, root);
   const [label, help] = describe(name, schema, required);
   const dflt = defaultText(schema);
@@ -120,7 +120,7 @@ export function field(name, schemaIn, root, { required = false, datalist = null 
   }
 
   // Anything else (lists, maps, unions): JSON text, parsed on submit and validated by the server.
-  const area = h("textarea", { name, rows: "3", placeholder: dflt || "JSON", spellcheck: "false" });
+  const area = h("textarea", { name, rows: "3", placeholder: example || dflt || "JSON", spellcheck: "false" });
   return {
     el: h("label", { class: "field wide", "data-field": name }, label, area, help),
     input: area,
