@@ -169,6 +169,10 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
     screenshot(page, "dashboard-new-job.png", tmp_path)
     hyper.locator('[data-field="learning_rate"] input').fill("")
     hyper.locator('[data-field="max_steps"] input').fill("40")
+    lora = form.locator('[data-field="lora"]')
+    expect(lora.locator('[data-field="r"]')).to_be_hidden()  # null (full fine-tuning) unless switched on
+    lora.locator('input[name="lora.enabled"]').check()
+    lora.locator('[data-field="r"] input').fill("8")
     form.locator("button[type=submit]").click()
     expect(page).to_have_url(re.compile(r"#/jobs/job[-_]"))
     job_id = page.url.rsplit("/", 1)[-1]
@@ -218,6 +222,9 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
 
     listed = httpx.get(f"{live.url}/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {live.key}"}).json()
     assert listed["name"] == "grpo from the form" and listed["hyperparameters"]["max_steps"] == 40
+    assert listed["hyperparameters"]["learning_rate"] == 1e-6  # left blank: the server's default
+    assert listed["lora"]["r"] == 8 and listed["lora"]["alpha"] == 32
+    assert listed["reward"][0]["name"] == "brevity"
 
 
 def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its_page(page: Page, live: Live) -> None:
