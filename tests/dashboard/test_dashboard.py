@@ -320,3 +320,37 @@ def test_hundreds_of_jobs_are_paged_25_at_a_time(page: Page, live: Live) -> None
     page.get_by_role("button", name="← Newer").click()
     expect(rows).to_have_count(25)
     expect(rows.first).to_contain_text("many-29")
+
+
+def test_the_sse_reader_splits_events_across_chunks_and_line_endings(page: Page, live: Live) -> None:
+    """The fetch-based reader (EventSource cannot send the Bearer header) against awkward chunking:
+    CRLF split between chunks, comments (pings), multi-line data, an event cut mid-field."""
+    page.goto("/")
+    events = page.evaluate(
+        """async () => {
+            const { sse } = await import('/dashboard/api.js');
+            const chunks = [': ping\\r\\n\\r', '\\nid: 1\\r\\nevent: metrics\\r\\ndata: {"seq": 1, ',
+                            '"type": "metrics"}\\r\\n\\r\\n', 'id: 2\\nevent: log\\ndata: line one\\ndata: line two\\n',
+                            '\\nid: 3\\rdata: {"seq"', ': 3}\\r\\r'];
+            const seen = {};
+            window.fetch = async (url, init) => {
+                seen.url = url; seen.headers = init.headers;
+                const body = new ReadableStream({ start(c) {
+                    for (const chunk of chunks) c.enqueue(new TextEncoder().encode(chunk));
+                    c.close();
+                } });
+                return new Response(body, { status: 200, headers: { 'Content-Type': 'text/event-stream' } });
+            };
+            const out = [];
+            for await (const ev of sse('/v1/jobs/job_x/events/stream', { lastEventId: 7 })) out.push(ev);
+            return { out, seen };
+        }"""
+    )
+    assert events["out"] == [
+        {"id": "1", "event": "metrics", "data": {"seq": 1, "type": "metrics"}},
+        {"id": "2", "event": "log", "data": "line one\nline two"},
+        {"id": "3", "event": "message", "data": {"seq": 3}},
+    ]
+    assert events["seen"]["headers"]["Last-Event-ID"] == "7"
+    assert events["seen"]["headers"]["Accept"] == "text/event-stream"
+    assert "key" not in events["seen"]["url"] and "token" not in events["seen"]["url"]

@@ -100,13 +100,13 @@ export async function* sse(path, { signal, lastEventId } = {}) {
   let event = { id: null, event: "message", data: [] };
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) return;
-    buffer += value;
+    if (!done) buffer += value;
     let start = 0;
     const lineEnd = /\r\n|\r|\n/g;
     let m;
     while ((m = lineEnd.exec(buffer)) !== null) {
-      if (m[0] === "\r" && m.index === buffer.length - 1) break; // may be half of a \r\n
+      // a \r at the end of what arrived may be half of a \r\n: wait for more, unless the stream ended
+      if (m[0] === "\r" && m.index === buffer.length - 1 && !done) break;
       const line = buffer.slice(start, m.index);
       start = m.index + m[0].length;
       if (line === "") {
@@ -132,6 +132,7 @@ export async function* sse(path, { signal, lastEventId } = {}) {
       }
     }
     buffer = buffer.slice(start);
+    if (done) return; // an event without its blank line is dropped, as EventSource does
   }
 }
 
