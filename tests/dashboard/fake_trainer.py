@@ -42,7 +42,10 @@ def main() -> int:
 
         emit(type="log", level="info", message=f"fake {algorithm} trainer: {total} steps")
         for step in range(1, total + 1):
-            time.sleep(delay)
+            # A long run (>= 100 steps) idles after step 10, so cancelling it does not coincide with a
+            # relayed event: on SQLite two processes appending events to one job at once can collide
+            # on the event seq (the row lock is a no-op there), which would make the cancel test flaky.
+            time.sleep(delay if total < 100 or step <= 10 else 5.0)
             values: dict[str, float] = {
                 "loss": 1.0 / step + 0.05 * math.sin(step),
                 "learning_rate": 1e-5 * (1 - step / total),

@@ -245,6 +245,7 @@ def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its
     expect(page.locator('figure[data-chart="Loss"]')).to_contain_text("eval/loss")
     expect(page.locator('figure[data-chart="DPO reward accuracy"]')).to_be_visible()
     expect(page.locator("#samples")).to_be_hidden()
+    expect(page.locator(".toolbar .progress")).to_contain_text("10/400", timeout=30_000)  # idle from here
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel").click()
     expect(page.locator(".badge[data-status=cancelled]").first).to_be_visible(timeout=30_000)
