@@ -18,7 +18,9 @@ from api.core.openapi import OPENAI_PATHS
 from api.core.openapi import install as install_openapi
 from api.core.settings import get_settings
 from api.core.validation import error_details
+from api.dashboard import mount_dashboard
 from api.datasets.router import router as datasets_router
+from api.jobs.router import hyperparameters_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
 from api.openai_compat.errors import to_openai
@@ -118,10 +120,12 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(HttpMetrics)  # outermost: latency by route template, every status counted
     app.include_router(ops_router)
-    for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
+    for router in (datasets_router, jobs_router, hyperparameters_router, checkpoints_router, reward_models_router):
         app.include_router(router, prefix="/v1")
+    app.include_router(models_router, prefix="/v1")
     # OpenAI's fine-tuning API (api/openai_compat) answers errors in OpenAI's own shape.
     for router in (openai_files_router, openai_jobs_router):
         app.include_router(router, prefix="/v1")
+    mount_dashboard(app)
     install_openapi(app)
     return app

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the servers the tests start (Postgres, Redis) from Debian packages when absent.
+# Installs the servers the tests start (Postgres, Redis) and the browser the dashboard tests drive
+# (headless Chromium) from Debian packages when absent.
 # Tests start and stop their own instances on loopback (tests/services.py); nothing runs here.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v chromium >/dev/null || need+=(chromium)
 id postgres >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

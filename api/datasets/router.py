@@ -1,7 +1,9 @@
-"""/v1/datasets: upload (multipart, streamed), pre-flight validate, list, get, preview rows, delete."""
+"""/v1/datasets: upload (multipart, streamed), pre-flight validate, list, get, preview rows (as stored and as
+the trainer parses them), delete."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -11,8 +13,9 @@ from api.core.errors import InvalidRequest
 from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
 from api.core.uploads import stream_multipart
 from api.datasets import service
-from api.datasets.schemas import DatasetPublic, DatasetRows, DatasetValidation
+from api.datasets.schemas import DatasetExamples, DatasetPublic, DatasetRows, DatasetValidation
 from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from trainer.formats import RowError, parse_row
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -140,6 +143,29 @@ def preview_rows(
     dataset = service.get_dataset(session, tenant.id, dataset_id)
     rows, has_more = service.preview_rows(storage, dataset, offset=offset, limit=limit)
     return DatasetRows(data=rows, offset=offset, has_more=has_more)
+
+
+@router.get("/{dataset_id}/examples")
+def preview_examples(
+    dataset_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0, le=service.MAX_ROWS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> DatasetExamples:
+    """Preview rows as the trainer parses them: prompt/chosen/rejected (or prompt/completion) split out."""
+    dataset = service.get_dataset(session, tenant.id, dataset_id)
+    rows, has_more = service.preview_rows(storage, dataset, offset=offset, limit=limit)
+    examples = [_example(row, dataset.format) for row in rows]
+    return DatasetExamples(data=examples, offset=offset, has_more=has_more)
+
+
+def _example(row: Any, fmt: str) -> dict[str, Any]:
+    try:
+        return dataclasses.asdict(parse_row(row, fmt))
+    except RowError as exc:  # stored under older rules than the trainer's current ones
+        return {"error": {"field": exc.field, "message": exc.message}}
 
 
 @router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "a live job uses it"}})

@@ -44,3 +44,13 @@ class DatasetRows(BaseModel):
     """The rows as uploaded (JSON objects), blank lines skipped."""
     offset: int
     has_more: bool
+
+
+class DatasetExamples(BaseModel):
+    data: list[dict[str, Any]]
+    """The rows as the trainer reads them (`trainer.formats.parse_row` with the dataset's format): preference
+    rows as {prompt, chosen, rejected, margin}, prompt rows as {prompt, columns}, SFT rows as {prompt,
+    completion}; each text a string or a list of {role, content} messages. The model's chat template is
+    applied later, by the trainer, and is not applied here."""
+    offset: int
+    has_more: bool

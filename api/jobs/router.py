@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
@@ -16,9 +16,10 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.jobs import service
 from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
 from api.jobs.stream import event_stream
-from trainer.config import Algorithm
+from trainer.config import HYPERPARAMETERS, Algorithm
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+hyperparameters_router = APIRouter(prefix="/hyperparameters", tags=["jobs"])
 
 SeqQuery = Annotated[int, Query(ge=0, le=DB_INT_MAX, description="Return events with seq greater than this.")]
 
@@ -133,3 +134,10 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> Pag
     """List a job's checkpoints by step."""
     job = service.get_job(session, tenant.id, job_id)
     return Page(data=[CheckpointPublic.model_validate(c) for c in list_for_job(session, job.id)], has_more=False)
+
+
+@hyperparameters_router.get("/{algorithm}/schema")
+def hyperparameters_schema(algorithm: Algorithm, tenant: TenantDep) -> dict[str, Any]:
+    """The JSON schema of an algorithm's `hyperparameters` (the config class job create validates them with:
+    defaults, bounds, descriptions); the dashboard builds its job form from it and JobCreate's schema."""
+    return HYPERPARAMETERS[algorithm].model_json_schema()

@@ -23,6 +23,7 @@ V1_ROUTES = [
     ("POST", "/v1/datasets/validate"),
     ("GET", "/v1/datasets/ds_x"),
     ("GET", "/v1/datasets/ds_x/rows"),
+    ("GET", "/v1/datasets/ds_x/examples"),
     ("DELETE", "/v1/datasets/ds_x"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
@@ -32,6 +33,7 @@ V1_ROUTES = [
     ("GET", "/v1/jobs/job_x/events/stream"),
     ("GET", "/v1/jobs/job_x/metrics"),
     ("GET", "/v1/jobs/job_x/checkpoints"),
+    ("GET", "/v1/hyperparameters/dpo/schema"),
     ("GET", "/v1/checkpoints/ckpt_x"),
     ("GET", "/v1/checkpoints/ckpt_x/download"),
     ("GET", "/v1/reward-models"),
@@ -63,6 +65,7 @@ def test_every_v1_route_is_in_the_list_above(client: TestClient) -> None:
     listed = {(m, p.replace("ds_x", "{dataset_id}").replace("job_x", "{job_id}")) for m, p in V1_ROUTES}
     listed = {(m, p.replace("ckpt_x", "{checkpoint_id}").replace("rm_x", "{reward_model_id}")) for m, p in listed}
     listed = {(m, p.replace("file_x", "{file_id}").replace("ftj_x", "{fine_tuning_job_id}")) for m, p in listed}
+    listed = {(m, p.replace("/dpo/", "/{algorithm}/")) for m, p in listed}
     assert declared == listed
 
 
