@@ -5,7 +5,7 @@ PYTHON ?= python3
 DATA_DIR ?= alignd-data
 PORT ?= 8000
 
-.PHONY: install services test test-fast lint format demo serve bench clean
+.PHONY: install services test test-fast soak load lint format demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: install services
 
 test-fast: install services
 	$(VENV)/bin/pytest -m "not slow"
+
+# The fault suite's long variants: every kill phase at several seeds (ALIGND_FAULT_SEED moves them).
+soak: install services
+	$(VENV)/bin/pytest -m soak -p no:randomly
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -21,8 +21,13 @@
 5. Remove the attempt's local checkpoint and dataset copies (the store has them); SPEC.json,
    events.jsonl and trainer.log stay in the attempt folder for debugging.
 
-A warm shutdown of the worker (SIGTERM) waits for the running job, as Celery does for any task; a
-cold one (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
+A warm shutdown of the worker (SIGTERM) hands the running job back at once rather than waiting for
+it to finish (hours): the worker's main process forwards HANDBACK_SIGNAL to its pool processes
+(worker/main.py), the runner's loop then stops the trainer (SIGTERM: the trainer stops at once and
+saves nothing more, so the job resumes from its last checkpoint), relays what it wrote and moves the
+job back to `queued` through the life cycle (`hand_back`, the attempt counted), and sends it to the
+broker, so another worker resumes it within seconds instead of after the lease expires. A cold
+shutdown (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
 its lease expires.
 """
 
@@ -36,7 +41,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from billiard.process import current_process
@@ -62,10 +69,25 @@ POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 30.0
 EXIT_AFTER_DONE_SECONDS = 60.0
 STDERR_TAIL_LINES = 20
+HANDBACK_GRACE_SECONDS = 10.0
+"""How long a trainer stopped for a hand-back may take to exit before it is killed."""
+
+HANDBACK_SIGNAL = signal.SIGUSR2
+"""Sent by the worker's main process to its pool processes on a warm shutdown (worker/main.py)."""
+HANDBACK = threading.Event()
+"""Set in a pool process by HANDBACK_SIGNAL: give the running job back and take no other."""
 
 
-def run_job(job_id: str, settings: Settings) -> None:
-    """Run job `job_id` to a final status, unless another delivery already claimed it."""
+def request_handback(signum: int = 0, frame: object = None) -> None:
+    """The HANDBACK_SIGNAL handler of a pool process (installed by worker/main.py)."""
+    HANDBACK.set()
+
+
+def run_job(job_id: str, settings: Settings, send: Callable[[str], None] | None = None) -> None:
+    """Run job `job_id` to a final status, unless another delivery already claimed it.
+
+    `send` tells the broker a job is ready again (a hand-back on shutdown); without it a handed-back
+    job is sent by a reaper (its `enqueued_at` is NULL)."""
     sessions = session_factory(settings)
     attempt = claim(sessions, job_id, worker_name(settings), settings)
     if attempt is None:
@@ -73,7 +95,9 @@ def run_job(job_id: str, settings: Settings) -> None:
         return
     logger.info("job %s: attempt %d on %s", job_id, attempt.number, attempt.worker_id)
     try:
-        _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url, settings), settings)
+        outcome = _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url, settings), settings)
+        if outcome == "handed_back":
+            _hand_back(sessions, attempt, send)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
@@ -87,10 +111,12 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> None:
+def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> str:
     # The heartbeat covers the preparation too: extracting a large checkpoint can outlast a lease.
     with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
         spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
+        if HANDBACK.is_set():  # shut down while preparing: no trainer to stop
+            return "handed_back"
         events_file = attempt.workdir / "events.jsonl"
         events_file.unlink(missing_ok=True)
         log_file = attempt.workdir / "trainer.log"
@@ -105,6 +131,7 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Sto
         _conclude(sessions, attempt, "cancelled")
     elif outcome == "crashed":
         _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+    return outcome
 
 
 def _prepare(
@@ -184,7 +211,7 @@ def _die_with_parent() -> None:
 
 
 def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: Heartbeat) -> str:
-    """Relay until the trainer exits; returns 'finished', 'cancelled' or 'crashed'."""
+    """Relay until the trainer exits; returns 'finished', 'cancelled', 'crashed' or 'handed_back'."""
     done_at: float | None = None
     while True:
         relay.pump()
@@ -198,6 +225,10 @@ def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: H
             stop_trainer(trainer)
             relay.pump()
             return "finished" if relay.terminal else "cancelled"
+        elif HANDBACK.is_set():  # warm shutdown: stop now, keep what was relayed, give the job back
+            stop_trainer(trainer, HANDBACK_GRACE_SECONDS)
+            relay.pump()
+            return "finished" if relay.terminal else "handed_back"
         elif trainer.poll() is not None:
             relay.pump()
             return "finished" if relay.terminal else "crashed"
@@ -246,6 +277,16 @@ def _tail(path: Path, lines: int) -> str:
 def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str) -> None:
     with sessions() as session, session.begin():
         lifecycle.transition(session, lock_owned_job(session, attempt), status)
+
+
+def _hand_back(sessions: sessionmaker[Session], attempt: Attempt, send: Callable[[str], None] | None) -> None:
+    """Give the job back to the queue (warm shutdown) and send it, so another worker resumes it now."""
+    with sessions() as session:
+        with session.begin():
+            status = lifecycle.hand_back(session, lock_owned_job(session, attempt), "the worker is shutting down")
+        if status == "queued" and send is not None:
+            lifecycle.enqueue(session, [attempt.job_id], send)
+    logger.info("job %s: handed back on shutdown; now %s", attempt.job_id, status)
 
 
 def _fail(sessions: sessionmaker[Session], attempt: Attempt, code: str, message: str) -> None:
