@@ -62,7 +62,9 @@ def submit(
         with db() as session:
             dataset = add_dataset(session, storage, tenant.id)
             hyperparameters = {"max_steps": max_steps, "save_every": save_every}
-            job_id = add_job(session, tenant.id, dataset.id, "org/hub-model", hyperparameters=hyperparameters, **fields).id
+            job_id = add_job(
+                session, tenant.id, dataset.id, "org/hub-model", hyperparameters=hyperparameters, **fields
+            ).id
         send_job(job_id)
         return job_id
 
