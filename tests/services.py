@@ -10,6 +10,7 @@ over HTTP, so boto3 talks to it exactly as to AWS or MinIO.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -191,3 +192,69 @@ def redis_server() -> Iterator[str]:
         procs[-1].terminate()
         procs[-1].wait(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback in front of `target` (host, port) whose link can be cut and restored.
+
+    Cut, it closes every open connection and refuses new ones, as a store that went down does; the
+    server behind it keeps its state, so a test can look at what was written once it is restored.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target, self.port = target, free_port()
+        self.up = threading.Event()
+        self._links: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self.up.set()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        self.up.clear()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for sock in self._links:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._links.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while self.up.is_set():
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self._lock:
+                self._links += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.checkpoints.archive import extract_archive
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import Storage, storage_from_url
+from api.core.storage import Storage, StorageUnavailable, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
@@ -102,6 +102,9 @@ def run_job(job_id: str, settings: Settings, send: Callable[[str], None] | None 
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
         _fail(sessions, attempt, "invalid_reference", str(exc))
+    except StorageUnavailable as exc:  # not retried: the store needs an operator; checkpoints saved stay
+        message = f"The artifact store failed while this job read or saved its files: {exc}"
+        _fail(sessions, attempt, "storage_unavailable", message + " Resubmit the job once the store is back.")
     except Exception as exc:
         logger.exception("job %s: worker error", job_id)
         _fail(sessions, attempt, "worker_error", f"The worker failed while preparing or relaying this job: {exc}")

@@ -10,6 +10,7 @@ a deadline. Longer, repeated variants carry the `soak` marker (`make soak`).
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -29,7 +30,7 @@ from api.core.settings import Settings
 from api.core.storage import FileStorage, Storage
 from tests.conftest import TenantKey
 from tests.hub_cache import cached_hub_model
-from tests.services import restart_server
+from tests.services import CuttableProxy, restart_server, s3_client
 from tests.worker.conftest import (
     WorkerProcess,
     add_dataset,
@@ -312,7 +313,7 @@ def test_queued_jobs_whose_messages_redis_lost_still_run_once_and_the_running_jo
         assert_job_is_whole(db, storage, job_id, total=total)
     assert all(job_row(db, job_id).enqueued_at > restarted for job_id in queued)  # a reaper sent them again
     runs = sorted((job_row(db, j).started_at, job_row(db, j).finished_at) for j in [running, *queued])
-    assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:], strict=False))  # one slot: never two at once
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(runs))  # one slot: never two at once
 
 
 # --- the broker's visibility timeout ------------------------------------------------------------------
@@ -330,3 +331,32 @@ def test_a_job_longer_than_the_visibility_timeout_is_not_run_twice(
     assert f"job {job_id} is not queued any more" in logs  # the redelivery happened and found it claimed
     assert job.attempt == 1 and statuses(db, job_id) == ["queued", "running", "succeeded"]
     assert_job_is_whole(db, storage, job_id, total=70)
+
+
+# --- the artifact store failing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["s3"])
+def test_a_job_whose_artifact_store_goes_down_fails_saying_so_and_leaves_nothing_half_written(
+    start_worker: StartWorker, submit: Callable[..., str], db: sessionmaker[Session], worker_settings: Settings,
+    s3_endpoint: str,
+) -> None:  # fmt: skip
+    # Decision: not retried. A store that is down needs an operator, and every attempt would fail the
+    # same way; the job fails at once naming the store, and the checkpoints it saved before stay.
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = CuttableProxy((host, int(port)))  # the worker reaches the S3 server only through it
+    start_workers(start_worker, 1, ALIGND_S3_ENDPOINT_URL=proxy.url, FAKE_CHECKPOINT_BYTES=str(2 * 1024**2))
+    job_id = submit(max_steps=60)
+    wait_for(lambda: checkpoints_of(db, job_id), 60, "a first checkpoint")
+
+    proxy.cut()
+    job = wait_for_status(db, job_id, FINAL, timeout=90)
+    proxy.restore()
+
+    assert job.status == "failed" and job.error_code == "storage_unavailable", (job.error_code, job.error_message)
+    assert "artifact store" in (job.error_message or "") and not trainer_pids(job_id)
+    bucket, prefix = worker_settings.resolved_storage_url.removeprefix("s3://").split("/", 1)
+    listed = s3_client(s3_endpoint).list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/checkpoints/{job_id}/")
+    keys = {item["Key"].removeprefix(f"{prefix}/") for item in listed.get("Contents", [])}
+    assert keys == {c.storage_key for c in checkpoints_of(db, job_id)}  # no archive without its row, nor the reverse
+    assert all(c.kind == "intermediate" for c in checkpoints_of(db, job_id)) and job.output_checkpoint_id is None
