@@ -31,6 +31,10 @@ test-fast: install services
 soak: install services
 	$(VENV)/bin/pytest -m soak -p no:randomly
 
+# Load against the real API on Postgres (its own Postgres, Redis, API and fake-trainer workers); figures in README.
+load: install services
+	$(PY) bench/load.py --out bench/out/load.json
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
