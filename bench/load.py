@@ -97,14 +97,28 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
     stats = Stats()
     rng = random.Random(args.seed)
     limits = httpx.Limits(max_connections=args.streams + args.pollers + 50)
-    async with httpx.AsyncClient(base_url=base_url, timeout=30, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         await wait_healthy(client, time.monotonic() + 90)
+
+        async def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+            """One request; a connection the server closed (keep-alive race) is retried and counted.
+            Job submissions carry an Idempotency-Key, so a retried POST creates one job."""
+            for attempt in range(5):
+                try:
+                    r = await client.request(method, url, **kwargs)
+                except httpx.TransportError:
+                    stats.transport_errors += 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                stats.record(r)
+                return r
+            raise RuntimeError(f"{method} {url}: no response after 5 tries")
+
         rows = _pairs()
         datasets = []
         for key in keys:
             files = {"file": ("pairs.jsonl", rows)}
-            r = await client.post("/v1/datasets", files=files, headers=_auth(key))
-            stats.record(r)
+            r = await call("POST", "/v1/datasets", files=files, headers=_auth(key))
             r.raise_for_status()
             datasets.append(r.json()["id"])
 
@@ -119,9 +133,9 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 "dataset_id": datasets[t],
                 "hyperparameters": {"max_steps": args.steps, "save_every": max(1, args.steps // 2)},
             }
-            r = await client.post("/v1/jobs", json=body, headers=_auth(keys[t]))
-            stats.record(r)
-            if r.status_code != 201:
+            headers = {**_auth(keys[t]), "Idempotency-Key": f"load-{args.seed}-{i}"}
+            r = await call("POST", "/v1/jobs", json=body, headers=headers)
+            if r.status_code not in (200, 201):
                 raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
             jobs.append((r.json()["id"], keys[t]))
 
@@ -164,8 +178,7 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 if r.status_code == 200 and r.json()["status"] in FINAL:
                     finished[job_id] = r.json()["status"]
                 if rng.random() < 0.1:
-                    r = await client.get("/v1/jobs", params={"limit": 20}, headers=_auth(key))
-                    stats.record(r)
+                    await call("GET", "/v1/jobs", params={"limit": 20}, headers=_auth(key))
                 await asyncio.sleep(args.poll_interval)
 
         async def sweep() -> None:  # makes sure every job is looked at, not only the random ones
@@ -173,11 +186,11 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 for job_id, key in jobs:
                     if job_id in finished:
                         continue
-                    r = await client.get(f"/v1/jobs/{job_id}", headers=_auth(key))
-                    stats.record(r)
+                    r = await call("GET", f"/v1/jobs/{job_id}", headers=_auth(key))
                     if r.status_code == 200 and r.json()["status"] in FINAL:
                         finished[job_id] = r.json()["status"]
-                await asyncio.sleep(1)
+                print(f"{time.strftime('%H:%M:%S')} {len(finished)}/{len(jobs)} jobs final", file=sys.stderr)
+                await asyncio.sleep(5)
 
         load_started = time.monotonic()
         streamed = rng.sample(jobs, min(args.streams, len(jobs)))
@@ -187,7 +200,7 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         # Exactly once: one claim per job (status events queued, running, succeeded; attempt 1).
         once, not_once = 0, []
         for job_id, key in jobs:
-            r = await client.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=_auth(key))
+            r = await call("GET", f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=_auth(key))
             statuses = [e["data"]["status"] for e in r.json()["data"] if e["type"] == "status"]
             if statuses == ["queued", "running", "succeeded"]:
                 once += 1
@@ -243,7 +256,8 @@ def main() -> int:
 
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="alignd-load-")))
-        pg = create_database(stack.enter_context(postgres_server()), "alignd_load")
+        # Every worker holds a few connections (reaper, heartbeat, relay) and each API process a pool.
+        pg = create_database(stack.enter_context(postgres_server("-c max_connections=400")), "alignd_load")
         redis = stack.enter_context(redis_server())
         env = {
             **os.environ,
@@ -286,6 +300,11 @@ def main() -> int:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             reset_caches()
+            if args.out:  # keep the servers' logs beside the figures
+                logs = args.out.parent / "load-logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                for log in root.glob("*.log"):
+                    (logs / log.name).write_bytes(log.read_bytes())
     result["parameters"] = {k: v for k, v in vars(args).items() if k != "out"}
     result["machine"] = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"

@@ -58,8 +58,9 @@ def restart_server(url: str, down_seconds: float = 0.0) -> None:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a throwaway Postgres cluster; yields a SQLAlchemy URL of database `postgres`."""
+def postgres_server(options: str = "") -> Iterator[str]:
+    """Start a throwaway Postgres cluster; yields a SQLAlchemy URL of database `postgres`.
+    `options`: more server settings, as `-c name=value ...`."""
     root = Path(tempfile.mkdtemp(prefix="alignd-pg-"))
     datadir = root / "data"
     if os.geteuid() == 0:
@@ -70,7 +71,7 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off {options}".strip()
     pg_ctl = [_pg_bin("pg_ctl"), "-D", str(datadir)]
     start = _as_postgres([*pg_ctl, "-o", opts, "-l", str(root / "log"), "-w", "start"])
     subprocess.run(start, check=True, capture_output=True)

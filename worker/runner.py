@@ -119,6 +119,7 @@ def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Sto
     with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
         spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
         if HANDBACK.is_set():  # shut down while preparing: no trainer to stop
+            _remove_model_copies(attempt)
             return "handed_back"
         events_file = attempt.workdir / "events.jsonl"
         events_file.unlink(missing_ok=True)
