@@ -13,9 +13,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from billiard.process import active_children
 from celery import signals
 
 from api.core.broker import sender
@@ -68,10 +68,20 @@ def _hand_back_running_jobs(how: str = "Warm", **_: Any) -> None:
     instead of Celery waiting for the running task (a training job can run for hours)."""
     if how != "Warm":
         return  # a cold shutdown terminates the pool; the trainers die with it and the lease expires
-    for child in active_children():
-        if child.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, runner.HANDBACK_SIGNAL)
+    for pid in _child_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, runner.HANDBACK_SIGNAL)
+
+
+def _child_pids() -> list[int]:
+    """This process's children (the pool processes), read from /proc. Not billiard's active_children():
+    that reaps children that already exited, which the pool must see exit itself or its shutdown hangs."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def job_slots(settings: Settings) -> int:
