@@ -5,7 +5,7 @@ PYTHON ?= python3
 DATA_DIR ?= alignd-data
 PORT ?= 8000
 
-.PHONY: install services test test-fast fuzz lint format demo serve bench clean
+.PHONY: install services test test-fast fuzz soak load lint format demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,14 @@ test-fast: install services
 FUZZ_EXAMPLES ?= 1000
 fuzz: install services
 	ALIGND_FUZZ_LONG=1 ALIGND_FUZZ_LONG_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -m fuzz_long tests/e2e/test_openapi_fuzz.py
+
+# The fault suite's long variants: every kill phase at several seeds (ALIGND_FAULT_SEED moves them).
+soak: install services
+	$(VENV)/bin/pytest -m soak -p no:randomly
+
+# Load against the real API on Postgres (its own Postgres, Redis, API and fake-trainer workers); figures in README.
+load: install services
+	$(PY) bench/load.py --out bench/out/load.json
 
 lint: install
 	$(VENV)/bin/ruff check .

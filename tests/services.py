@@ -10,6 +10,7 @@ over HTTP, so boto3 talks to it exactly as to AWS or MinIO.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,9 +46,21 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return cmd
 
 
+_restarts: dict[str, Callable[[float], None]] = {}
+"""URL of a server these helpers started -> how to restart it (restart_server)."""
+
+
+def restart_server(url: str, down_seconds: float = 0.0) -> None:
+    """Stop a Postgres or Redis server started here (at once, as a crash or failover would) and start
+    it again on the same port after `down_seconds`. Postgres keeps its data (its clients lose their
+    connections); Redis has no persistence here, so it comes back empty (queued messages are lost)."""
+    _restarts[url.rsplit("/", 1)[0]](down_seconds)
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Start a throwaway Postgres cluster; yields a SQLAlchemy URL of database `postgres`."""
+def postgres_server(options: str = "") -> Iterator[str]:
+    """Start a throwaway Postgres cluster; yields a SQLAlchemy URL of database `postgres`.
+    `options`: more server settings, as `-c name=value ...`."""
     root = Path(tempfile.mkdtemp(prefix="alignd-pg-"))
     datadir = root / "data"
     if os.geteuid() == 0:
@@ -58,14 +71,20 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run(
-        _as_postgres([_pg_bin("pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(root / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )
+    opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off {options}".strip()
+    pg_ctl = [_pg_bin("pg_ctl"), "-D", str(datadir)]
+    start = _as_postgres([*pg_ctl, "-o", opts, "-l", str(root / "log"), "-w", "start"])
+    subprocess.run(start, check=True, capture_output=True)
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+
+    def restart(down_seconds: float) -> None:
+        subprocess.run(_as_postgres([*pg_ctl, "-m", "immediate", "-w", "stop"]), check=True, capture_output=True)
+        time.sleep(down_seconds)
+        subprocess.run(start, check=True, capture_output=True)
+
+    _restarts[url.rsplit("/", 1)[0]] = restart
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield url
     finally:
         subprocess.run(
             _as_postgres([_pg_bin("pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"]),
@@ -143,36 +162,100 @@ def redis_server() -> Iterator[str]:
         raise RuntimeError("redis-server not found: run scripts/install-services.sh (make test does)")
     port = free_port()
     root = tempfile.mkdtemp(prefix="alignd-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            root,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("redis-server did not start")
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        root,
+    ]
+    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    _wait_for_port(port, procs[-1], "redis-server", timeout=20)
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def restart(down_seconds: float) -> None:
+        procs[-1].kill()
+        procs[-1].wait(10)
+        time.sleep(down_seconds)
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        _wait_for_port(port, procs[-1], "redis-server", timeout=20)
+
+    _restarts[url.rsplit("/", 1)[0]] = restart
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        procs[-1].terminate()
+        procs[-1].wait(10)
         shutil.rmtree(root, ignore_errors=True)
+
+
+class CuttableProxy:
+    """A TCP proxy on loopback in front of `target` (host, port) whose link can be cut and restored.
+
+    Cut, it closes every open connection and refuses new ones, as a store that went down does; the
+    server behind it keeps its state, so a test can look at what was written once it is restored.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target, self.port = target, free_port()
+        self.up = threading.Event()
+        self._links: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self.up.set()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        self.up.clear()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for sock in self._links:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._links.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while self.up.is_set():
+            try:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.target)
+            except OSError:
+                return
+            with self._lock:
+                self._links += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

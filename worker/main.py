@@ -7,12 +7,20 @@ Celery's prefork pool then forks breaks CUDA in the children.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+from celery import signals
 
 from api.core.broker import sender
 from api.core.settings import Settings
+from worker import runner
 from worker.celery_app import create_app
 from worker.reaper import ReaperThread
 
@@ -24,7 +32,9 @@ def run_worker(settings: Settings, extra_args: list[str] | None = None) -> None:
     if settings.worker_gpus is None:
         settings = settings.model_copy(update={"worker_gpus": count_gpus()})
     app = create_app(settings)
-    reaper = ReaperThread(settings, sender(app, settings.queue))
+    signals.worker_process_init.connect(_install_handback_handler, weak=False)
+    signals.worker_shutting_down.connect(_hand_back_running_jobs, weak=False)
+    reaper = ReaperThread(settings, sender(app, settings.queue), settings.resend_unclaimed_seconds)
     reaper.start()
     argv = [
         "worker",
@@ -46,6 +56,32 @@ def run_worker(settings: Settings, extra_args: list[str] | None = None) -> None:
         app.worker_main(argv)
     finally:
         reaper.stop()
+
+
+def _install_handback_handler(**_: Any) -> None:
+    """In each pool process: HANDBACK_SIGNAL asks the running job to be handed back (worker/runner.py)."""
+    signal.signal(runner.HANDBACK_SIGNAL, runner.request_handback)
+
+
+def _hand_back_running_jobs(how: str = "Warm", **_: Any) -> None:
+    """In the main process, on a warm shutdown: tell every pool process to hand its job back now,
+    instead of Celery waiting for the running task (a training job can run for hours)."""
+    if how != "Warm":
+        return  # a cold shutdown terminates the pool; the trainers die with it and the lease expires
+    for pid in _child_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, runner.HANDBACK_SIGNAL)
+
+
+def _child_pids() -> list[int]:
+    """This process's children (the pool processes), read from /proc. Not billiard's active_children():
+    that reaps children that already exited, which the pool must see exit itself or its shutdown hangs."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == me:
+                found.append(int(stat.parent.name))
+    return found
 
 
 def job_slots(settings: Settings) -> int:

@@ -9,7 +9,12 @@ presumed dead (killed, out of memory, machine gone), and the job life cycle deci
   attempt and resumes from the last checkpoint) and is sent to the broker again after the commit.
 
 It also sends again every queued job whose id never reached the broker (`enqueued_at` is NULL:
-the API's send failed, e.g. the broker was down at submit time). Both go through the life cycle's
+the API's send failed, e.g. the broker was down at submit time), and every queued job that was
+sent more than `resend_unclaimed_seconds` ago and is still not claimed: the broker accepted the
+message and then lost it (Redis restarted without persistence, a failover, a flushed queue). The
+database cannot tell a lost message from one still waiting behind other jobs, so a job waiting
+that long gets one more message per period; the extra deliveries find it claimed or still queued
+and the claim takes it once. Both go through the life cycle's
 `enqueue` (commit, send, mark sent); a duplicate delivery is harmless because claiming is one
 conditional UPDATE.
 
@@ -56,22 +61,26 @@ def reap_expired(session: Session, send: lifecycle.Send) -> list[str]:
     return requeued
 
 
-def resend_unsent(session: Session, send: lifecycle.Send) -> list[str]:
-    """Send every queued job whose id never reached the broker; returns the ids sent."""
-    settled = utcnow() - timedelta(seconds=UNSENT_GRACE_SECONDS)
-    unsent = session.scalars(
-        select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None), Job.created_at < settled)
-    ).all()
+def resend_unsent(session: Session, send: lifecycle.Send, unclaimed_after: float | None = None) -> list[str]:
+    """Send every queued job whose id never reached the broker, and (with `unclaimed_after`) every
+    queued job sent that many seconds ago and still not claimed; returns the ids sent."""
+    now = utcnow()
+    settled = now - timedelta(seconds=UNSENT_GRACE_SECONDS)
+    lost = Job.enqueued_at.is_(None) & (Job.created_at < settled)
+    if unclaimed_after is not None:
+        lost = lost | (Job.enqueued_at < now - timedelta(seconds=unclaimed_after))
+    unsent = session.scalars(select(Job.id).where(Job.status == "queued", lost)).all()
     return lifecycle.enqueue(session, list(unsent), send)
 
 
 class ReaperThread(threading.Thread):
     """Runs reap_expired and resend_unsent every `reap_interval_seconds` until stopped."""
 
-    def __init__(self, settings: Settings, send: lifecycle.Send) -> None:
+    def __init__(self, settings: Settings, send: lifecycle.Send, unclaimed_after: float | None = None) -> None:
         super().__init__(name="alignd-reaper", daemon=True)
         self.settings = settings
         self.send = send
+        self.unclaimed_after = unclaimed_after
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -80,7 +89,7 @@ class ReaperThread(threading.Thread):
             try:
                 with sessions() as session:
                     reap_expired(session, self.send)
-                    resend_unsent(session, self.send)
+                    resend_unsent(session, self.send, self.unclaimed_after)
             except Exception:
                 logger.exception("reaper pass failed; trying again in %ss", self.settings.reap_interval_seconds)
             if self._stop_event.wait(self.settings.reap_interval_seconds):

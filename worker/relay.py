@@ -23,7 +23,16 @@ No duplicates after a resume: a resumed attempt restarts from its checkpoint's s
 again the metrics of the steps the dead attempt recorded after that checkpoint. For each metric name
 the relay keeps the highest step already recorded for the job (read from the database when the
 attempt starts) and drops values at or below it; an event left with no values is dropped. Within
-one attempt steps only grow, so exactly the replayed values go.
+one attempt steps only grow, so exactly the replayed values go. `sample` events (online methods
+emit a few per step) are deduplicated the same way, by (step, index): the index of a sample is its
+position among the samples of its step in this attempt, and a resumed attempt drops the samples of
+a step whose index is below the number already recorded for that step.
+
+Riding through a database restart: a batch whose transaction fails with a connection error
+(`OperationalError`: Postgres restarted, failed over, or a network blip) is applied again, with
+backoff, for up to `DB_RETRY_SECONDS`. Nothing of it was committed, and the relay's own
+bookkeeping is rolled back with it, so no event is lost or doubled. Past that the error goes up
+and the runner ends the attempt (the lease then expires and the job resumes elsewhere).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.archive import archive_folder
@@ -54,6 +64,9 @@ from worker.integrations import Reporters
 
 logger = logging.getLogger(__name__)
 
+DB_RETRY_SECONDS = 60.0
+"""How long a batch is retried while the database is unreachable (see the module docstring)."""
+
 
 def recorded_metric_steps(session: Session, job_id: str) -> dict[str, int]:
     """Highest step recorded so far for each metric name of a job."""
@@ -63,6 +76,17 @@ def recorded_metric_steps(session: Session, job_id: str) -> dict[str, int]:
         for name in data.get("values", {}):
             highest[name] = max(highest.get(name, -1), int(data["step"]))
     return highest
+
+
+def recorded_sample_counts(session: Session, job_id: str) -> dict[int, int]:
+    """step -> how many `sample` events of that step are recorded for a job."""
+    step = JobEvent.data["step"].as_integer()
+    rows = session.execute(
+        select(step, func.count())
+        .where(JobEvent.job_id == job_id, JobEvent.type == "sample", step.is_not(None))
+        .group_by(step)
+    )
+    return {int(s): int(n) for s, n in rows}
 
 
 @dataclass
@@ -84,12 +108,39 @@ class EventRelay:
     _written_at: float = 0.0
     _rate_from: tuple[int, float] | None = None
     _to_report: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    _recorded_samples: dict[int, int] | None = None
+    """step -> samples of that step already recorded for the job (read at this attempt's first sample)."""
+    _sample_index: dict[int, int] = field(default_factory=dict)
+    """step -> samples of that step seen in this attempt so far."""
 
     def pump(self) -> None:
         """Apply every complete line the trainer has written since the last call."""
         lines = self._read_new_lines()
         for start in range(0, len(lines), self.batch_size):
-            self._apply_batch([e for e in map(_parse, lines[start : start + self.batch_size]) if e is not None])
+            self._apply_retrying([e for e in map(_parse, lines[start : start + self.batch_size]) if e is not None])
+
+    def _apply_retrying(self, events: list[dict[str, Any]]) -> None:
+        """Apply one batch; while the database is unreachable, roll back and try again with backoff."""
+        deadline, delay = time.monotonic() + DB_RETRY_SECONDS, 0.25
+        while True:
+            state = self._bookkeeping()
+            try:
+                return self._apply_batch(events)
+            except OperationalError:
+                self._restore(state)  # the transaction rolled back: so does what the relay remembered
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("job %s: database unreachable; retrying the batch in %.2fs", self.attempt.job_id, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _bookkeeping(self) -> tuple[Any, ...]:
+        samples = None if self._recorded_samples is None else dict(self._recorded_samples)
+        return dict(self.recorded_steps), samples, dict(self._sample_index), self.terminal, self.cancel_requested
+
+    def _restore(self, state: tuple[Any, ...]) -> None:
+        steps, self._recorded_samples, self._sample_index, self.terminal, self.cancel_requested = state
+        self.recorded_steps = steps
 
     def _read_new_lines(self) -> list[bytes]:
         if not self.events_file.exists():
@@ -201,6 +252,14 @@ class EventRelay:
         append_events(session, job, [("log", {"level": event.get("level", "info"), "message": event.get("message")})])
 
     def _on_sample(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        step = event.get("step")
+        if isinstance(step, int):  # dedupe by (step, index), see the module docstring
+            if self._recorded_samples is None:
+                self._recorded_samples = recorded_sample_counts(session, job.id)
+            index = self._sample_index.get(step, 0)
+            self._sample_index[step] = index + 1
+            if index < self._recorded_samples.get(step, 0):
+                return  # replayed by a resumed attempt: recorded already
         append_events(session, job, [("sample", {k: v for k, v in event.items() if k != "type"})])
 
     def _on_done(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:

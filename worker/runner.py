@@ -23,8 +23,13 @@
 5. Remove the attempt's local checkpoint and dataset copies (the store has them); SPEC.json,
    events.jsonl and trainer.log stay in the attempt folder for debugging.
 
-A warm shutdown of the worker (SIGTERM) waits for the running job, as Celery does for any task; a
-cold one (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
+A warm shutdown of the worker (SIGTERM) hands the running job back at once rather than waiting for
+it to finish (hours): the worker's main process forwards HANDBACK_SIGNAL to its pool processes
+(worker/main.py), the runner's loop then stops the trainer (SIGTERM: the trainer stops at once and
+saves nothing more, so the job resumes from its last checkpoint), relays what it wrote and moves the
+job back to `queued` through the life cycle (`hand_back`, the attempt counted), and sends it to the
+broker, so another worker resumes it within seconds instead of after the lease expires. A cold
+shutdown (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
 its lease expires.
 """
 
@@ -38,7 +43,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from billiard.process import current_process
@@ -48,7 +55,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.checkpoints.archive import extract_archive
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
-from api.core.storage import Storage, storage_from_url
+from api.core.storage import Storage, StorageUnavailable, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
@@ -65,10 +72,25 @@ POLL_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 30.0
 EXIT_AFTER_DONE_SECONDS = 60.0
 STDERR_TAIL_LINES = 20
+HANDBACK_GRACE_SECONDS = 10.0
+"""How long a trainer stopped for a hand-back may take to exit before it is killed."""
+
+HANDBACK_SIGNAL = signal.SIGUSR2
+"""Sent by the worker's main process to its pool processes on a warm shutdown (worker/main.py)."""
+HANDBACK = threading.Event()
+"""Set in a pool process by HANDBACK_SIGNAL: give the running job back and take no other."""
 
 
-def run_job(job_id: str, settings: Settings) -> None:
-    """Run job `job_id` to a final status, unless another delivery already claimed it."""
+def request_handback(signum: int = 0, frame: object = None) -> None:
+    """The HANDBACK_SIGNAL handler of a pool process (installed by worker/main.py)."""
+    HANDBACK.set()
+
+
+def run_job(job_id: str, settings: Settings, send: Callable[[str], None] | None = None) -> None:
+    """Run job `job_id` to a final status, unless another delivery already claimed it.
+
+    `send` tells the broker a job is ready again (a hand-back on shutdown); without it a handed-back
+    job is sent by a reaper (its `enqueued_at` is NULL)."""
     sessions = session_factory(settings)
     attempt = claim(sessions, job_id, worker_name(settings), settings)
     if attempt is None:
@@ -78,13 +100,18 @@ def run_job(job_id: str, settings: Settings) -> None:
     reporters = Reporters()
     try:
         storage = storage_from_url(settings.resolved_storage_url, settings)
-        _run_attempt(attempt, sessions, storage, settings, reporters)
+        outcome = _run_attempt(attempt, sessions, storage, settings, reporters)
+        if outcome == "handed_back":
+            _hand_back(sessions, attempt, send)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
         _fail(sessions, attempt, "invalid_reference", str(exc))
     except IntegrationUnavailable as exc:
         _fail(sessions, attempt, "integration_unavailable", str(exc))
+    except StorageUnavailable as exc:  # not retried: the store needs an operator; checkpoints saved stay
+        message = f"The artifact store failed while this job read or saved its files: {exc}"
+        _fail(sessions, attempt, "storage_unavailable", message + " Resubmit the job once the store is back.")
     except Exception as exc:
         logger.exception("job %s: worker error", job_id)
         _fail(sessions, attempt, "worker_error", f"The worker failed while preparing or relaying this job: {exc}")
@@ -111,10 +138,13 @@ def worker_name(settings: Settings) -> str:
 
 def _run_attempt(
     attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings, reporters: Reporters
-) -> None:
+) -> str:
     # The heartbeat covers the preparation too: extracting a large checkpoint can outlast a lease.
     with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
         spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
+        if HANDBACK.is_set():  # shut down while preparing: no trainer to stop
+            _remove_model_copies(attempt)
+            return "handed_back"
         with sessions() as session:  # experiment trackers: fail fast, before any training
             reporters.start(session.get_one(Job, attempt.job_id), settings)
         events_file = attempt.workdir / "events.jsonl"
@@ -132,6 +162,7 @@ def _run_attempt(
         _conclude(sessions, attempt, "cancelled")
     elif outcome == "crashed":
         _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
+    return outcome
 
 
 def _prepare(
@@ -211,7 +242,7 @@ def _die_with_parent() -> None:
 
 
 def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: Heartbeat) -> str:
-    """Relay until the trainer exits; returns 'finished', 'cancelled' or 'crashed'."""
+    """Relay until the trainer exits; returns 'finished', 'cancelled', 'crashed' or 'handed_back'."""
     done_at: float | None = None
     while True:
         relay.pump()
@@ -225,6 +256,10 @@ def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: H
             stop_trainer(trainer)
             relay.pump()
             return "finished" if relay.terminal else "cancelled"
+        elif HANDBACK.is_set():  # warm shutdown: stop now, keep what was relayed, give the job back
+            stop_trainer(trainer, HANDBACK_GRACE_SECONDS)
+            relay.pump()
+            return "finished" if relay.terminal else "handed_back"
         elif trainer.poll() is not None:
             relay.pump()
             return "finished" if relay.terminal else "crashed"
@@ -273,6 +308,16 @@ def _tail(path: Path, lines: int) -> str:
 def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str) -> None:
     with sessions() as session, session.begin():
         lifecycle.transition(session, lock_owned_job(session, attempt), status)
+
+
+def _hand_back(sessions: sessionmaker[Session], attempt: Attempt, send: Callable[[str], None] | None) -> None:
+    """Give the job back to the queue (warm shutdown) and send it, so another worker resumes it now."""
+    with sessions() as session:
+        with session.begin():
+            status = lifecycle.hand_back(session, lock_owned_job(session, attempt), "the worker is shutting down")
+        if status == "queued" and send is not None:
+            lifecycle.enqueue(session, [attempt.job_id], send)
+    logger.info("job %s: handed back on shutdown; now %s", attempt.job_id, status)
 
 
 def _fail(sessions: sessionmaker[Session], attempt: Attempt, code: str, message: str) -> None:

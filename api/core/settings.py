@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     """How often a worker renews the lease of its running job."""
     reap_interval_seconds: float = Field(30.0, gt=0)
     """How often a worker looks for jobs with expired leases."""
+    resend_unclaimed_seconds: float = Field(600.0, gt=0)
+    """A queued job sent this long ago and still not claimed is sent again (the broker lost it)."""
     max_attempts: int = Field(3, ge=1)
     """Attempts before a job whose worker keeps dying is failed."""
     queue: str = "alignd"

@@ -167,6 +167,25 @@ def expire_lease(session: Session, job: Job) -> str:
     return job.status
 
 
+def hand_back(session: Session, job: Job, reason: str) -> str:
+    """A worker that is shutting down (warm) returns its locked held job at once instead of letting
+    the lease expire: running -> queued (the attempt counts, as on lease expiry: the next claim
+    resumes from the last checkpoint), or failed when that was its last attempt; cancelling ->
+    cancelled. The caller sends a requeued job (`enqueue`). Returns the new status."""
+    worker, job.worker_id = job.worker_id, None
+    if job.status == "cancelling":
+        transition(session, job, "cancelled", reason=reason)
+    elif job.attempt >= job.max_attempts:
+        message = (
+            f"The worker running the last of this job's {job.max_attempts} attempts stopped ({reason})"
+            " before it finished; resubmit the job."
+        )
+        fail(session, job, "worker_shutdown", message)
+    else:
+        transition(session, job, "queued", reason=reason, attempt=job.attempt, worker_id=worker)
+    return job.status
+
+
 def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
     """Commit the session, then send each job id to the broker and mark it sent; returns the ids sent.
 

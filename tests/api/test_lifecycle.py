@@ -175,6 +175,36 @@ def test_a_job_whose_worker_died_too_often_fails_in_words(session: Session, new_
     assert events(session, job.id)[-1].data["error"] == {"code": "worker_lost", "message": job.error_message}
 
 
+def test_a_job_handed_back_on_shutdown_is_queued_at_once_with_its_attempt_counted(
+    session: Session, new_job: Job
+) -> None:
+    assert lifecycle.claim(session, new_job.id, "w1", lease_seconds=60) is not None
+    assert lifecycle.hand_back(session, lock_job(session, new_job.id), "the worker is shutting down") == "queued"
+    session.commit()
+    job = lock_job(session, new_job.id)
+    assert job.worker_id is None and job.lease_expires_at is None and job.enqueued_at is None and job.attempt == 1
+    assert events(session, job.id)[-1].data == {
+        "status": "queued", "previous": "running", "reason": "the worker is shutting down",
+        "attempt": 1, "worker_id": "w1",
+    }  # fmt: skip
+    assert lifecycle.claim(session, job.id, "w2", lease_seconds=60).attempt == 2  # type: ignore[union-attr]
+
+
+def test_a_job_handed_back_on_its_last_attempt_fails_saying_why(session: Session, new_job: Job) -> None:
+    job = lock_job(session, new_job.id)
+    job.max_attempts = 1
+    assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
+    assert lifecycle.hand_back(session, lock_job(session, job.id), "the worker is shutting down") == "failed"
+    assert job.error_code == "worker_shutdown" and "the worker is shutting down" in (job.error_message or "")
+
+
+def test_a_cancelling_job_handed_back_is_cancelled(session: Session, new_job: Job) -> None:
+    assert lifecycle.claim(session, new_job.id, "w1", lease_seconds=60) is not None
+    job = lock_job(session, new_job.id)
+    transition(session, job, "cancelling")
+    assert lifecycle.hand_back(session, job, "the worker is shutting down") == "cancelled"
+
+
 def test_a_failure_records_its_error_on_the_job_and_in_its_one_event(session: Session, new_job: Job) -> None:
     job = job_in(session, new_job, "running")
     lifecycle.fail(session, job, "oom", "CUDA out of memory at step 40: lower batch_size or use LoRA")

@@ -216,16 +216,38 @@ class WorkerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
 
+    def terminate(self) -> None:
+        """SIGTERM to the worker's main process only, as `docker stop` or Kubernetes sends it (warm shutdown)."""
+        self.process.send_signal(signal.SIGTERM)
+
+    def pids(self) -> set[int]:
+        """The worker's main and pool processes (its process group; trainers run in their own sessions)."""
+        group = set()
+        for proc in Path("/proc").iterdir():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            if proc.name.isdigit() and int(stat.rsplit(")", 1)[1].split()[2]) == self.process.pid:
+                group.add(int(proc.name))
+        return group
+
+    def runs(self, job: Job) -> bool:
+        """Whether this worker holds `job` (job.worker_id is `hostname:pid` of a pool process)."""
+        return job.worker_id is not None and int(job.worker_id.rsplit(":", 1)[1]) in self.pids()
+
 
 @pytest.fixture
 def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable[[], WorkerProcess]]:
     """Start real worker processes (with the environment of worker_settings); all are killed at the end.
 
-    `start(fake_trainer=True)` runs tests/worker/fake_trainer.py in place of the trainer (seconds, not minutes).
+    `start(fake_trainer=True)` runs tests/worker/fake_trainer.py in place of the trainer (seconds, not minutes);
+    `env` adds environment variables (the fake trainer's and fake worker's knobs); `wait=False` returns
+    before the worker is ready (start several, then `wait_ready()` each).
     """
     started: list[WorkerProcess] = []
 
-    def start(*, fake_trainer: bool = False) -> WorkerProcess:
+    def start(*, fake_trainer: bool = False, env: dict[str, str] | None = None, wait: bool = True) -> WorkerProcess:
         log = tmp_path / f"worker-{len(started)}.log"
         command, cwd = [str(Path(sys.executable).with_name("alignd")), "worker"], None
         if fake_trainer:  # a module of this repository: run from its root
@@ -237,11 +259,12 @@ def start_worker(worker_settings: Settings, tmp_path: Path) -> Iterator[Callable
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         worker = WorkerProcess(process, log)
         started.append(worker)
-        worker.wait_ready()
+        if wait:
+            worker.wait_ready()
         return worker
 
     yield start

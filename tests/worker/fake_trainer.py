@@ -4,6 +4,11 @@ It trains nothing: it checks that the worker materialised the training file (its
 dataset's), counts steps, sleeping `FAKE_STEP_SECONDS` per step, and behaves as the spec's
 base_model folder's name asks: "crash" dies with a traceback and no error event, "error" reports an error event.
 Checkpoints are folders with a `training_state/step` file, which `--resume` reads back.
+
+Knobs for the fault tests (environment variables, all optional):
+- FAKE_SAMPLES: `sample` events per step (with `step`, like the online trainers' samples);
+- FAKE_CHECKPOINT_BYTES: a payload file of this size in every checkpoint (a slower archive/upload);
+- FAKE_PID_DIR: the trainer writes its pid there (a test can SIGKILL the trainer alone).
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ def main() -> int:
     hyper = spec["hyperparameters"]
     total, save_every = int(hyper.get("max_steps") or 6), int(hyper.get("save_every") or 0)
     delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
+    samples = int(os.environ.get("FAKE_SAMPLES", "0"))
+    payload = int(os.environ.get("FAKE_CHECKPOINT_BYTES", "0"))
+    if os.environ.get("FAKE_PID_DIR"):
+        (Path(os.environ["FAKE_PID_DIR"]) / f"{os.getpid()}.pid").write_text(args.spec)
     start = int((Path(args.resume) / "training_state" / "step").read_text()) if args.resume else 0
 
     with open(args.events, "a") as events:
@@ -55,19 +64,23 @@ def main() -> int:
             time.sleep(delay)
             emit(type="progress", step=step, total_steps=total, epoch=step / total, eta_seconds=(total - step) * delay)
             emit(type="metrics", step=step, values={"loss": 1.0 / step})
+            for i in range(samples):
+                emit(type="sample", step=step, prompt=f"prompt {i}", completion=f"completion {step}.{i}", reward=0.5)
             if save_every and step % save_every == 0 and step < total:
-                path = save(output / "checkpoints" / f"step-{step:08d}", step)
-                emit(type="checkpoint", step=step, path=str(path), metrics={"loss": 1.0 / step})
-        final = save(output / "final", total, state=False)
+                folder = save(output / "checkpoints" / f"step-{step:08d}", step, payload=payload)
+                emit(type="checkpoint", step=step, path=str(folder), metrics={"loss": 1.0 / step})
+        final = save(output / "final", total, state=False, payload=payload)
         emit(type="checkpoint", step=total, kind="final", path=str(final), metrics={"loss": 1.0 / total})
         emit(type="done")
     return 0
 
 
-def save(folder: Path, step: int, state: bool = True) -> Path:
+def save(folder: Path, step: int, state: bool = True, payload: int = 0) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     (tmp / "training_state").mkdir(parents=True, exist_ok=True) if state else tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps({"step": step}))
+    if payload:
+        (tmp / "weights.bin").write_bytes(os.urandom(payload))
     if state:
         (tmp / "training_state" / "step").write_text(str(step))
     tmp.rename(folder)

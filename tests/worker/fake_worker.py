@@ -2,15 +2,26 @@
 
 Started as `python -m tests.worker.fake_worker` from the repository root (start_worker(fake_trainer=True)).
 The replacement is made before Celery forks its pool processes, so they inherit it.
+
+Fault tests widen the windows they kill the worker in with delays (seconds, environment variables):
+- FAKE_PREPARE_SECONDS: after the claim, before the attempt is prepared (preparation);
+- FAKE_UPLOAD_SECONDS: after a checkpoint archive is in the store, before its row is committed;
+- FAKE_FINAL_WRITE_SECONDS: inside the transaction that writes the final status, before it commits;
+- FAKE_VISIBILITY_TIMEOUT: the Redis visibility timeout of the worker's Celery app.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from api.core.settings import Settings
-from worker import runner
+from worker import celery_app, main, relay, runner
 
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 _real_command = runner.trainer_command
@@ -22,8 +33,40 @@ def fake_trainer_command(spec: Path, output: Path, events: Path, resume: Path | 
     return [sys.executable, str(FAKE_TRAINER), *args[3:]]
 
 
+def delayed(variable: str, function: Callable[..., Any], after: bool = False) -> Callable[..., Any]:
+    """`function`, sleeping `$variable` seconds before (or after) it runs; itself when unset."""
+    seconds = float(os.environ.get(variable) or 0)
+    if not seconds:
+        return function
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not after:
+            time.sleep(seconds)
+        result = function(*args, **kwargs)
+        if after:
+            time.sleep(seconds)
+        return result
+
+    return wrapper
+
+
 if __name__ == "__main__":
     runner.trainer_command = fake_trainer_command  # type: ignore[assignment]
+    runner._prepare = delayed("FAKE_PREPARE_SECONDS", runner._prepare)
+    relay.EventRelay._archive = delayed("FAKE_UPLOAD_SECONDS", relay.EventRelay._archive, after=True)
+    relay._HANDLERS["done"] = delayed("FAKE_FINAL_WRITE_SECONDS", relay._HANDLERS["done"])
+    if os.environ.get("FAKE_VISIBILITY_TIMEOUT"):
+        celery_app.REDIS_VISIBILITY_TIMEOUT = int(os.environ["FAKE_VISIBILITY_TIMEOUT"])
+        _create_app = main.create_app
+
+        def create_app(settings: Settings) -> Any:  # and look for overdue messages every second
+            app = _create_app(settings)
+            options = {"unacked_restore_interval": 1, "unacked_restore_throttle": 1}
+            app.conf.broker_transport_options = {**app.conf.broker_transport_options, **options}
+            return app
+
+        main.create_app = create_app  # type: ignore[assignment]
 
     from cli.main import app
 

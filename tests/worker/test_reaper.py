@@ -124,3 +124,20 @@ def test_a_requeued_job_is_marked_sent_only_after_its_send(
 
     after = job_row(db, job_id).enqueued_at
     assert before is not None and after is not None and after > before
+
+
+def test_a_queued_job_sent_long_ago_and_never_claimed_is_sent_again_once_per_period(
+    db: sessionmaker[Session], storage: Storage, tenant, worker_settings: Settings
+) -> None:
+    # The broker accepted the message and lost it (Redis restarted without persistence): the row is
+    # queued with enqueued_at set, which the unsent check alone never looks at again.
+    lost = _queued_job(db, storage, tenant.id, enqueued_at=utcnow() - timedelta(minutes=11))
+    recent = _queued_job(db, storage, tenant.id, enqueued_at=utcnow() - timedelta(minutes=1))
+    sent: list[str] = []
+
+    with db() as session:
+        assert resend_unsent(session, sent.append) == []  # without the period: only never-sent jobs
+        assert resend_unsent(session, sent.append, unclaimed_after=600) == [lost]
+        assert resend_unsent(session, sent.append, unclaimed_after=600) == []  # marked sent again: not before 600 s
+
+    assert sent == [lost] and recent not in sent

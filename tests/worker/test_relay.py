@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
 from api.core.storage import Storage
+from api.jobs.events import lock_job
+from api.jobs.lifecycle import expire_lease
 from api.jobs.models import JobEvent
 from tests.conftest import TenantKey
 from tests.worker.conftest import add_dataset, add_job, job_row
@@ -46,3 +49,40 @@ def test_nul_characters_and_non_finite_numbers_in_trainer_events_are_stored_as_p
     assert by_type["metrics"] == {"step": 1, "values": {"loss": 0.5, "kl": None, "reward_std": None}}
     job = job_row(db, job_id)
     assert job.status == "running" and job.metrics == {"loss": 0.5, "kl": None, "reward_std": None}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_sample_events_replayed_by_a_resumed_attempt_are_stored_once(
+    db: sessionmaker[Session], storage: Storage, worker_settings: Settings, tenant: TenantKey, tmp_path: Path
+) -> None:
+    # Attempt 1 records both samples of steps 1-2 and only the first of step 3, then its worker dies.
+    # Attempt 2 resumes from the checkpoint of step 2 and emits the samples of steps 3-4 again.
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant.id)
+        job_id = add_job(session, tenant.id, dataset.id, "tiny").id
+
+    def sample(step: int, index: int, attempt: int) -> dict[str, object]:
+        return {"type": "sample", "step": step, "prompt": f"p{index}", "completion": f"c{attempt}", "reward": 0.0}
+
+    first = claim(db, job_id, "w1", worker_settings)
+    assert first is not None
+    events = tmp_path / "attempt-1.jsonl"
+    lines = [sample(s, i, 1) for s in (1, 2) for i in (0, 1)] + [sample(3, 0, 1)]
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    EventRelay(first, db, storage, events, batch_size=2).pump()
+    with db() as session, session.begin():
+        assert expire_lease(session, lock_job(session, job_id)) == "queued"
+
+    second = claim(db, job_id, "w2", worker_settings)
+    assert second is not None
+    events = tmp_path / "attempt-2.jsonl"
+    events.write_text("".join(json.dumps(sample(s, i, 2)) + "\n" for s in (3, 4) for i in (0, 1)))
+    EventRelay(second, db, storage, events, batch_size=3).pump()
+
+    with db() as session:
+        rows = session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "sample"))
+        stored = [(row.data["step"], row.data["prompt"], row.data["completion"]) for row in rows]
+    assert sorted(stored) == [
+        (1, "p0", "c1"), (1, "p1", "c1"), (2, "p0", "c1"), (2, "p1", "c1"),
+        (3, "p0", "c1"), (3, "p1", "c2"), (4, "p0", "c2"), (4, "p1", "c2"),
+    ]  # fmt: skip

@@ -135,7 +135,7 @@ def test_a_job_whose_store_cannot_be_reached_fails_within_seconds_saying_so(
 
     job = job_row(db, job_id)
     assert time.monotonic() - started < 30
-    assert job.status == "failed" and job.error_code == "worker_error"
+    assert job.status == "failed" and job.error_code == "storage_unavailable"
     assert "the artifact store s3://" in job.error_message and "could not download" in job.error_message
 
 

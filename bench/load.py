@@ -1,0 +1,328 @@
+"""`make load`: many tenants submitting, listing and streaming at once against the real API on Postgres.
+
+A bounded script (every phase has a deadline): it starts its own Postgres and Redis (tests/services.py),
+migrates, starts the API (uvicorn, `--api-processes` processes) and `--workers` real `alignd worker`
+processes running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
+
+- `--tenants` tenants each upload a dataset, then submit `--jobs` jobs in all, concurrently;
+- `--streams` clients follow jobs' SSE event streams to their end;
+- `--pollers` clients GET /v1/jobs/{id} (the latency measured) and list /v1/jobs until every job ends.
+
+It prints (and writes as JSON with --out) requests/s, p50/p95/p99 of job GETs, 5xx count, jobs/minute
+and whether every job ran exactly once (one claim: status events queued, running, succeeded; attempt 1).
+Needs the test services' binaries (postgres, redis-server; `make services`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.services import create_database, free_port, postgres_server, redis_server  # noqa: E402
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors_5xx = 0
+        self.transport_errors = 0
+        self.job_get_ms: list[float] = []
+
+    def record(self, response: httpx.Response) -> None:
+        self.requests += 1
+        if response.status_code >= 500:
+            self.errors_5xx += 1
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def start_processes(
+    args: argparse.Namespace, env: dict[str, str], root: Path, port: int
+) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    api = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)]
+    api += ["--workers", str(args.api_processes), "--log-level", "warning"]
+    with open(root / "api.log", "wb") as log:
+        procs.append(subprocess.Popen(api, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    for i in range(args.workers):
+        worker_env = {**env, "ALIGND_WORKER_ID": f"load-{i}"}
+        with open(root / f"worker-{i}.log", "wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.worker.fake_worker"],
+                    cwd=REPO,
+                    env=worker_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return procs
+
+
+async def wait_healthy(client: httpx.AsyncClient, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.3)
+    raise RuntimeError("the API did not become healthy in time")
+
+
+async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> dict[str, Any]:
+    stats = Stats()
+    rng = random.Random(args.seed)
+    limits = httpx.Limits(max_connections=args.streams + args.pollers + 50)
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
+        await wait_healthy(client, time.monotonic() + 90)
+
+        async def call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+            """One request; a connection the server closed (keep-alive race) is retried and counted.
+            Job submissions carry an Idempotency-Key, so a retried POST creates one job."""
+            for attempt in range(5):
+                try:
+                    r = await client.request(method, url, **kwargs)
+                except httpx.TransportError:
+                    stats.transport_errors += 1
+                    await asyncio.sleep(0.2 * (attempt + 1))
+                    continue
+                stats.record(r)
+                return r
+            raise RuntimeError(f"{method} {url}: no response after 5 tries")
+
+        rows = _pairs()
+        datasets = []
+        for key in keys:
+            files = {"file": ("pairs.jsonl", rows)}
+            r = await call("POST", "/v1/datasets", files=files, headers=_auth(key))
+            r.raise_for_status()
+            datasets.append(r.json()["id"])
+
+        jobs: list[tuple[str, str]] = []  # (job id, key)
+        submit_started = time.monotonic()
+
+        async def submit(i: int) -> None:
+            t = i % len(keys)
+            body = {
+                "algorithm": "dpo",
+                "base_model": "org/hub-model",
+                "dataset_id": datasets[t],
+                "hyperparameters": {"max_steps": args.steps, "save_every": max(1, args.steps // 2)},
+            }
+            headers = {**_auth(keys[t]), "Idempotency-Key": f"load-{args.seed}-{i}"}
+            r = await call("POST", "/v1/jobs", json=body, headers=headers)
+            if r.status_code not in (200, 201):
+                raise RuntimeError(f"submit failed: {r.status_code} {r.text[:300]}")
+            jobs.append((r.json()["id"], keys[t]))
+
+        semaphore = asyncio.Semaphore(50)
+        submitted = asyncio.Event()
+        deadline = time.monotonic() + args.deadline
+        finished: dict[str, str] = {}
+
+        async def bounded(i: int) -> None:
+            async with semaphore:
+                await submit(i)
+
+        async def submit_all() -> None:
+            await asyncio.gather(*(bounded(i) for i in range(args.jobs)))
+            submitted.set()
+
+        def busy() -> bool:
+            return (not submitted.is_set() or len(finished) < len(jobs)) and time.monotonic() < deadline
+
+        async def stream(n: int) -> None:  # follows the n-th job submitted, from submission to its end
+            while len(jobs) <= n and busy():
+                await asyncio.sleep(0.1)
+            job_id, key = jobs[n]
+            while time.monotonic() < deadline:
+                try:
+                    url = f"/v1/jobs/{job_id}/events/stream"
+                    async with client.stream("GET", url, headers=_auth(key), timeout=None) as r:
+                        stats.record(r)
+                        async for _ in r.aiter_lines():
+                            pass
+                        return  # the stream ends once the job is final
+                except httpx.TransportError:
+                    stats.transport_errors += 1
+                    await asyncio.sleep(0.5)
+
+        async def poll() -> None:
+            while busy():
+                if not jobs:
+                    await asyncio.sleep(0.1)
+                    continue
+                job_id, key = rng.choice(jobs)
+                started = time.perf_counter()
+                try:
+                    r = await client.get(f"/v1/jobs/{job_id}", headers=_auth(key))
+                except httpx.TransportError:
+                    stats.transport_errors += 1
+                    continue
+                stats.job_get_ms.append((time.perf_counter() - started) * 1000)
+                stats.record(r)
+                if r.status_code == 200 and r.json()["status"] in FINAL:
+                    finished[job_id] = r.json()["status"]
+                if rng.random() < 0.1:
+                    await call("GET", "/v1/jobs", params={"limit": 20}, headers=_auth(key))
+                await asyncio.sleep(args.poll_interval)
+
+        async def sweep() -> None:  # makes sure every job is looked at, not only the random ones
+            while busy():
+                for job_id, key in list(jobs):
+                    if job_id in finished:
+                        continue
+                    r = await call("GET", f"/v1/jobs/{job_id}", headers=_auth(key))
+                    if r.status_code == 200 and r.json()["status"] in FINAL:
+                        finished[job_id] = r.json()["status"]
+                print(f"{time.strftime('%H:%M:%S')} {len(finished)}/{len(jobs)} jobs final", file=sys.stderr)
+                await asyncio.sleep(5)
+
+        # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
+        streams = [stream(n) for n in range(min(args.streams, args.jobs))]
+        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep())
+        total_seconds = time.monotonic() - submit_started
+
+        # Exactly once: one claim per job (status events queued, running, succeeded; attempt 1).
+        once, not_once = 0, []
+        for job_id, key in jobs:
+            r = await call("GET", f"/v1/jobs/{job_id}/events", params={"limit": 1000}, headers=_auth(key))
+            statuses = [e["data"]["status"] for e in r.json()["data"] if e["type"] == "status"]
+            if statuses == ["queued", "running", "succeeded"]:
+                once += 1
+            else:
+                not_once.append((job_id, statuses))
+
+    return {
+        "jobs": len(jobs),
+        "succeeded": sum(1 for s in finished.values() if s == "succeeded"),
+        "unfinished": len(jobs) - len(finished),
+        "ran_exactly_once": once,
+        "not_exactly_once": not_once[:10],
+        "seconds": round(total_seconds, 1),
+        "requests": stats.requests,
+        "requests_per_second": round(stats.requests / total_seconds, 1),
+        "job_get_count": len(stats.job_get_ms),
+        "job_get_p50_ms": round(percentile(stats.job_get_ms, 50), 1),
+        "job_get_p95_ms": round(percentile(stats.job_get_ms, 95), 1),
+        "job_get_p99_ms": round(percentile(stats.job_get_ms, 99), 1),
+        "job_get_mean_ms": round(statistics.fmean(stats.job_get_ms), 1) if stats.job_get_ms else None,
+        "http_5xx": stats.errors_5xx,
+        "transport_errors": stats.transport_errors,
+        "jobs_per_minute": round(len(finished) / (total_seconds / 60), 1),
+    }
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _pairs() -> bytes:
+    from tests.worker.conftest import short_preference_pairs
+
+    return short_preference_pairs(16)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--pollers", type=int, default=20)
+    parser.add_argument("--poll-interval", type=float, default=0.05)
+    parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="fake trainer steps per job")
+    parser.add_argument("--deadline", type=float, default=900, help="seconds the load phase may last")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="alignd-load-")))
+        # Every worker holds a few connections (reaper, heartbeat, relay) and each API process a pool.
+        pg = create_database(stack.enter_context(postgres_server("-c max_connections=400")), "alignd_load")
+        redis = stack.enter_context(redis_server())
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "HF_HUB_OFFLINE": "1",
+            "ALIGND_DATABASE_URL": pg,
+            "ALIGND_BROKER_URL": redis,
+            "ALIGND_DATA_DIR": str(root / "data"),
+            "ALIGND_STORAGE_URL": f"file://{root / 'artifacts'}",
+            "ALIGND_MODELS_DIR": str(root / "models"),
+            "ALIGND_HUB_CACHE_DIR": str(root / "hub-cache"),
+            "ALIGND_WORKER_GPUS": "0",
+            "ALIGND_HEARTBEAT_SECONDS": "5",
+            "ALIGND_LEASE_SECONDS": "60",
+            "ALIGND_REAP_INTERVAL_SECONDS": "10",
+            "FAKE_STEP_SECONDS": "0.01",
+        }
+        os.environ.update(env)
+        from api.auth.service import create_key
+        from api.core import reset_caches
+        from api.core.db import get_sessionmaker
+        from migrations.run import upgrade
+        from tests.hub_cache import cached_hub_model
+
+        reset_caches()
+        upgrade(pg)
+        cached_hub_model(root / "hub-cache", "org/hub-model")
+        with get_sessionmaker()() as session:
+            keys = [create_key(session, f"tenant-{i}")[1] for i in range(args.tenants)]
+        port = free_port()
+        procs = start_processes(args, env, root, port)
+        try:
+            result = asyncio.run(run_load(args, f"http://127.0.0.1:{port}", keys))
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            reset_caches()
+            if args.out:  # keep the servers' logs beside the figures
+                logs = args.out.parent / "load-logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                for log in root.glob("*.log"):
+                    (logs / log.name).write_bytes(log.read_bytes())
+    result["parameters"] = {k: v for k, v in vars(args).items() if k != "out"}
+    result["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    ok = result["http_5xx"] == 0 and result["unfinished"] == 0 and result["ran_exactly_once"] == result["jobs"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
