@@ -77,7 +77,7 @@ def create(
     lora_r: Annotated[
         int | None, typer.Option(help="LoRA rank (LoRA is off unless a --lora-* option is given).")
     ] = None,
-    lora_alpha: Annotated[float | None, typer.Option(help="LoRA alpha.")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha.")] = None,
     lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout.")] = None,
     lora_target: Annotated[list[str] | None, typer.Option(help="LoRA target module (repeatable).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,

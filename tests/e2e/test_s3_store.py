@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
 from tests.conftest import TenantKey
+from tests.hub_cache import cached_hub_model
 from tests.services import s3_client
 from tests.worker.conftest import (
     checkpoints_of,
@@ -59,7 +60,10 @@ def test_a_job_on_s3_survives_a_killed_worker_and_its_checkpoint_downloads_from_
     upload = client.post("/v1/datasets", headers=auth, files={"file": ("pairs.jsonl", short_preference_pairs())})
     assert upload.status_code == 201, upload.text
     dataset_id = upload.json()["id"]
-    assert [o for o in objects() if o.startswith("datasets/")] == [f"datasets/{tenant.id}/{dataset_id}.jsonl"]
+    stored = f"datasets/{tenant.id}/{dataset_id}.jsonl"
+    assert sorted(o for o in objects() if o.startswith("datasets/")) == [stored, f"{stored}.idx"]  # rows + index
+    assert worker_settings.hub_cache_dir is not None
+    cached_hub_model(worker_settings.hub_cache_dir, "org/any-model")  # hub ids resolve from the cache only
     first = start_worker(fake_trainer=True)
     created = client.post(
         "/v1/jobs",
