@@ -20,6 +20,7 @@ from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
 from api.ops.router import router as ops_router
+from api.plan.router import router as plan_router
 from api.reward_models.router import router as reward_models_router
 
 log = logging.getLogger("alignd.api")
@@ -108,6 +109,6 @@ def create_app() -> FastAPI:
     )
     _document_errors(ops_router)
     app.include_router(ops_router)
-    for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router):
+    for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router, plan_router):
         app.include_router(router, prefix="/v1", responses=_document_errors(router))
     return app

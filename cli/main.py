@@ -14,12 +14,14 @@ import typer
 from cli.data_dir import DataDir, settings_for, upgrade_database
 from cli.keys import keys_app
 from cli.models import models_app
+from cli.plan import plan_command
 
 app = typer.Typer(
     help="alignd: self-hosted preference alignment (DPO, GRPO, PPO, reward models, SFT).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.command("plan")(plan_command)
 
 
 @app.command()

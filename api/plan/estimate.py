@@ -30,6 +30,10 @@ FORWARD_LOGIT_COPIES = 2
 """The same without gradients (reference / old log-probs): upcast logits and log-softmax."""
 GPU_OVERHEAD_BYTES = 1 * GIB
 """CUDA context, cuBLAS workspaces and allocator slack on a GPU (a stated allowance, not measured here)."""
+CPU_RUNTIME_BASELINE_MB = 402
+"""Peak RSS of a trainer process before any model on CPU: torch, transformers, peft and the trainer
+imported and a tokenizer loaded. Measured once by bench/plan_validation.py on the 2-core dev box
+(CPython 3.12, torch 2.x); give hardware.overhead_mb to use another machine's value."""
 DEFAULT_EFFICIENCY = 0.4
 """Fraction of the peak matmul throughput (and memory bandwidth) a training step reaches."""
 
