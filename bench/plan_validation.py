@@ -38,6 +38,13 @@ MAX_LENGTH, MAX_PROMPT, MAX_NEW = 128, 64, 32
 BATCH = {"dpo": 4, "reward": 4, "sft": 4, "grpo": 2, "ppo": 4}
 NUM_GENERATIONS = 4
 STEPS = 2
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {},
+    "lora": {"lora": {"r": 16, "target_modules": "all-linear"}},
+    "ckpt": {"gradient_checkpointing": True},
+    "bf16": {"precision": "bf16"},
+}
+"""Settings beside full fp32 fine-tuning, run at the large size for dpo, grpo and ppo (--variants)."""
 COMPLETION = 56
 """Characters (= tokens) of each completion: with a prompt cut to MAX_PROMPT it nearly fills MAX_LENGTH."""
 TOLERANCE_FRACTION, TOLERANCE_MB = 0.25, 100.0
@@ -84,13 +91,14 @@ def write_data(folder: Path) -> dict[str, Path]:
     return out
 
 
-def hyperparameters(algorithm: str) -> dict[str, Any]:
+def hyperparameters(algorithm: str, variant: str = "full") -> dict[str, Any]:
     hp: dict[str, Any] = {
         "max_steps": STEPS,
         "batch_size": BATCH[algorithm],
         "max_length": MAX_LENGTH,
         "max_prompt_length": MAX_PROMPT,
-        "precision": "fp32",
+        "precision": VARIANTS[variant].get("precision", "fp32"),
+        "gradient_checkpointing": VARIANTS[variant].get("gradient_checkpointing", False),
     }
     if algorithm in ("grpo", "ppo"):
         hp["max_new_tokens"] = MAX_NEW
@@ -101,15 +109,19 @@ def hyperparameters(algorithm: str) -> dict[str, Any]:
     return hp
 
 
-def run_trainer(algorithm: str, model: Path, reward_model: Path, data: dict[str, Path], out: Path) -> float:
+def run_trainer(
+    algorithm: str, model: Path, reward_model: Path, data: dict[str, Path], out: Path, variant: str = "full"
+) -> float:
     kind = {"dpo": "preference", "reward": "preference", "sft": "sft", "grpo": "prompt", "ppo": "prompt"}[algorithm]
     spec: dict[str, Any] = {
         "algorithm": algorithm,
         "base_model": str(model),
         "train_file": str(data[kind]),
-        "hyperparameters": hyperparameters(algorithm),
+        "hyperparameters": hyperparameters(algorithm, variant),
         "seed": 0,
     }
+    if "lora" in VARIANTS[variant]:
+        spec["lora"] = VARIANTS[variant]["lora"]
     if algorithm == "grpo":  # a rule: no reward model in memory
         spec["reward"] = [{"type": "rule", "rule": "length", "target_length": 20}]
     if algorithm == "ppo":  # a reward model of the policy's size
@@ -126,22 +138,23 @@ def run_trainer(algorithm: str, model: Path, reward_model: Path, data: dict[str,
     return max(peaks)
 
 
-def predict(algorithm: str, config: dict[str, Any], baseline_mb: float) -> dict[str, Any]:
-    from api.plan.estimate import Hardware, PlanInput, estimate_plan, shape_from_config
+def predict(algorithm: str, config: dict[str, Any], baseline_mb: float, variant: str = "full") -> dict[str, Any]:
+    from api.plan.estimate import Hardware, Lora, PlanInput, estimate_plan, shape_from_config
 
     shape = shape_from_config(config)
-    hp = hyperparameters(algorithm)
+    hp = hyperparameters(algorithm, variant)
+    lora = VARIANTS[variant].get("lora")
     plan_input = PlanInput(
         shape=shape,
-        precision="fp32",
-        lora=None,
+        precision=hp["precision"],
+        lora=Lora(lora["r"], lora["target_modules"]) if lora else None,
         max_length=MAX_LENGTH,
         max_prompt_length=MAX_PROMPT,
         max_new_tokens=MAX_NEW,
         batch_size=hp["batch_size"],
         micro_batch_size=None,
         num_generations=NUM_GENERATIONS,
-        gradient_checkpointing=False,
+        gradient_checkpointing=hp["gradient_checkpointing"],
         reward_shapes=[shape] if algorithm == "ppo" else [],
         reward_rules_only=algorithm == "grpo",
         ppo_epochs=1,
@@ -154,27 +167,45 @@ def within(predicted: float, measured: float) -> bool:
     return abs(predicted - measured) <= max(TOLERANCE_FRACTION * measured, TOLERANCE_MB)
 
 
+SETTING = {
+    "full": "full, fp32",
+    "lora": "LoRA r=16 all-linear, fp32",
+    "ckpt": "full, fp32, gradient checkpointing",
+    "bf16": "full, bf16",
+}
+
+
 def table(results: list[dict[str, Any]], baseline_mb: float) -> str:
     lines = [
         f"Runtime baseline (measured once, peak RSS of imports + tokenizer): **{baseline_mb:.0f} MB**.",
         "",
-        "| algorithm | size | params | predicted MB | measured MB | error MB | error % | within tolerance |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | size | setting | params | predicted MB | measured MB | error MB | error % | within tolerance |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         err = r["predicted_mb"] - r["measured_mb"]
         ok = "yes" if within(r["predicted_mb"], r["measured_mb"]) else "**no**"
         lines.append(
-            f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers) | {r['params'] / 1e6:.2f} M "
+            f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers) | {SETTING[r['variant']]} "
+            f"| {r['params'] / 1e6:.2f} M "
             f"| {r['predicted_mb']:.0f} | {r['measured_mb']:.0f} | {err:+.0f} | {100 * err / r['measured_mb']:+.1f}% | {ok} |"
         )
     return "\n".join(lines)
+
+
+def runs(args: argparse.Namespace, size: str) -> list[tuple[str, str]]:
+    """(algorithm, variant) pairs: every algorithm in full fp32, and the variants at the large size."""
+    out = [(algorithm, "full") for algorithm in args.algorithms.split(",")]
+    if size == "large":
+        out += [(a, v) for v in args.variants.split(",") if v for a in ("dpo", "grpo", "ppo")]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--variants", default="lora,ckpt,bf16", help="variants run at the large size ('' for none)")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="reuse measured values from bench/out/plan_validation.json")
     args = parser.parse_args()
@@ -196,30 +227,32 @@ def main() -> None:
             if baseline is None:
                 baseline = measure_baseline_mb(model)
                 print(f"baseline: {baseline:.0f} MB", flush=True)
-            for algorithm in args.algorithms.split(","):
-                key = f"{algorithm}/{size}"
+            for algorithm, variant in runs(args, size):
+                key = f"{algorithm}/{size}" + ("" if variant == "full" else f"/{variant}")
                 if key not in measured:
-                    measured[key] = run_trainer(algorithm, model, reward_model, data, tmp / size / algorithm)
+                    out = tmp / size / f"{algorithm}-{variant}"
+                    measured[key] = run_trainer(algorithm, model, reward_model, data, out, variant)
                     print(f"{key}: {measured[key]:.0f} MB", flush=True)
                 cache.write_text(json.dumps({"baseline_mb": baseline, "measured": measured, "configs": configs}, indent=1))
     results = []
     for size in args.sizes.split(","):
-        for algorithm in args.algorithms.split(","):
-            plan = predict(algorithm, configs[size], baseline)
+        for algorithm, variant in runs(args, size):
+            plan = predict(algorithm, configs[size], baseline, variant)
+            key = f"{algorithm}/{size}" + ("" if variant == "full" else f"/{variant}")
             results.append(
                 {
                     "algorithm": algorithm,
                     "size": size,
+                    "variant": variant,
                     "hidden": SIZES[size]["hidden_size"],
                     "layers": SIZES[size]["num_layers"],
                     "params": plan["models"][0]["params"],
                     "predicted_mb": plan["memory"]["peak_bytes"] / 2**20,
-                    "measured_mb": measured[f"{algorithm}/{size}"],
+                    "measured_mb": measured[key],
                     "breakdown_mb": {k: round(v / 2**20, 1) for k, v in plan["memory"].items() if k.endswith("_bytes")},
                 }
             )
             print(json.dumps(results[-1]), flush=True)
-    assert baseline is not None
     cache.write_text(
         json.dumps({"baseline_mb": baseline, "measured": measured, "configs": configs, "results": results}, indent=1)
     )

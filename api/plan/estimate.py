@@ -130,6 +130,8 @@ class ModelShape:
     head_dim: int
     tied_embeddings: bool
     model_type: str = "llama"
+    qkv_bias: bool = False
+    """Biases on q/k/v (Qwen2; Llama's attention_bias)."""
 
     @property
     def q_dim(self) -> int:
@@ -154,7 +156,8 @@ class ModelShape:
 
     @property
     def layer_params(self) -> int:
-        return sum(a * b for a, b in self.linear_shapes().values()) + 2 * self.hidden_size  # + two RMSNorms
+        biases = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
+        return sum(a * b for a, b in self.linear_shapes().values()) + biases + 2 * self.hidden_size  # + two RMSNorms
 
     @property
     def embedding_params(self) -> int:
@@ -172,11 +175,14 @@ class ModelShape:
         lm_head = self.embedding_params if head == "lm" else self.hidden_size
         return self.num_layers * self.layer_params + lm_head
 
+    def adapted(self, target_modules: list[str] | str) -> list[str]:
+        shapes = self.linear_shapes()
+        return list(shapes) if target_modules == "all-linear" else [m for m in target_modules if m in shapes]
+
     def lora_params(self, r: int, target_modules: list[str] | str) -> int:
         """Trainable LoRA parameters: r x (in + out) per adapted linear layer."""
         shapes = self.linear_shapes()
-        names = list(shapes) if target_modules == "all-linear" else [m for m in target_modules if m in shapes]
-        return self.num_layers * sum(r * (shapes[m][0] + shapes[m][1]) for m in names)
+        return self.num_layers * sum(r * (shapes[m][0] + shapes[m][1]) for m in self.adapted(target_modules))
 
 
 class ConfigError(ValueError):
@@ -209,6 +215,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
         head_dim=int(head_dim),
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         model_type=str(config.get("model_type") or "unknown"),
+        qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
     )
 
 
@@ -216,6 +223,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
 class Lora:
     r: int
     target_modules: list[str] | str = "all-linear"
+    dropout: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -248,28 +256,39 @@ class PlanInput:
 # --- the pieces ------------------------------------------------------------------------------------
 
 
-def activation_elements_per_token(shape: ModelShape, seq_len: int, attention_scores: bool) -> int:
+def activation_elements_per_token(
+    shape: ModelShape, seq_len: int, attention_scores: bool, lora: Lora | None = None
+) -> int:
     """Elements autograd keeps per token of one decoder layer (no gradient checkpointing).
 
     Attention block: its input, the normed input, q, k, v, RoPE'd q and k, the attention output
     (5h + 3 kv when q = h); MLP block: input, normed input, gate, act(gate), up, product (2h + 4I);
-    plus the T x T attention probabilities per head where the attention kernel materialises them
-    (PyTorch's math attention on CPU; GPU flash / memory-efficient kernels keep none).
+    plus, only for eager attention, the T x T attention probabilities per head (the trainer's SDPA
+    runs flash / memory-efficient kernels on CPU and GPU, which keep none); with LoRA
+    dropout, each adapted layer's own dropped-out copy of its input (what lora_A keeps).
     """
     h, i = shape.hidden_size, shape.intermediate_size
     attention = 2 * h + 3 * shape.q_dim + 2 * shape.kv_dim + shape.kv_dim
     mlp = 2 * h + 4 * i
     scores = shape.num_heads * seq_len if attention_scores else 0
-    return attention + mlp + scores
+    shapes = shape.linear_shapes()
+    dropped = sum(shapes[m][0] for m in shape.adapted(lora.target_modules)) if lora and lora.dropout > 0 else 0
+    return attention + mlp + scores + dropped
 
 
 def activations_bytes(
-    shape: ModelShape, rows: int, seq_len: int, dtype_bytes: int, checkpointing: bool, attention_scores: bool
+    shape: ModelShape,
+    rows: int,
+    seq_len: int,
+    dtype_bytes: int,
+    checkpointing: bool,
+    attention_scores: bool,
+    lora: Lora | None = None,
 ) -> int:
     """Activations of a training pass over rows x seq_len tokens: all L layers, or with gradient
     checkpointing each layer's input plus one layer recomputed at a time; plus embeddings/final norm (3h)."""
     tokens = rows * seq_len
-    per_layer = activation_elements_per_token(shape, seq_len, attention_scores)
+    per_layer = activation_elements_per_token(shape, seq_len, attention_scores, lora)
     if checkpointing:
         elements = shape.num_layers * shape.hidden_size + per_layer
     else:
@@ -355,14 +374,14 @@ def models_in_memory(algorithm: Algorithm, x: PlanInput) -> list[dict[str, Any]]
     return models
 
 
-def _phases(algorithm: Algorithm, x: PlanInput, micro: int, checkpointing: bool, on_cpu: bool) -> dict[str, int]:
+def _phases(algorithm: Algorithm, x: PlanInput, micro: int, checkpointing: bool) -> dict[str, int]:
     """Transient bytes of each phase of a step at micro-batch `micro` (pairs, rows or prompts)."""
     s, p = x.shape, x.param_bytes
     T, Tp, Tn = x.max_length, x.max_prompt_length, x.max_new_tokens
     if algorithm in ("dpo", "reward", "sft"):
         rows = micro * (2 if algorithm in ("dpo", "reward") else 1)  # chosen + rejected in one pass
         completion = max(T - Tp, 1)  # the LM head runs on completion positions only (logits_to_keep)
-        acts = activations_bytes(s, rows, T, p, checkpointing, on_cpu)
+        acts = activations_bytes(s, rows, T, p, checkpointing, False, x.lora)
         logits = 0 if algorithm == "reward" else logits_bytes(s, rows, completion, TRAIN_LOGIT_COPIES)
         phases = {"activations_bytes": acts, "logits_bytes": logits, "kv_cache_bytes": 0}
         if algorithm == "dpo":  # reference log-probs (precomputed before training, or every step): no grad
@@ -372,7 +391,7 @@ def _phases(algorithm: Algorithm, x: PlanInput, micro: int, checkpointing: bool,
     sequences = x.batch_size * (x.num_generations if algorithm == "grpo" else 1)
     rows = micro * (x.num_generations if algorithm == "grpo" else 1)
     length = Tp + Tn
-    acts = activations_bytes(s, rows, length, p, checkpointing, on_cpu)
+    acts = activations_bytes(s, rows, length, p, checkpointing, False, x.lora)
     if algorithm == "ppo" and x.ppo_value_model == "separate":
         acts *= 2  # the value model's own trunk
     return {
@@ -436,17 +455,16 @@ def step_seconds(algorithm: Algorithm, x: PlanInput, hw: Hardware, flops: dict[s
 def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str, Any]:
     """Everything the planner answers for one algorithm (plain JSON-able dict)."""
     notes: list[str] = list(hw.notes)
-    on_cpu = hw.kind == "cpu"
     micro = x.micro_batch_size or x.batch_size
     if x.batch_size % micro:
         raise ValueError("batch_size must be a multiple of micro_batch_size")
     if algorithm == "ppo":
         micro = min(micro, x.batch_size // x.num_minibatches)
     models = models_in_memory(algorithm, x)
-    phases = _phases(algorithm, x, micro, x.gradient_checkpointing, on_cpu)
+    phases = _phases(algorithm, x, micro, x.gradient_checkpointing)
     peak = peak_bytes(models, phases, hw.overhead_bytes)
-    with_ckpt = _phases(algorithm, x, micro, True, on_cpu)["activations_bytes"]
-    without_ckpt = _phases(algorithm, x, micro, False, on_cpu)["activations_bytes"]
+    with_ckpt = _phases(algorithm, x, micro, True)["activations_bytes"]
+    without_ckpt = _phases(algorithm, x, micro, False)["activations_bytes"]
     memory = {
         "weights_bytes": sum(m["weights_bytes"] for m in models),
         "gradients_bytes": sum(m["gradients_bytes"] for m in models),
@@ -464,7 +482,7 @@ def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str,
     def largest(checkpointing: bool) -> int | None:
         limit = x.batch_size // x.num_minibatches if algorithm == "ppo" else x.batch_size
         for m in _divisors_desc(limit):
-            if x.batch_size % m == 0 and peak_bytes(models, _phases(algorithm, x, m, checkpointing, on_cpu), hw.overhead_bytes) <= hw.memory_bytes:
+            if x.batch_size % m == 0 and peak_bytes(models, _phases(algorithm, x, m, checkpointing), hw.overhead_bytes) <= hw.memory_bytes:
                 return m
         return None
 

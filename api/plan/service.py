@@ -139,7 +139,7 @@ def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None
     x = PlanInput(
         shape=shape,
         precision=request.precision,
-        lora=Lora(lora.r, lora.target_modules) if lora else None,
+        lora=Lora(lora.r, lora.target_modules, lora.dropout) if lora else None,
         max_length=request.max_length,
         max_prompt_length=request.max_prompt_length,
         max_new_tokens=request.max_new_tokens,
@@ -154,7 +154,7 @@ def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None
         ppo_epochs=request.ppo_epochs,
     )
     assumptions += [
-        f"a Llama-style decoder ({shape.model_type}): gated MLP, RMSNorm, no biases counted",
+        f"a Llama-style decoder ({shape.model_type}): gated MLP, RMSNorm, RoPE",
         "every sequence at its length budget (max_length; grpo/ppo: max_prompt_length + max_new_tokens); "
         "the LM head runs on completion positions only (max_length - max_prompt_length, or max_new_tokens)",
         f"step time at {hardware.efficiency:.0%} of peak throughput (and of memory bandwidth while generating)",
