@@ -526,37 +526,55 @@ def recommend(situation: Situation | None, plans: list[dict[str, Any]], x: PlanI
     by_name = {p["algorithm"]: p for p in plans}
     order = PREFERENCE[situation] if situation else sorted(by_name, key=lambda a: by_name[a]["memory"]["peak_bytes"])
     ideal = order[0]
-    fitting = [a for a in order if a in by_name and by_name[a]["fits"]]
-    reasons: list[str] = [WHY[situation]] if situation else ["no situation given: the cheapest fitting plan"]
+    fitting = [a for a in order if a in by_name and _feasible(by_name[a])]
+    reasons: list[str] = [WHY[situation]] if situation else ["no situation given: the cheapest plan that fits"]
     if ideal not in by_name:
         reasons.append(f"{ideal} was not among the planned algorithms; plan it too to compare")
     if not fitting:
         fixes = []
         if x.lora is None:
             fixes.append("LoRA (lora: {r: 16})")
-        if not x.gradient_checkpointing:
-            fixes.append("gradient_checkpointing")
         if x.precision == "fp32" and hw.kind == "gpu":
             fixes.append("precision bf16")
-        fixes.append("a smaller micro_batch_size or shorter max_length")
+        fixes.append("shorter sequences")
         if hw.kind == "gpu":
             fixes.append("a GPU with more memory")
         return {
             "algorithm": None,
-            "text": "nothing planned fits this hardware; try " + ", ".join(fixes),
+            "text": "nothing planned fits this hardware, even at micro_batch_size 1 with gradient checkpointing; try "
+            + ", ".join(fixes),
             "reasons": reasons,
         }
     choice = fitting[0]
     plan = by_name[choice]
     devices = f"{hw.count} x {hw.name}" if hw.kind == "gpu" else "the CPU"
-    text = (
-        f"{choice} on {devices}: peak {plan['memory']['peak_bytes'] / GIB:.1f} GiB of "
-        f"{hw.memory_bytes / GIB:.0f} GiB, about {plan['time']['seconds_per_step']:.3g} s per step"
-    )
-    if plan["largest_micro_batch_size"] and plan["largest_micro_batch_size"] > plan["micro_batch_size"]:
-        text += f"; micro_batch_size up to {plan['largest_micro_batch_size']} fits"
+    peak = f"{plan['memory']['peak_bytes'] / GIB:.1f} GiB of {hw.memory_bytes / GIB:.0f} GiB"
+    seconds = f"about {plan['time']['seconds_per_step']:.3g} s per step"
+    if plan["fits"]:
+        text = f"{choice} on {devices}: peak {peak}, {seconds}"
+        if plan["largest_micro_batch_size"] and plan["largest_micro_batch_size"] > plan["micro_batch_size"]:
+            text += f"; micro_batch_size up to {plan['largest_micro_batch_size']} fits"
+    elif plan["largest_micro_batch_size"]:
+        text = (
+            f"{choice} on {devices} with micro_batch_size {plan['largest_micro_batch_size']} "
+            f"(as asked its peak is {peak}), {seconds}"
+        )
+    else:
+        text = (
+            f"{choice} on {devices} with gradient_checkpointing and micro_batch_size "
+            f"{plan['largest_micro_batch_size_with_checkpointing']} (as asked its peak is {peak}), {seconds} "
+            "plus about a third for the recomputation"
+        )
     if choice != ideal and ideal in by_name:
-        reasons.append(f"{ideal} does not fit: peak {by_name[ideal]['memory']['peak_bytes'] / GIB:.1f} GiB")
+        reasons.append(
+            f"{ideal} does not fit even at micro_batch_size 1 with gradient checkpointing "
+            f"(as asked: peak {by_name[ideal]['memory']['peak_bytes'] / GIB:.1f} GiB)"
+        )
     if choice in ("grpo", "ppo") and hw.count > 1:
         reasons.append(f"{choice} uses one GPU per job; the others can run other jobs")
     return {"algorithm": choice, "text": text, "reasons": reasons}
+
+
+def _feasible(plan: dict[str, Any]) -> bool:
+    """Fits as asked, or with a smaller micro-batch, or with gradient checkpointing too."""
+    return bool(plan["fits"] or plan["largest_micro_batch_size"] or plan["largest_micro_batch_size_with_checkpointing"])

@@ -175,25 +175,19 @@ def test_the_recommendation_follows_the_users_situation(
 
 
 def test_the_recommendation_falls_back_to_what_fits(client: TestClient, auth: dict[str, str], models: Settings) -> None:
-    # With rules, GRPO is the first choice; when it does not fit, the next choice that fits is recommended.
-    answer = plan(
-        client,
-        auth,
-        base_model="llama-8b",
-        algorithms=["grpo", "sft"],
-        data="verifiable_rules",
-        hardware={"kind": "gpu", "gpu": "H100", "memory_gb": 60},
-        max_length=512,
-        max_prompt_length=256,
-        batch_size=1,
-        num_generations=2,
-        gradient_checkpointing=True,
-        lora={"r": 8},
-        max_new_tokens=64,
-    )
+    # Full bf16 GRPO on 8B keeps policy + AdamW (64 GiB) and a frozen reference (15 GiB): over an H100's
+    # 80 GiB at any micro-batch. SFT drops the reference and fits with a smaller micro-batch.
+    answer = plan(client, auth, base_model="llama-8b", algorithms=["grpo", "sft"], data="verifiable_rules")
     plans = by_algorithm(answer)
-    assert plans["sft"]["fits"]
-    assert answer["recommendation"]["algorithm"] == ("grpo" if plans["grpo"]["fits"] else "sft")
+    assert plans["grpo"]["largest_micro_batch_size_with_checkpointing"] is None
+    assert plans["sft"]["fits"] is False and plans["sft"]["largest_micro_batch_size_with_checkpointing"]
+    recommendation = answer["recommendation"]
+    assert recommendation["algorithm"] == "sft"
+    assert "micro_batch_size" in recommendation["text"]
+    assert any("grpo does not fit" in reason for reason in recommendation["reasons"])
+    # The same GRPO with LoRA fits: it is recommended, with the micro-batch that fits.
+    lora = plan(client, auth, base_model="llama-8b", algorithms=["grpo", "sft"], data="verifiable_rules", lora={"r": 16})
+    assert lora["recommendation"]["algorithm"] == "grpo"
 
 
 def test_several_gpus_split_an_offline_step_but_grpo_uses_one(
