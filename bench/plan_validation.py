@@ -77,10 +77,23 @@ def _long(text: str, chars: int = 400) -> str:
 
 
 def write_data(folder: Path) -> dict[str, Path]:
-    rows = [(f"Question {i}: tell me about the number {i}.", f"The number {i} is fine.", f"No idea about {i}.") for i in range(16)]
+    rows = [
+        (f"Question {i}: tell me about the number {i}.", f"The number {i} is fine.", f"No idea about {i}.")
+        for i in range(16)
+    ]
     files = {
-        "preference": [{"prompt": _long(p), "chosen": _long(c, COMPLETION), "rejected": _long(r, COMPLETION)} for p, c, r in rows],
-        "sft": [{"messages": [{"role": "user", "content": _long(p)}, {"role": "assistant", "content": _long(c, COMPLETION)}]} for p, c, _ in rows],
+        "preference": [
+            {"prompt": _long(p), "chosen": _long(c, COMPLETION), "rejected": _long(r, COMPLETION)} for p, c, r in rows
+        ],
+        "sft": [
+            {
+                "messages": [
+                    {"role": "user", "content": _long(p)},
+                    {"role": "assistant", "content": _long(c, COMPLETION)},
+                ]
+            }
+            for p, c, _ in rows
+        ],
         "prompt": [{"prompt": _long(p), "answer": c} for p, c, _ in rows],
     }
     out = {}
@@ -129,7 +142,17 @@ def run_trainer(
     out.mkdir(parents=True, exist_ok=True)
     spec_file, events = out / "spec.json", out / "events.jsonl"
     spec_file.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "trainer", "run", str(spec_file), "--output", str(out / "ckpt"), "--events", str(events)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trainer",
+        "run",
+        str(spec_file),
+        "--output",
+        str(out / "ckpt"),
+        "--events",
+        str(events),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
     lines = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
     peaks = [e["values"]["peak_memory_mb"] for e in lines if e["type"] == "metrics" and "peak_memory_mb" in e["values"]]
@@ -187,8 +210,8 @@ def table(results: list[dict[str, Any]], baseline_mb: float) -> str:
         ok = "yes" if within(r["predicted_mb"], r["measured_mb"]) else "**no**"
         lines.append(
             f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers) | {SETTING[r['variant']]} "
-            f"| {r['params'] / 1e6:.2f} M "
-            f"| {r['predicted_mb']:.0f} | {r['measured_mb']:.0f} | {err:+.0f} | {100 * err / r['measured_mb']:+.1f}% | {ok} |"
+            f"| {r['params'] / 1e6:.2f} M | {r['predicted_mb']:.0f} | {r['measured_mb']:.0f} "
+            f"| {err:+.0f} | {100 * err / r['measured_mb']:+.1f}% | {ok} |"
         )
     return "\n".join(lines)
 
@@ -207,7 +230,9 @@ def main() -> None:
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--variants", default="lora,ckpt,bf16", help="variants run at the large size ('' for none)")
     parser.add_argument("--write-docs", action="store_true")
-    parser.add_argument("--reuse", action="store_true", help="reuse measured values from bench/out/plan_validation.json")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse measured values from bench/out/plan_validation.json"
+    )
     args = parser.parse_args()
     from tests.tiny import build_tiny_model
 
@@ -233,7 +258,9 @@ def main() -> None:
                     out = tmp / size / f"{algorithm}-{variant}"
                     measured[key] = run_trainer(algorithm, model, reward_model, data, out, variant)
                     print(f"{key}: {measured[key]:.0f} MB", flush=True)
-                cache.write_text(json.dumps({"baseline_mb": baseline, "measured": measured, "configs": configs}, indent=1))
+                cache.write_text(
+                    json.dumps({"baseline_mb": baseline, "measured": measured, "configs": configs}, indent=1)
+                )
     results = []
     for size in args.sizes.split(","):
         for algorithm, variant in runs(args, size):

@@ -20,16 +20,24 @@ def _gib(n: int) -> str:
 
 
 def plan_command(
-    base_model: Annotated[str, typer.Argument(help="Model-directory name, hub id, or a local folder with config.json.")],
+    base_model: Annotated[
+        str, typer.Argument(help="Model-directory name, hub id, or a local folder with config.json.")
+    ],
     algorithm: Annotated[
         list[str], typer.Option("--algorithm", "-a", help="dpo, reward, sft, grpo or ppo (repeat for several).")
     ],
-    gpu: Annotated[str | None, typer.Option(help="GPU kind: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, T4, 'RTX 4090'.")] = None,
+    gpu: Annotated[
+        str | None, typer.Option(help="GPU kind: H100, H200, A100-80GB, A100-40GB, L40S, L4, A10G, T4, 'RTX 4090'.")
+    ] = None,
     gpus: Annotated[int, typer.Option(help="How many GPUs.")] = 1,
-    cpu_memory_gb: Annotated[float | None, typer.Option(help="Plan for this CPU machine's RAM (GiB) instead of GPUs.")] = None,
+    cpu_memory_gb: Annotated[
+        float | None, typer.Option(help="Plan for this CPU machine's RAM (GiB) instead of GPUs.")
+    ] = None,
     cpu_flops: Annotated[float | None, typer.Option(help="The CPU's FLOP/s (measured here when left out).")] = None,
     lora_r: Annotated[int | None, typer.Option(help="LoRA rank (full fine-tuning when left out).")] = None,
-    lora_targets: Annotated[str, typer.Option(help="LoRA target modules, comma-separated, or all-linear.")] = "all-linear",
+    lora_targets: Annotated[
+        str, typer.Option(help="LoRA target modules, comma-separated, or all-linear.")
+    ] = "all-linear",
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "bf16",
     max_length: Annotated[int, typer.Option()] = 1024,
     max_prompt_length: Annotated[int, typer.Option()] = 512,
@@ -103,7 +111,19 @@ def _print(answer: Any) -> None:
         f"{hw.count} x {hw.name} ({_gib(hw.memory_bytes)} GiB each)"
     )
     table = Table(title=title)
-    for column in ("algorithm", "models", "weights", "grads+optim", "activations", "logits", "KV cache", "peak GiB", "fits", "max micro", "s/step"):
+    for column in (
+        "algorithm",
+        "models",
+        "weights",
+        "grads+optim",
+        "activations",
+        "logits",
+        "KV cache",
+        "peak GiB",
+        "fits",
+        "max micro",
+        "s/step",
+    ):
         table.add_column(column, justify="left" if column in ("algorithm", "models") else "right")
     for plan in answer.plans:
         m = plan.memory

@@ -361,7 +361,16 @@ def models_in_memory(algorithm: Algorithm, x: PlanInput) -> list[dict[str, Any]]
     if algorithm in ("grpo", "ppo"):
         reference(algorithm == "ppo" or x.grpo_beta_positive)
         for i, rm in enumerate(x.reward_shapes):
-            models.append(_model(f"reward model {i + 1}", "frozen sequence classifier", rm.params("score"), 0, rm.params("score") * p, 0))
+            models.append(
+                _model(
+                    f"reward model {i + 1}",
+                    "frozen sequence classifier",
+                    rm.params("score"),
+                    0,
+                    rm.params("score") * p,
+                    0,
+                )
+            )
         if x.reward_rules_only:
             models.append(_model("reward", "rules (no model)", 0, 0, 0, 0))
     if algorithm == "ppo":
@@ -447,7 +456,9 @@ def step_seconds(algorithm: Algorithm, x: PlanInput, hw: Hardware, flops: dict[s
     if algorithm in ("grpo", "ppo"):
         sequences = x.batch_size * (x.num_generations if algorithm == "grpo" else 1)
         weight_bytes = x.shape.params("lm") * x.param_bytes
-        per_token = max(weight_bytes / (hw.bandwidth_bytes * hw.efficiency), 2 * x.shape.matmul_params() * sequences / rate)
+        per_token = max(
+            weight_bytes / (hw.bandwidth_bytes * hw.efficiency), 2 * x.shape.matmul_params() * sequences / rate
+        )
         generation = x.max_new_tokens * per_token
     return {"compute_seconds": compute, "generation_seconds": generation, "seconds_per_step": compute + generation}
 
@@ -482,7 +493,10 @@ def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str,
     def largest(checkpointing: bool) -> int | None:
         limit = x.batch_size // x.num_minibatches if algorithm == "ppo" else x.batch_size
         for m in _divisors_desc(limit):
-            if x.batch_size % m == 0 and peak_bytes(models, _phases(algorithm, x, m, checkpointing), hw.overhead_bytes) <= hw.memory_bytes:
+            if (
+                x.batch_size % m == 0
+                and peak_bytes(models, _phases(algorithm, x, m, checkpointing), hw.overhead_bytes) <= hw.memory_bytes
+            ):
                 return m
         return None
 

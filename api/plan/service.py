@@ -39,7 +39,9 @@ def read_config(settings: Settings, ref: str, param: str = "base_model") -> dict
                 )
             path = folder / "config.json"
             if not path.is_file():
-                adapter = " (it is a LoRA adapter: plan its base model)" if (folder / "adapter_config.json").is_file() else ""
+                adapter = (
+                    " (it is a LoRA adapter: plan its base model)" if (folder / "adapter_config.json").is_file() else ""
+                )
                 raise InvalidModelRef(f"model {name!r} has no config.json{adapter}", param=param)
         case HubId(repo_id):
             if not settings.allow_hub_models:
@@ -97,7 +99,11 @@ def hardware_of(request: PlanHardware, precision: str) -> tuple[Hardware, list[s
             assumptions.append(f"CPU throughput measured on the API host: {flops / 1e9:.0f} GFLOP/s (fp32 matmul)")
         overhead = request.overhead_mb if request.overhead_mb is not None else CPU_RUNTIME_BASELINE_MB
         hardware = Hardware.cpu(
-            request.memory_gb, flops, overhead, bandwidth_gbs=request.bandwidth_gbs or 20.0, efficiency=request.efficiency
+            request.memory_gb,
+            flops,
+            overhead,
+            bandwidth_gbs=request.bandwidth_gbs or 20.0,
+            efficiency=request.efficiency,
         )
         return hardware, assumptions
     assert request.gpu is not None

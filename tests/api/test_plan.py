@@ -186,7 +186,9 @@ def test_the_recommendation_falls_back_to_what_fits(client: TestClient, auth: di
     assert "micro_batch_size" in recommendation["text"]
     assert any("grpo does not fit" in reason for reason in recommendation["reasons"])
     # The same GRPO with LoRA fits: it is recommended, with the micro-batch that fits.
-    lora = plan(client, auth, base_model="llama-8b", algorithms=["grpo", "sft"], data="verifiable_rules", lora={"r": 16})
+    lora = plan(
+        client, auth, base_model="llama-8b", algorithms=["grpo", "sft"], data="verifiable_rules", lora={"r": 16}
+    )
     assert lora["recommendation"]["algorithm"] == "grpo"
 
 
@@ -194,7 +196,9 @@ def test_several_gpus_split_an_offline_step_but_grpo_uses_one(
     client: TestClient, auth: dict[str, str], models: Settings
 ) -> None:
     one = by_algorithm(plan(client, auth, algorithms=["dpo", "grpo"]))
-    four = by_algorithm(plan(client, auth, algorithms=["dpo", "grpo"], hardware={"kind": "gpu", "gpu": "H100", "count": 4}))
+    four = by_algorithm(
+        plan(client, auth, algorithms=["dpo", "grpo"], hardware={"kind": "gpu", "gpu": "H100", "count": 4})
+    )
     assert four["dpo"]["time"]["compute_seconds"] == pytest.approx(one["dpo"]["time"]["compute_seconds"] / 4)
     assert four["grpo"]["time"]["seconds_per_step"] == pytest.approx(one["grpo"]["time"]["seconds_per_step"])
     assert any("one process" in note for note in four["grpo"]["notes"])
@@ -284,8 +288,14 @@ def test_parameter_counts_match_the_models_transformers_builds() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
     config = LlamaConfig(
-        vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False, num_labels=1,
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        num_labels=1,
     )
     shape = shape_from_config(config.to_dict())
     assert shape.params("lm") == sum(p.numel() for p in LlamaForCausalLM(config).parameters())
@@ -299,8 +309,16 @@ def test_parameter_counts_match_the_models_transformers_builds() -> None:
 
 def test_kv_cache_and_logits_follow_their_formulas() -> None:
     shape = shape_from_config(LLAMA_8B)
-    x = PlanInput(shape=shape, precision="bf16", lora=Lora(16), max_prompt_length=256, max_new_tokens=256,
-                  batch_size=4, num_generations=8, reward_rules_only=True)
+    x = PlanInput(
+        shape=shape,
+        precision="bf16",
+        lora=Lora(16),
+        max_prompt_length=256,
+        max_new_tokens=256,
+        batch_size=4,
+        num_generations=8,
+        reward_rules_only=True,
+    )
     grpo = estimate_plan("grpo", x, Hardware.gpu("H200"))
     # 2 (K and V) x 32 layers x 8 KV heads x 128 x 32 sequences x 512 positions x 2 bytes
     kv = 2 * 32 * 8 * 128 * 32 * 512 * 2
@@ -343,8 +361,13 @@ def test_activations_are_the_tensors_autograd_keeps(lora: Lora | None) -> None:
     from trainer.models import apply_lora
 
     config = LlamaConfig(
-        vocab_size=260, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, tie_word_embeddings=False,
+        vocab_size=260,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     model: Any = LlamaForCausalLM(config).train()

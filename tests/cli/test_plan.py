@@ -30,8 +30,22 @@ def alignd(data_dir: Path, *args: str) -> Result:
 
 
 def test_plan_prints_a_table_with_every_algorithm_and_a_recommendation(data_dir: Path) -> None:
-    result = alignd(data_dir, "qwen-0.5b", "-a", "dpo", "-a", "grpo", "-a", "ppo", "--gpu", "L4", "--lora-r", "16",
-                    "--data", "verifiable_rules")
+    result = alignd(
+        data_dir,
+        "qwen-0.5b",
+        "-a",
+        "dpo",
+        "-a",
+        "grpo",
+        "-a",
+        "ppo",
+        "--gpu",
+        "L4",
+        "--lora-r",
+        "16",
+        "--data",
+        "verifiable_rules",
+    )
     assert result.exit_code == 0, result.output
     for word in ("dpo", "grpo", "ppo", "peak GiB", "fits", "recommendation: grpo on 1 x L4 with micro_batch_size 2"):
         assert word in result.output, word
