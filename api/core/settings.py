@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     """GPUs a worker may use; default: as many as torch sees (0 on a CPU machine)."""
     gpus_per_job: int = Field(1, ge=1)
     """GPUs one job trains on; above 1 the trainer runs under `accelerate launch`."""
+    worker_gpu_memory_gb: float | None = Field(None, gt=0, le=65536)
+    """Memory (GiB) of one GPU of the workers jobs are queued to. When set, job creation plans each job
+    (docs/plan.md) and refuses one whose planned peak exceeds it (422 job_does_not_fit); unset: no check."""
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

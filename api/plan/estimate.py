@@ -286,14 +286,15 @@ def activations_bytes(
     lora: Lora | None = None,
 ) -> int:
     """Activations of a training pass over rows x seq_len tokens: all L layers, or with gradient
-    checkpointing each layer's input plus one layer recomputed at a time; plus embeddings/final norm (3h)."""
+    checkpointing each layer's input plus one layer recomputed at a time; plus embeddings/final norm (3h);
+    in bf16, the fp32 copies RMSNorm keeps of its inputs."""
     tokens = rows * seq_len
     per_layer = activation_elements_per_token(shape, seq_len, attention_scores, lora)
-    if checkpointing:
-        elements = shape.num_layers * shape.hidden_size + per_layer
-    else:
-        elements = shape.num_layers * per_layer
-    return tokens * (elements + 3 * shape.hidden_size) * dtype_bytes
+    layers_kept = 1 if checkpointing else shape.num_layers
+    elements = (shape.num_layers * shape.hidden_size if checkpointing else 0) + layers_kept * per_layer
+    # RMSNorm upcasts its input to fp32 and keeps that copy: 2 norms per layer kept, and the final one.
+    upcast = (2 * layers_kept + 1) * shape.hidden_size * (4 - dtype_bytes)
+    return tokens * ((elements + 3 * shape.hidden_size) * dtype_bytes + upcast)
 
 
 def logits_bytes(shape: ModelShape, rows: int, positions: int, copies: int) -> int:

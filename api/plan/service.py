@@ -8,10 +8,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from api.core.errors import InvalidRequest
 from api.core.settings import Settings
 from api.models_dir.references import CheckpointId, HubId, InvalidModelRef, JobOutput, ModelName, parse
 from api.plan.estimate import (
     CPU_RUNTIME_BASELINE_MB,
+    GIB,
+    GPU_OVERHEAD_BYTES,
     MIB,
     ConfigError,
     Hardware,
@@ -23,6 +26,11 @@ from api.plan.estimate import (
     shape_from_config,
 )
 from api.plan.schemas import PlanHardware, PlanRequest, PlanResponse
+from trainer.config import LoraConfig
+
+
+class JobDoesNotFit(InvalidRequest):
+    code = "job_does_not_fit"
 
 
 def read_config(settings: Settings, ref: str, param: str = "base_model") -> dict[str, Any]:
@@ -198,3 +206,72 @@ def _shape(config: dict[str, Any], param: str) -> ModelShape:
         return shape_from_config(config)
     except ConfigError as exc:
         raise InvalidModelRef(f"{exc}: the planner needs a decoder's sizes", param=param) from exc
+
+
+def check_job_fits(
+    settings: Settings,
+    algorithm: str,
+    hyperparameters: dict[str, Any],
+    lora: LoraConfig | None,
+    base_model: str,
+    reward: list[dict[str, Any]] | None,
+) -> None:
+    """Refuse (422 job_does_not_fit) a job whose planned peak exceeds `worker_gpu_memory_gb`.
+
+    Only what can be planned is refused: a base model whose config.json is not readable here (a
+    checkpoint, a hub model not in the hub cache) or not a decoder the planner knows passes unchecked.
+    `hyperparameters` are the job's, with defaults filled in; precision auto plans bf16 (a GPU worker).
+    """
+    memory_gb = settings.worker_gpu_memory_gb
+    if memory_gb is None:
+        return
+    try:
+        shape = shape_from_config(read_config(settings, base_model))
+    except (InvalidModelRef, ConfigError):
+        return
+    reward_shapes: list[ModelShape] = []
+    for component in reward or []:
+        if component.get("type") == "model":
+            try:
+                reward_shapes.append(shape_from_config(read_config(settings, str(component["model"]))))
+            except (InvalidModelRef, ConfigError):
+                continue
+    hp = hyperparameters
+    x = PlanInput(
+        shape=shape,
+        precision="fp32" if hp.get("precision") == "fp32" else "bf16",
+        lora=Lora(lora.r, lora.target_modules, lora.dropout) if lora else None,
+        max_length=hp["max_length"],
+        max_prompt_length=hp["max_prompt_length"],
+        max_new_tokens=hp.get("max_new_tokens", 128),
+        batch_size=hp["batch_size"],
+        micro_batch_size=hp.get("micro_batch_size"),
+        num_generations=hp.get("num_generations", 8),
+        gradient_checkpointing=bool(hp.get("gradient_checkpointing")),
+        reward_shapes=reward_shapes,
+        reward_rules_only=not reward_shapes,
+        precompute_ref_logps=hp.get("precompute_ref_logps", True),
+        grpo_beta_positive=hp.get("beta", 0.04) > 0,
+        ppo_value_model=hp.get("value_model", "head"),
+        ppo_epochs=hp.get("ppo_epochs", 4),
+        num_minibatches=hp.get("num_minibatches", 1),
+    )
+    worker = Hardware("gpu", "worker GPU", 1, int(memory_gb * GIB), 1e12, 1e12, GPU_OVERHEAD_BYTES)
+    answer = estimate_plan(algorithm, x, worker)  # type: ignore[arg-type]
+    if answer["fits"]:
+        return
+    peak = answer["memory"]["peak_bytes"] / GIB
+    if answer["largest_micro_batch_size"]:
+        fix = f"set hyperparameters.micro_batch_size to {answer['largest_micro_batch_size']} or less"
+    elif answer["largest_micro_batch_size_with_checkpointing"]:
+        fix = (
+            "turn on hyperparameters.gradient_checkpointing with micro_batch_size "
+            f"{answer['largest_micro_batch_size_with_checkpointing']} or less"
+        )
+    else:
+        fix = "use LoRA, bf16 or shorter sequences (POST /v1/plan shows the memory of each choice)"
+    raise JobDoesNotFit(
+        f"this job needs about {peak:.1f} GiB on one GPU but the workers' GPUs have {memory_gb:g} GiB "
+        f"(ALIGND_WORKER_GPU_MEMORY_GB); {fix}",
+        param="hyperparameters",
+    )

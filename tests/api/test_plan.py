@@ -388,3 +388,63 @@ def test_activations_are_the_tensors_autograd_keeps(lora: Lora | None) -> None:
     shape = shape_from_config(config.to_dict())
     predicted = activations_bytes(shape, rows, length, 4, False, False, lora)
     assert predicted == pytest.approx(sum(saved.values()), rel=0.05)
+
+
+def test_bf16_activations_count_the_fp32_copies_rmsnorm_keeps() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=260,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).to(torch.bfloat16).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.randint(0, 256, (4, 96))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=1)
+    predicted = activations_bytes(shape_from_config(config.to_dict()), 4, 96, 2, False, False)
+    assert predicted == pytest.approx(sum(saved.values()), rel=0.05)
+
+
+# --- opt-in: job creation refuses a job that cannot fit the workers' GPUs ---------------------------
+
+
+def test_job_creation_refuses_a_job_over_the_workers_gpu_memory_only_when_configured(
+    client: TestClient, auth: dict[str, str], models: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.core import reset_caches
+    from tests.api.helpers import real_lines, upload_ok
+
+    dataset = upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 2))
+    full = {"algorithm": "dpo", "base_model": "llama-8b", "dataset_id": dataset["id"]}
+    # Unset (the default): no check, the job is queued whatever its size.
+    assert client.post("/v1/jobs", headers=auth, json=full).status_code == 201
+
+    monkeypatch.setenv("ALIGND_WORKER_GPU_MEMORY_GB", "24")
+    reset_caches()
+    refused = client.post("/v1/jobs", headers=auth, json=full)
+    assert_error(refused, 422, "job_does_not_fit", "hyperparameters")
+    assert "24 GiB" in refused.json()["error"]["message"]
+    # 8B in bf16 with LoRA, micro-batches of 1 and gradient checkpointing fits 24 GiB.
+    small = {
+        **full,
+        "lora": {"r": 16},
+        "hyperparameters": {"micro_batch_size": 1, "gradient_checkpointing": True, "max_length": 1024},
+    }
+    assert client.post("/v1/jobs", headers=auth, json=small).status_code == 201, "fits"
+    # A model the planner cannot read (a hub id not in the hub cache) is not refused by the planner.
+    unplannable = {**full, "base_model": "org/uncached"}
+    assert client.post("/v1/jobs", headers=auth, json=unplannable).status_code == 201
