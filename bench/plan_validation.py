@@ -47,8 +47,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """Settings beside full fp32 fine-tuning, run at the large size for dpo, grpo and ppo (--variants)."""
 COMPLETION = 56
 """Characters (= tokens) of each completion: with a prompt cut to MAX_PROMPT it nearly fills MAX_LENGTH."""
-TOLERANCE_FRACTION, TOLERANCE_MB = 0.25, 100.0
-"""A prediction passes when |predicted - measured| <= max(25% of measured, 100 MB) (see docs/plan.md)."""
+TOLERANCE_FRACTION, TOLERANCE_MB = 0.10, 50.0
+"""A prediction passes when |predicted - measured| <= max(10% of measured, 50 MB) (see docs/plan.md)."""
 
 BASELINE_SCRIPT = """
 import resource
@@ -60,8 +60,17 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
+ALLOCATOR = {"mode": "default"}
+ALLOCATOR_HELP = """default: glibc as configured. mmap: MALLOC_MMAP_THRESHOLD_=65536, so every tensor of 64 KiB or more
+is its own mapping and is returned to the system when freed: RSS then follows live bytes, not the heap's
+high-water mark."""
+
+
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if ALLOCATOR["mode"] == "mmap":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
 
 
 def measure_baseline_mb(model: Path) -> float:
@@ -198,21 +207,34 @@ SETTING = {
 }
 
 
-def table(results: list[dict[str, Any]], baseline_mb: float) -> str:
+def table(results: list[dict[str, Any]], baseline_mb: float, live: dict[str, Any] | None = None) -> str:
+    """The markdown table; `live`: the cache of a run with --allocator mmap (its columns, when measured)."""
+    live_measured = (live or {}).get("measured", {})
+    live_shift = (live or {}).get("baseline_mb", baseline_mb) - baseline_mb
     lines = [
-        f"Runtime baseline (measured once, peak RSS of imports + tokenizer): **{baseline_mb:.0f} MB**.",
+        f"Runtime baseline (measured once, peak RSS of imports + tokenizer): **{baseline_mb:.0f} MB**"
+        + (f" ({baseline_mb + live_shift:.0f} MB with the 64 KiB mmap threshold)." if live else "."),
         "",
-        "| algorithm | size | setting | params | predicted MB | measured MB | error MB | error % | within tolerance |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| algorithm | size | setting | params | predicted MB | measured MB | error | within | "
+        "measured MB, 64 KiB mmap threshold | error | within |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        err = r["predicted_mb"] - r["measured_mb"]
-        ok = "yes" if within(r["predicted_mb"], r["measured_mb"]) else "**no**"
-        lines.append(
+        key = f"{r['algorithm']}/{r['size']}" + ("" if r["variant"] == "full" else f"/{r['variant']}")
+        predicted, measured = r["predicted_mb"], r["measured_mb"]
+        row = (
             f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers) | {SETTING[r['variant']]} "
-            f"| {r['params'] / 1e6:.2f} M | {r['predicted_mb']:.0f} | {r['measured_mb']:.0f} "
-            f"| {err:+.0f} | {100 * err / r['measured_mb']:+.1f}% | {ok} |"
+            f"| {r['params'] / 1e6:.2f} M | {predicted:.0f} | {measured:.0f} "
+            f"| {predicted - measured:+.0f} ({100 * (predicted - measured) / measured:+.1f}%) "
+            f"| {'yes' if within(predicted, measured) else '**no**'} "
         )
+        if key in live_measured:
+            lm, lp = live_measured[key], predicted + live_shift
+            ok = "yes" if within(lp, lm) else "**no**"
+            row += f"| {lm:.0f} | {lp - lm:+.0f} ({100 * (lp - lm) / lm:+.1f}%) | {ok} |"
+        else:
+            row += "| - | - | - |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -220,7 +242,11 @@ def runs(args: argparse.Namespace, size: str) -> list[tuple[str, str]]:
     """(algorithm, variant) pairs: every algorithm in full fp32, and the variants at the large size."""
     out = [(algorithm, "full") for algorithm in args.algorithms.split(",")]
     if size == "large":
-        out += [(a, v) for v in args.variants.split(",") if v for a in ("dpo", "grpo", "ppo")]
+        # PPO in bf16 is left out: its fp32 value head meets the bf16 trunk and the trainer fails
+        # ("expected m1 and m2 to have the same dtype"), a trainer bug reported with this script.
+        out += [
+            (a, v) for v in args.variants.split(",") if v for a in ("dpo", "grpo", "ppo") if (a, v) != ("ppo", "bf16")
+        ]
     return out
 
 
@@ -229,6 +255,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--variants", default="lora,ckpt,bf16", help="variants run at the large size ('' for none)")
+    parser.add_argument("--allocator", choices=["default", "mmap"], default="default", help=ALLOCATOR_HELP)
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument(
         "--reuse", action="store_true", help="reuse measured values from bench/out/plan_validation.json"
@@ -236,7 +263,13 @@ def main() -> None:
     args = parser.parse_args()
     from tests.tiny import build_tiny_model
 
-    cache = ROOT / "bench" / "out" / "plan_validation.json"
+    ALLOCATOR["mode"] = args.allocator
+    cache = (
+        ROOT
+        / "bench"
+        / "out"
+        / ("plan_validation.json" if args.allocator == "default" else "plan_validation.mmap.json")
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     saved = json.loads(cache.read_text()) if args.reuse and cache.exists() else {}
     measured: dict[str, float] = dict(saved.get("measured", {}))
@@ -283,7 +316,9 @@ def main() -> None:
     cache.write_text(
         json.dumps({"baseline_mb": baseline, "measured": measured, "configs": configs, "results": results}, indent=1)
     )
-    text = table(results, baseline)
+    live_cache = ROOT / "bench" / "out" / "plan_validation.mmap.json"
+    live = json.loads(live_cache.read_text()) if args.allocator == "default" and live_cache.exists() else None
+    text = table(results, baseline, live)
     print(text)
     if args.write_docs:
         doc = ROOT / "docs" / "plan.md"
