@@ -33,7 +33,7 @@ GPU_OVERHEAD_BYTES = 1 * GIB
 CPU_RUNTIME_BASELINE_MB = 402
 """Peak RSS of a trainer process before any model on CPU: torch, transformers, peft and the trainer
 imported and a tokenizer loaded. Measured once by bench/plan_validation.py on the 2-core dev box
-(CPython 3.12, torch 2.x); give hardware.overhead_mb to use another machine's value."""
+(CPython 3.11); give hardware.overhead_mb to use another machine's value."""
 DEFAULT_EFFICIENCY = 0.4
 """Fraction of the peak matmul throughput (and memory bandwidth) a training step reaches."""
 
