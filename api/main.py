@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 import api
 from api.checkpoints.router import router as checkpoints_router
-from api.core.errors import AlignError, ErrorResponse
+from api.core.errors import AlignError
 from api.core.limits import RequestLimits
+from api.core.openapi import install as install_openapi
 from api.core.settings import get_settings
 from api.core.validation import error_details
 from api.datasets.router import router as datasets_router
 from api.jobs.router import router as jobs_router
 from api.models_dir.router import router as models_router
+from api.openai_compat.router import files_router as openai_files_router
+from api.openai_compat.router import jobs_router as openai_jobs_router
+from api.ops.metrics import HttpMetrics
 from api.ops.router import router as ops_router
 from api.plan.router import router as plan_router
 from api.reward_models.router import router as reward_models_router
@@ -60,36 +64,39 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, "invalid_request", message, field, details)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str | None:
+    """The methods the OpenAPI schema gives this path (its most specific template: fewest parameters).
+
+    Starlette's 405 names only the first matching route's methods, and /v1/datasets/validate (POST) must
+    not advertise the GET of /v1/datasets/{dataset_id}, which only answers it with a 404.
+    """
+    templates = []
+    for template, item in request.app.openapi()["paths"].items():
+        regex, _, params = compile_path(template)
+        if regex.match(request.url.path):
+            templates.append((len(params), [m.upper() for m in item if m != "parameters"]))
+    if not templates:
+        return None  # not in the schema (e.g. /docs): Starlette's own Allow
+    fewest = min(n for n, _ in templates)
+    return ", ".join(sorted({m for n, methods in templates if n == fewest for m in methods}))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
         # FastAPI's JSON parse of the body hit Python's recursion limit (thousands of nested [ or {).
         return _error(400, "invalid_json", "the request body is not valid JSON here: it nests too deeply")
-    return _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    response = _error(exc.status_code, _HTTP_CODES.get(exc.status_code, "http_error"), str(exc.detail))
+    response.headers.update(exc.headers or {})
+    allowed = _allowed_methods(request) if exc.status_code == 405 else None
+    if allowed is not None:  # RFC 9110: a 405 lists the methods the resource supports
+        response.headers["Allow"] = allowed
+    return response
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return _error(500, "internal_error", "internal server error; the server log has the details")
-
-
-# Every error status of every route is documented with the one error shape (DESIGN §4).
-_ERROR_STATUSES = {
-    400: "The body is not valid JSON.",
-    401: "Missing, malformed or revoked API key.",
-    404: "No such object for this tenant.",
-    413: "The request body is over this server's limit.",
-    422: "A field, parameter or header is invalid (param names it; details lists every problem).",
-}
-
-
-def _document_errors(router: APIRouter) -> dict[int | str, dict[str, Any]]:
-    """Give each route's own 4xx/5xx responses the ErrorResponse model; returns the router-wide defaults."""
-    for route in router.routes:
-        for status, response in getattr(route, "responses", {}).items():
-            if str(status)[0] in "45":
-                response.setdefault("model", ErrorResponse)
-    return {status: {"model": ErrorResponse, "description": text} for status, text in _ERROR_STATUSES.items()}
 
 
 def create_app() -> FastAPI:
@@ -107,8 +114,12 @@ def create_app() -> FastAPI:
         max_body_bytes=lambda: get_settings().max_json_body_bytes,
         streamed_uploads=frozenset({"/v1/datasets", "/v1/datasets/validate"}),
     )
-    _document_errors(ops_router)
+    app.add_middleware(HttpMetrics)  # outermost: latency by route template, every status counted
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, checkpoints_router, reward_models_router, models_router, plan_router):
-        app.include_router(router, prefix="/v1", responses=_document_errors(router))
+        app.include_router(router, prefix="/v1")
+    # OpenAI's fine-tuning API (api/openai_compat) answers errors in OpenAI's own shape.
+    for router in (openai_files_router, openai_jobs_router):
+        app.include_router(router, prefix="/v1")
+    install_openapi(app)
     return app

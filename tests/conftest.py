@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.live import live_alignd, live_embedded, live_postgres  # noqa: F401 (live alignd servers for tests/client and tests/cli)
 from tests.services import create_bucket, create_database, postgres_server, redis_server, s3_server
 
 if TYPE_CHECKING:

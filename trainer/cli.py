@@ -38,8 +38,10 @@ def _validation_message(exc: ValidationError, where: str) -> str:
 def run_command(spec_path: str, output: str, resume: str | None, events_path: str | None) -> int:
     """Run one training job; returns the process exit code."""
     from trainer.data import DataError
-    from trainer.engine import Events, Run, Terminated, TrainError, install_sigterm_handler, make_accelerator
+    from trainer.events import Events
     from trainer.models import ModelLoadError
+    from trainer.run import Run, TrainError, make_accelerator
+    from trainer.signals import Terminated, install_sigterm_handler
 
     install_sigterm_handler()
     from transformers.utils import logging as hf_logging

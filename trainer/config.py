@@ -7,10 +7,13 @@ The API validates job requests with these same classes, so this module imports p
 How the batch sizes relate (the only derived sizes, computed here and nowhere else):
 - `batch_size` is what one optimizer step consumes: pairs (dpo, reward), prompts (grpo, ppo)
   or rows (sft), summed over all processes.
-- `micro_batch_size` is what one forward/backward pass sees on one process (defaults to
-  `batch_size`). Gradient accumulation steps = batch_size / (micro_batch_size * world_size).
+- `micro_batch_size` is what one forward/backward pass sees on one process; `micro_batch` is the
+  size in effect (micro_batch_size, else batch_size). Gradient accumulation steps =
+  batch_size / (micro_batch * world_size).
 - For grpo, each prompt yields `num_generations` completions, so one step trains on
-  batch_size * num_generations sequences.
+  batch_size * num_generations sequences, micro_batch * num_generations per forward/backward pass.
+- For ppo, one rollout of batch_size prompts is split into `num_minibatches` minibatches, one
+  optimizer step each; `micro_batch` defaults to one minibatch and never exceeds it.
 """
 
 from __future__ import annotations
@@ -79,8 +82,6 @@ class CommonConfig(_Config):
     """Longest tokenized prompt; prompts are cut from the left so the end of the prompt survives."""
     save_every: int | None = Field(None, ge=1, le=1_000_000)
     """Save a resumable checkpoint every this many steps (the final one is always saved)."""
-    eval_every: int | None = Field(None, ge=1, le=1_000_000)
-    """Evaluate on the eval file every this many steps (and always at the end)."""
     logging_every: int = Field(1, ge=1, le=10000)
     """Emit a metrics event every this many steps."""
     gradient_checkpointing: bool = False
@@ -98,9 +99,14 @@ class CommonConfig(_Config):
             raise ValueError("max_prompt_length must be smaller than max_length")
         return self
 
+    @property
+    def micro_batch(self) -> int:
+        """Examples per forward/backward pass on one process: micro_batch_size, else batch_size."""
+        return self.micro_batch_size or self.batch_size
+
     def accumulation_steps(self, world_size: int = 1) -> int:
         """Forward/backward passes per optimizer step on each process."""
-        micro = self.micro_batch_size or self.batch_size
+        micro = self.micro_batch
         per_step = micro * world_size
         if self.batch_size % per_step:
             raise ValueError(
@@ -115,7 +121,14 @@ class CommonConfig(_Config):
         return max(1, math.ceil(train_examples * self.num_epochs / self.batch_size))
 
 
-class DPOConfig(CommonConfig):
+class OfflineConfig(CommonConfig):
+    """Settings of the algorithms that train on a fixed dataset (dpo, reward, sft) and can evaluate."""
+
+    eval_every: int | None = Field(None, ge=1, le=1_000_000)
+    """Evaluate on the eval file every this many steps (and always at the end)."""
+
+
+class DPOConfig(OfflineConfig):
     learning_rate: float = Field(1e-6, gt=0, le=1)
     """Peak learning rate of AdamW (DPO wants it small; ~5e-5 with LoRA)."""
     beta: float = Field(0.1, gt=0, le=100)
@@ -134,14 +147,14 @@ class DPOConfig(CommonConfig):
         return self
 
 
-class RewardConfig(CommonConfig):
+class RewardConfig(OfflineConfig):
     learning_rate: float = Field(1e-5, gt=0, le=1)
     """Peak learning rate of AdamW."""
     center_rewards_coefficient: float | None = Field(None, ge=0, le=100)
     """Weight of a penalty on the squared sum of the pair's rewards, keeping scores centred at 0."""
 
 
-class SFTConfig(CommonConfig):
+class SFTConfig(OfflineConfig):
     learning_rate: float = Field(2e-5, gt=0, le=1)
     """Peak learning rate of AdamW."""
     completion_only_loss: bool = True
@@ -150,7 +163,9 @@ class SFTConfig(CommonConfig):
     """Pack several rows into each max_length sequence (no padding, faster)."""
 
 
-class GenerationConfig(_Config):
+class SamplingConfig(_Config):
+    """How the online algorithms sample completions (not transformers' GenerationConfig)."""
+
     max_new_tokens: int = Field(128, ge=1, le=32768)
     """Longest completion sampled per prompt; sampling also stops at EOS."""
     temperature: float = Field(1.0, gt=0, le=10)
@@ -159,7 +174,7 @@ class GenerationConfig(_Config):
     """Nucleus-sampling mass."""
 
 
-class GRPOConfig(CommonConfig, GenerationConfig):
+class GRPOConfig(CommonConfig, SamplingConfig):
     learning_rate: float = Field(1e-6, gt=0, le=1)
     """Peak learning rate of AdamW."""
     batch_size: int = Field(4, ge=1, le=8192)
@@ -179,8 +194,13 @@ class GRPOConfig(CommonConfig, GenerationConfig):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     """How per-token losses are averaged; see trainer.losses.aggregate_token_loss."""
 
+    @property
+    def micro_batch_sequences(self) -> int:
+        """Sequences per forward/backward pass: micro_batch prompts x num_generations completions."""
+        return self.micro_batch * self.num_generations
 
-class PPOConfig(CommonConfig, GenerationConfig):
+
+class PPOConfig(CommonConfig, SamplingConfig):
     learning_rate: float = Field(3e-6, gt=0, le=1)
     """Peak learning rate of AdamW."""
     batch_size: int = Field(8, ge=1, le=8192)
@@ -224,6 +244,16 @@ class PPOConfig(CommonConfig, GenerationConfig):
             raise ValueError("batch_size must be a multiple of num_minibatches")
         return self
 
+    @property
+    def minibatch_size(self) -> int:
+        """Rollouts per PPO minibatch, i.e. per optimizer step: batch_size / num_minibatches."""
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def micro_batch(self) -> int:
+        """Rollouts per forward/backward pass: micro_batch_size, else one minibatch, and never more than one."""
+        return min(self.micro_batch_size or self.minibatch_size, self.minibatch_size)
+
 
 HYPERPARAMETERS: dict[str, type[CommonConfig]] = {
     "dpo": DPOConfig,
@@ -259,7 +289,16 @@ class LoraConfig(_Config):
 # Reward components (grpo/ppo). A reward spec is a weighted list of these.
 
 
+def _type_required(schema: dict[str, Any]) -> None:
+    # The union is told apart by `type`, so a request must send it; the Python default is a convenience.
+    required = schema.setdefault("required", [])
+    if "type" not in required:
+        required.insert(0, "type")
+
+
 class _Component(_Config):
+    model_config = ConfigDict(json_schema_extra=_type_required)
+
     name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     """Name used in metrics (rewards/<name>); defaults to the rule or 'model'."""
     weight: float = Field(1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
@@ -295,16 +334,21 @@ def compile_rule_pattern(pattern: str, *, dotall: bool = False) -> Any:
 
 class RuleComponent(_Component):
     type: Literal["rule"] = "rule"
-    rule: Literal["exact_match", "contains", "regex", "length", "format"]
+    rule: Literal["exact_match", "contains", "regex", "length", "format", "string_check"]
     """Which rule scores the completion (see trainer.rewards)."""
     column: SafeStr = Field("answer", min_length=1, max_length=300)
-    """Dataset column the rule compares against (exact_match, contains)."""
+    """Dataset column the rule compares against (exact_match, contains, string_check without reference)."""
     pattern: SafeStr | None = Field(None, max_length=1000)
     """Regular expression for regex/format rules, in RE2 syntax (linear-time matching)."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
     """Target completion length in characters for the length rule."""
     length_mode: Literal["target", "max"] = "target"
     """Length rule: 'target' scores -|len - target| / target; 'max' penalises only the excess over target."""
+    operation: Literal["eq", "ne", "like", "ilike"] | None = None
+    """string_check rule (OpenAI's string_check grader): eq/ne compare whole strings, like/ilike test containment
+    (ilike ignoring case)."""
+    reference: SafeStr | None = Field(None, max_length=10000)
+    """string_check rule: a fixed reference string instead of the dataset column."""
 
     @field_validator("pattern")
     @classmethod
@@ -319,6 +363,10 @@ class RuleComponent(_Component):
             raise ValueError(f"rule '{self.rule}' needs a pattern")
         if self.rule == "length" and self.target_length is None:
             raise ValueError("rule 'length' needs target_length")
+        if self.rule == "string_check" and self.operation is None:
+            raise ValueError("rule 'string_check' needs an operation (eq, ne, like or ilike)")
+        if self.rule != "string_check" and (self.operation is not None or self.reference is not None):
+            raise ValueError("operation and reference apply to rule 'string_check' only")
         return self
 
 
@@ -348,6 +396,8 @@ class TrainSpec(_Config):
     """Recorded in alignd.json of each checkpoint (filled by the worker)."""
     job_id: str | None = None
     """Recorded in alignd.json when run by the service."""
+    trust_remote_code: bool = False
+    """Let models with custom code (a config's auto_map) run it when they load; only for trusted models."""
 
     def config(self) -> CommonConfig:
         """The validated hyperparameters of this spec's algorithm."""

@@ -7,7 +7,7 @@ Rendering:
 - Plain strings are tokenised as they are: the prompt with the tokenizer's special tokens (BOS/CLS),
   the completion without, followed by EOS.
 
-Truncation policy (the same for every algorithm):
+Truncation policy (the same for every algorithm, the online algorithms' prompts included):
 - The prompt is cut from the LEFT to `max_prompt_length` tokens (the end of the prompt, next to the
   answer, survives; a leading BOS/CLS is kept).
 - Each completion is then cut from the RIGHT so prompt + completion fits in `max_length`.
@@ -24,11 +24,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from trainer.formats import PreferenceExample, SFTExample, Text
+
+if TYPE_CHECKING:
+    from trainer.run import Run
 
 IGNORE = -100
 
@@ -85,6 +89,16 @@ def _plain_messages(messages: list[dict[str, str]]) -> str:
     return "".join(f"{m['role']}: {m['content']}\n" for m in messages)
 
 
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> tuple[str, bool]:
+    """(text, templated?) of a prompt to be completed (online algorithms): chat prompts through the chat
+    template with the generation prompt (plain "role: content" lines without one), strings as they are."""
+    if isinstance(prompt, list):
+        if getattr(tokenizer, "chat_template", None):
+            return str(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)), True
+        return _plain_messages(prompt) + "assistant: ", False
+    return prompt, False
+
+
 def render(tokenizer: PreTrainedTokenizerBase, prompt: Text, completion: Text) -> tuple[str, str, bool]:
     """(prompt text, completion text, templated?) for one prompt/completion pair."""
     if isinstance(completion, list):
@@ -126,6 +140,12 @@ def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, templated: 
         # Encoders add [CLS] [SEP]; keep only the leading special token so the completion follows it.
         return ids[:1]
     return list(tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, max_prompt_length: int) -> list[int]:
+    """Token ids of a prompt to be completed, cut from the left like every other prompt (a leading BOS/CLS is kept)."""
+    text, templated = render_prompt(tokenizer, prompt)
+    return _cut_prompt(tokenize_prompt(tokenizer, text, templated), max_prompt_length, set(tokenizer.all_special_ids))
 
 
 def _cut_prompt(ids: list[int], limit: int, special: set[int]) -> list[int]:
@@ -220,6 +240,33 @@ def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length
             f"no {name} rows left after truncation ({report.dropped} dropped because chosen and rejected became "
             f"identical within max_length={max_length}): raise max_length"
         )
+
+
+def encode_preference_files(
+    run: Run, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[PreferenceFeatures], list[PreferenceFeatures]]:
+    """(train, eval) features of a preference spec (dpo, reward); eval is empty without an eval file."""
+    train = _encode_preference_file(run, tokenizer, run.spec.train_file, "train")
+    evaluation = _encode_preference_file(run, tokenizer, run.spec.eval_file, "eval") if run.spec.eval_file else []
+    return train, evaluation
+
+
+def _encode_preference_file(
+    run: Run, tokenizer: PreTrainedTokenizerBase, path: str, name: str
+) -> list[PreferenceFeatures]:
+    """Read and tokenise one preference file, logging and recording its truncation report."""
+    config = run.config
+    encoded = encode_preferences(
+        read_dataset(path, "preference", name), tokenizer, config.max_length, config.max_prompt_length, name
+    )
+    record_report(run, encoded.report, name)
+    return encoded.features
+
+
+def record_report(run: Run, report: TruncationReport, name: str) -> None:
+    """Log how tokenisation and truncation of the `name` split went, and keep it for alignd.json."""
+    run.events.log(report.message(name))
+    run.data_report[name] = vars(report)
 
 
 def pack_sft(features: Sequence[SFTFeatures], max_length: int) -> list[SFTFeatures]:

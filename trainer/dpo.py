@@ -1,7 +1,7 @@
 """Direct Preference Optimization (Rafailov et al. 2023, arXiv:2305.18290) and its IPO / hinge variants.
 
 Reads top to bottom: load tokenizer and data -> load the policy -> reference log-probs -> loss on one
-concatenated forward of chosen + rejected -> run_loop -> final checkpoint.
+concatenated forward of chosen + rejected -> trainer.loop (accumulate, evaluate, save).
 
 Reference model:
 - `precompute_ref_logps` (default): the reference log-probs of every train/eval pair are computed once,
@@ -22,23 +22,15 @@ from typing import Any
 
 import torch
 
+from trainer.checkpoints import Checkpointer
 from trainer.config import DPOConfig
-from trainer.data import PreferenceFeatures, collate_preferences
-from trainer.engine import (
-    Run,
-    TrainState,
-    chunks,
-    completion_forward,
-    encode_preference_file,
-    load_policy,
-    run_loop,
-    save_checkpoint,
-    seed_everything,
-    sequence_logps,
-    setup_training,
-)
+from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
+from trainer.logprobs import completion_forward, sequence_logps
+from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import dpo_loss
-from trainer.models import is_peft, load_model, load_tokenizer, resolve_dtype
+from trainer.models import is_peft, load_policy, load_reference, policy_tokenizer
+from trainer.run import Run
+from trainer.state import chunks, seed_everything
 
 
 def concatenated_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,30 +97,25 @@ def train(run: Run) -> None:
     seed_everything(spec.seed)
 
     # 1. data
-    tokenizer = load_tokenizer(spec.base_model)
+    tokenizer = policy_tokenizer(run)
     pad_id = tokenizer.pad_token_id
-    features: list[PreferenceFeatures] = encode_preference_file(run, tokenizer, spec.train_file, "train")
-    eval_features: list[PreferenceFeatures] = (
-        encode_preference_file(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
-    )
-    micro = config.micro_batch_size or config.batch_size
+    features, eval_features = encode_preference_files(run, tokenizer)
 
     # 2. policy, optimizer, (resumed) state
-    model = load_policy(run, tokenizer, "causal")
-    model, optimizer, scheduler, state, extra = setup_training(run, model, len(features))
+    training = start_training(run, load_policy(run, tokenizer, "causal"), len(features))
+    model = training.model
 
     # 3. reference
     ref_model: Any = None
-    ref_train: torch.Tensor | None = extra.get("ref_train")
-    ref_eval: torch.Tensor | None = extra.get("ref_eval")
+    ref_train: torch.Tensor | None = training.resumed.get("ref_train")
+    ref_eval: torch.Tensor | None = training.resumed.get("ref_eval")
     if config.precompute_ref_logps:
         if ref_train is None:
             events.log(f"computing reference log-probs of {len(features) + len(eval_features)} pairs")
-            ref_train = reference_logps(model, features, pad_id, micro, run.device)
-            ref_eval = reference_logps(model, eval_features, pad_id, micro, run.device)
+            ref_train = reference_logps(model, features, pad_id, config.micro_batch, run.device)
+            ref_eval = reference_logps(model, eval_features, pad_id, config.micro_batch, run.device)
     elif spec.lora is None:
-        ref_model = load_model(spec.base_model, "causal", dtype=resolve_dtype(config.precision))
-        ref_model.to(run.device).eval().requires_grad_(False)
+        ref_model = load_reference(run)
 
     def ref_for(indices: list[int], batch: dict[str, torch.Tensor], table: torch.Tensor | None) -> torch.Tensor:
         if table is not None:
@@ -142,46 +129,29 @@ def train(run: Run) -> None:
         return torch.stack(logps.float().chunk(2), dim=1)
 
     # 4. loss
-    def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = _to(collate_preferences([features[i] for i in indices], pad_id), run.device)
-        ref = ref_for(indices, batch, ref_train)
+    def batch_loss(
+        rows: list[PreferenceFeatures], indices: list[int], table: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, float], int]:
+        batch = _to(collate_preferences([rows[i] for i in indices], pad_id), run.device)
+        ref = ref_for(indices, batch, table)
         policy, lengths = concatenated_logps(model, batch)
         loss, metrics = pair_metrics(config, policy, lengths, ref)
         return loss, metrics, int(batch["attention_mask"].sum())
 
     def eval_fn() -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for part in chunks(list(range(len(eval_features))), micro):
-            batch = _to(collate_preferences([eval_features[i] for i in part], pad_id), run.device)
-            ref = ref_for(part, batch, ref_eval)
-            policy, lengths = concatenated_logps(model, batch)
-            _, metrics = pair_metrics(config, policy, lengths, ref)
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v * len(part)
-        return {k: v / len(eval_features) for k, v in totals.items()}
-
-    def save(kind: str, state: TrainState) -> Any:
-        return save_checkpoint(
-            run,
-            kind,
-            state,
-            model=model,
-            tokenizer=tokenizer,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            extra_state={"ref_train": ref_train, "ref_eval": ref_eval},
+        return average_metrics(
+            len(eval_features), config.micro_batch, lambda part: batch_loss(eval_features, part, ref_eval)[1]
         )
 
     # 5. train, evaluate, save
-    state = run_loop(
-        run,
-        model,
-        optimizer,
-        scheduler,
-        state,
-        n_train=len(features),
-        loss_fn=loss_fn,
-        save_fn=save,
-        eval_fn=eval_fn if eval_features else None,
+    checkpointer = Checkpointer(
+        run, training, tokenizer, extra_state=lambda: {"ref_train": ref_train, "ref_eval": ref_eval}
     )
-    save("final", state)
+    train_loop(
+        run,
+        training,
+        accumulate(run, training, lambda indices: batch_loss(features, indices, ref_train)),
+        checkpointer,
+        eval_fn=eval_fn if eval_features else None,
+        eval_every=config.eval_every,
+    )

@@ -33,6 +33,7 @@ FORMATS: dict[str, str] = {
     "sharegpt_preference": "preference",
     "alpaca_preference": "preference",
     "prompt": "prompt",
+    "openai_rft": "prompt",
     "prompt_completion": "sft",
     "messages": "sft",
     "alpaca": "sft",
@@ -68,6 +69,10 @@ SHAPES: dict[str, tuple[str, str]] = {
         '{"instruction": "Add.", "input": "2+2", "chosen": "4", "rejected": "5"}',
     ),
     "prompt": ("prompt-only", '{"prompt": "2+2?", "answer": "4"} (or "question" for "prompt")'),
+    "openai_rft": (
+        "OpenAI reinforcement (prompt-only)",
+        '{"messages": [{"role": "user", "content": "2+2?"}], "answer": "4"}',
+    ),
     "prompt_completion": ("SFT prompt/completion", '{"prompt": "2+2?", "completion": "4"}'),
     "messages": (
         "SFT OpenAI chat",
@@ -150,7 +155,9 @@ def detect_format(row: Any) -> str:
     if "conversations" in keys:
         return "sharegpt"
     if "messages" in keys:
-        return "sharegpt" if _sharegpt_tagged(row["messages"]) else "messages"
+        if _sharegpt_tagged(row["messages"]):
+            return "sharegpt"
+        return "openai_rft" if _ends_with_a_question(row["messages"]) else "messages"
     if "instruction" in keys or "output" in keys:
         return "alpaca"
     if "completion" in keys:
@@ -301,6 +308,21 @@ def _prompt(row: dict[str, Any]) -> PromptExample:
     return PromptExample(prompt, {k: v for k, v in row.items() if k != key})
 
 
+def _ends_with_a_question(messages: Any) -> bool:
+    """OpenAI's reinforcement rows are chats that end before the answer (`{"messages": [..., user], ...}`)."""
+    return (
+        bool(messages)
+        and isinstance(messages, list)
+        and isinstance(messages[-1], dict)
+        and (messages[-1].get("role") not in ("assistant", None))
+    )
+
+
+def _openai_rft(row: dict[str, Any]) -> PromptExample:
+    """OpenAI reinforcement fine-tuning: the chat so far is the prompt; other keys are columns for the graders."""
+    return PromptExample(_messages(row.get("messages"), "messages"), {k: v for k, v in row.items() if k != "messages"})
+
+
 def _prompt_completion(row: dict[str, Any]) -> SFTExample:
     prompt = _text(row, "prompt", allow_empty=True)
     completion = _text(row, "completion")
@@ -432,6 +454,7 @@ _PARSERS: dict[str, Callable[[dict[str, Any]], Example]] = {
     "implicit_prompt": _implicit_prompt,
     "openai_dpo": _openai_dpo,
     "prompt": _prompt,
+    "openai_rft": _openai_rft,
     "prompt_completion": _prompt_completion,
     "messages": _messages_row,
     "alpaca": _alpaca,

@@ -1,6 +1,9 @@
-"""Load tokenizers and models (HF folder, .gguf file or hub id), apply LoRA, pick the precision.
+"""How does a model reference become a loaded model? Tokenizers and models (HF folder, .gguf file or
+hub id), the policy to train (fresh, LoRA-wrapped or resumed), the frozen reference, the precision.
 
 Shared by every algorithm. Failures raise `ModelLoadError` with a message a user can act on.
+Weights load from safetensors only (`use_safetensors=True`: a pickled pytorch_model.bin could run
+code), and a model's custom code runs only when the spec sets `trust_remote_code`.
 GGUF weights come back dequantized but transformers refuses to save such a model, so we rebuild a
 fresh model from its config and copy the weights in: the result trains and saves like any other.
 """
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import (
@@ -23,6 +26,10 @@ from transformers import (
 )
 
 from trainer.config import LoraConfig
+from trainer.run import TrainError
+
+if TYPE_CHECKING:
+    from trainer.run import Run
 
 ModelKind = Literal["causal", "seqcls"]
 
@@ -60,11 +67,11 @@ def resolve_dtype(precision: str) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+def load_tokenizer(ref: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token (EOS when it has none) and right padding."""
     source, extra = _source(ref)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **extra)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of {ref!r}: {exc}") from exc
     if tokenizer.pad_token is None:
@@ -75,16 +82,30 @@ def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def policy_tokenizer(run: Run) -> PreTrainedTokenizerBase:
+    """The tokenizer of the spec's base model (custom code only when the spec trusts it)."""
+    return load_tokenizer(run.spec.base_model, trust_remote_code=run.spec.trust_remote_code)
+
+
 def _auto_class(kind: ModelKind) -> Any:
     return AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
 
 
 def load_model(
-    ref: str, kind: ModelKind = "causal", *, dtype: torch.dtype = torch.float32, pad_token_id: int | None = None
+    ref: str,
+    kind: ModelKind = "causal",
+    *,
+    dtype: torch.dtype = torch.float32,
+    pad_token_id: int | None = None,
+    trust_remote_code: bool = False,
 ) -> PreTrainedModel:
     """Load a causal LM or a 1-label sequence classifier (a fresh scalar head on any backbone)."""
     source, extra = _source(ref)
-    kwargs: dict[str, Any] = {"dtype": dtype, **extra}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code, **extra}
+    if not extra.get("gguf_file"):
+        # A GGUF file is its own single-file format, read by the gguf parser (no pickle), so it cannot
+        # and need not be safetensors; it is how the real SmolLM2 model is loaded. Everything else is.
+        kwargs["use_safetensors"] = True
     if kind == "seqcls":
         kwargs["num_labels"] = 1
     try:
@@ -117,6 +138,48 @@ def _rebuild_serializable(model: PreTrainedModel, kind: ModelKind, dtype: torch.
         raise ModelLoadError(f"GGUF conversion left parameters unset: {missing[:5]}")
     fresh.generation_config = model.generation_config
     return fresh
+
+
+def load_policy(run: Run, tokenizer: Any, kind: ModelKind = "causal") -> Any:
+    """The model to train: base (or the --resume checkpoint), LoRA when asked, checkpointing when asked."""
+    spec, lora = run.spec, run.spec.lora
+    source = str(run.resume) if run.resume is not None and lora is None else spec.base_model
+    model: Any = load_model(
+        source,
+        kind,
+        dtype=resolve_dtype(run.config.precision),
+        pad_token_id=tokenizer.pad_token_id,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    if lora is not None and run.resume is not None:
+        model = _load_adapter(model, run.resume)
+    elif lora is not None:
+        model = apply_lora(model, lora, kind)
+    if run.config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model.to(run.device)
+
+
+def _load_adapter(model: PreTrainedModel, folder: Path) -> Any:
+    """The trainable LoRA adapter of a checkpoint folder, from its safetensors file only."""
+    from peft import PeftModel
+
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise TrainError(
+            "invalid_resume", f"{folder} has no adapter_model.safetensors: resume from a checkpoint written by alignd"
+        )
+    return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+
+
+def load_reference(run: Run) -> Any:
+    """A frozen copy of the base model, the reference policy when LoRA's adapter-free base cannot be."""
+    ref: Any = load_model(
+        run.spec.base_model,
+        "causal",
+        dtype=resolve_dtype(run.config.precision),
+        trust_remote_code=run.spec.trust_remote_code,
+    )
+    return ref.to(run.device).eval().requires_grad_(False)
 
 
 def convert_gguf(gguf_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Path:

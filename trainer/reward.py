@@ -2,7 +2,7 @@
 
 Reads top to bottom: load tokenizer and data -> load the backbone with a fresh 1-label
 sequence-classification head -> score chosen and rejected in one forward -> reward_loss ->
-run_loop -> final checkpoint.
+trainer.loop (accumulate, evaluate, save).
 
 The score of a sequence is the head's output at its last non-pad token for decoder backbones (how
 transformers' *ForSequenceClassification reads it, through config.pad_token_id, which we always set)
@@ -17,21 +17,14 @@ from typing import Any
 
 import torch
 
+from trainer.checkpoints import Checkpointer
 from trainer.config import RewardConfig
-from trainer.data import PreferenceFeatures, collate_preferences
-from trainer.engine import (
-    Run,
-    TrainState,
-    chunks,
-    encode_preference_file,
-    load_policy,
-    run_loop,
-    save_checkpoint,
-    seed_everything,
-    setup_training,
-)
+from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
+from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
-from trainer.models import load_tokenizer
+from trainer.models import load_policy, policy_tokenizer
+from trainer.run import Run
+from trainer.state import seed_everything
 
 
 def pair_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,56 +53,26 @@ def train(run: Run) -> None:
     spec = run.spec
     seed_everything(spec.seed)
 
-    tokenizer = load_tokenizer(spec.base_model)
+    tokenizer = policy_tokenizer(run)
     pad_id = tokenizer.pad_token_id
-    features: list[PreferenceFeatures] = encode_preference_file(run, tokenizer, spec.train_file, "train")
-    eval_features: list[PreferenceFeatures] = (
-        encode_preference_file(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
-    )
-    micro = config.micro_batch_size or config.batch_size
+    features, eval_features = encode_preference_files(run, tokenizer)
 
-    model = load_policy(run, tokenizer, "seqcls")
-    model, optimizer, scheduler, state, _ = setup_training(run, model, len(features))
+    training = start_training(run, load_policy(run, tokenizer, "seqcls"), len(features))
 
-    def batch_of(items: list[PreferenceFeatures]) -> dict[str, torch.Tensor]:
-        return {k: v.to(run.device) for k, v in collate_preferences(items, pad_id).items()}
-
-    def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = batch_of([features[i] for i in indices])
-        chosen, rejected = pair_scores(model, batch)
+    def batch_loss(rows: list[PreferenceFeatures], indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
+        batch = {k: v.to(run.device) for k, v in collate_preferences([rows[i] for i in indices], pad_id).items()}
+        chosen, rejected = pair_scores(training.model, batch)
         loss, metrics = pair_metrics(config, chosen, rejected, batch.get("margin"))
         return loss, metrics, int(batch["attention_mask"].sum())
 
     def eval_fn() -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for part in chunks(list(range(len(eval_features))), micro):
-            batch = batch_of([eval_features[i] for i in part])
-            chosen, rejected = pair_scores(model, batch)
-            _, metrics = pair_metrics(config, chosen, rejected, batch.get("margin"))
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v * len(part)
-        return {k: v / len(eval_features) for k, v in totals.items()}
+        return average_metrics(len(eval_features), config.micro_batch, lambda part: batch_loss(eval_features, part)[1])
 
-    def save(kind: str, state: TrainState) -> Any:
-        return save_checkpoint(
-            run,
-            kind,
-            state,
-            model=model,
-            tokenizer=tokenizer,
-            optimizer=optimizer,
-            scheduler=scheduler,
-        )
-
-    state = run_loop(
+    train_loop(
         run,
-        model,
-        optimizer,
-        scheduler,
-        state,
-        n_train=len(features),
-        loss_fn=loss_fn,
-        save_fn=save,
+        training,
+        accumulate(run, training, lambda indices: batch_loss(features, indices)),
+        Checkpointer(run, training, tokenizer),
         eval_fn=eval_fn if eval_features else None,
+        eval_every=config.eval_every,
     )
-    save("final", state)

@@ -24,6 +24,9 @@ Rules (all return floats, 1.0 = pass, 0.0 = fail unless said otherwise):
   pattern such as `(a+)+$` cannot stall a job or the API's score endpoint.
 - length: 'target' mode gives -|len - target| / target (0 at the target, in characters);
   'max' mode gives -max(0, len - target) / target.
+- string_check: OpenAI's string_check grader, on the raw strings (no normalisation): the completion
+  compared with the column's value (or a fixed `reference`) by `operation`: eq (equal), ne (not
+  equal), like (contains it), ilike (contains it, ignoring case).
 """
 
 from __future__ import annotations
@@ -155,12 +158,34 @@ def _length(spec: RuleComponent) -> Scorer:
     return score
 
 
+_STRING_CHECKS: dict[str, Callable[[str, str], bool]] = {
+    "eq": lambda text, ref: text == ref,
+    "ne": lambda text, ref: text != ref,
+    "like": lambda text, ref: ref in text,
+    "ilike": lambda text, ref: ref.casefold() in text.casefold(),
+}
+
+
+def _string_check(spec: RuleComponent) -> Scorer:
+    check = _STRING_CHECKS[spec.operation or "eq"]
+
+    def score(prompts: Sequence[Text], completions: Sequence[str], columns: Sequence[dict[str, Any]]) -> list[float]:
+        out = []
+        for i, (completion, row) in enumerate(zip(completions, columns, strict=True)):
+            ref = spec.reference if spec.reference is not None else _column(row, spec.column, "string_check", i)
+            out.append(float(check(completion, ref if isinstance(ref, str) else str(ref))))
+        return out
+
+    return score
+
+
 RULES: dict[str, Callable[[RuleComponent], Scorer]] = {
     "exact_match": _exact_match,
     "contains": _contains,
     "regex": _regex,
     "format": _format,
     "length": _length,
+    "string_check": _string_check,
 }
 
 
@@ -191,7 +216,7 @@ class ModelScorer:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, num_labels=1, trust_remote_code=trust_remote_code, use_safetensors=True
+                path, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
             )
         except (OSError, ValueError) as exc:
             raise RewardError(f"reward model '{path}' could not be loaded as a sequence classifier: {exc}") from exc
@@ -295,7 +320,10 @@ def build_reward(
     *,
     trust_remote_code: bool = False,
 ) -> Reward:
-    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError)."""
+    """Build the weighted-sum reward of a spec; models are loaded once here, from safetensors (raises RewardError).
+
+    `trust_remote_code` lets a reward model with custom code run it (the spec's setting; off by default).
+    """
     if not components:
         raise RewardError("the reward has no components: give at least one model or rule")
     named: list[tuple[str, float, Scorer]] = []

@@ -43,6 +43,7 @@ def build_spec(session: Session, job: Job, settings: Settings, storage: Storage,
         "seed": job.seed,
         "dataset_sha256": {"train": train.sha256},
         "job_id": job.id,
+        "trust_remote_code": settings.trust_remote_code,
     }
     if job.eval_dataset_id:
         evaluation = _dataset(session, job, job.eval_dataset_id)

@@ -15,6 +15,10 @@ and `error` end the job through the life cycle (api/jobs/lifecycle.py).
 - done       -> succeeded, output_checkpoint_id = the final checkpoint.
 - error      -> failed with the trainer's error code and message.
 
+Each batch also updates the job's telemetry for /metrics (last_step_at, steps_per_second,
+relay_lag_seconds; see `_telemetry`), and once it is committed its metrics and checkpoints go to
+the job's experiment trackers (worker/integrations.py).
+
 No duplicates after a resume: a resumed attempt restarts from its checkpoint's step, so it emits
 again the metrics of the steps the dead attempt recorded after that checkpoint. For each metric name
 the relay keeps the highest step already recorded for the job (read from the database when the
@@ -27,6 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,11 +44,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.checkpoints.archive import archive_folder
 from api.checkpoints.models import Checkpoint
+from api.core.db import utcnow
 from api.core.storage import Storage, Stored
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job, JobEvent
 from worker.attempt import Attempt, lock_owned_job
+from worker.integrations import Reporters
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +77,13 @@ class EventRelay:
     """'done' or 'error' once the trainer said so (the job row is final then)."""
     cancel_requested: bool = False
     """Seen status 'cancelling' while relaying."""
+    reporters: Reporters = field(default_factory=Reporters)
+    """Experiment trackers fed with what each batch committed (worker/integrations.py)."""
     _offset: int = 0
     _partial: bytes = b""
+    _written_at: float = 0.0
+    _rate_from: tuple[int, float] | None = None
+    _to_report: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
     def pump(self) -> None:
         """Apply every complete line the trainer has written since the last call."""
@@ -81,6 +94,7 @@ class EventRelay:
     def _read_new_lines(self) -> list[bytes]:
         if not self.events_file.exists():
             return []
+        self._written_at = os.stat(self.events_file).st_mtime  # the trainer's last write, at most
         with open(self.events_file, "rb") as fh:
             fh.seek(self._offset)
             data = fh.read()
@@ -92,8 +106,10 @@ class EventRelay:
         if not events or self.terminal:
             return
         archives = {id(e): self._archive(e) for e in events if e["type"] == "checkpoint"}
+        self._to_report = []
         with self.sessions() as session, session.begin():
             job = lock_owned_job(session, self.attempt)
+            step_before = int((job.progress or {}).get("step") or 0)
             for event in events:
                 handler = _HANDLERS.get(event["type"])
                 if handler is None:
@@ -104,6 +120,32 @@ class EventRelay:
                     break
             if job.status == "cancelling":
                 self.cancel_requested = True
+            self._telemetry(job, events, step_before)
+        for method, args in self._to_report:  # committed: now the trackers may see it
+            getattr(self.reporters, method)(*args)
+
+    def _telemetry(self, job: Job, events: list[dict[str, Any]], step_before: int) -> None:
+        """The job row's numbers for /metrics: relay lag of this batch, last step time, step rate.
+
+        Lag: from the newest event's own `time` (unix seconds) when the trainer stamps one, else from
+        the events file's modification time read before this batch was read (the trainer's last write).
+        Step rate: steps over the time between step advances the relay saw at least a second apart
+        (batches come every POLL_SECONDS, so one batch alone says nothing about speed)."""
+        stamped = [e["time"] for e in events if isinstance(e.get("time"), int | float)]
+        written = max(stamped) if stamped else self._written_at
+        job.relay_lag_seconds = max(0.0, time.time() - written) if written else None
+        step = int((job.progress or {}).get("step") or 0)
+        if step <= step_before:
+            return
+        job.last_step_at = utcnow()
+        now = time.monotonic()
+        if self._rate_from is None:
+            self._rate_from = (step, now)
+            return
+        first_step, since = self._rate_from
+        if now - since >= 1.0:
+            job.steps_per_second = (step - first_step) / (now - since)
+            self._rate_from = (step, now)
 
     def _archive(self, event: dict[str, Any]) -> Stored | None:
         """Archive a checkpoint folder into the store, unless this step is registered already."""
@@ -130,6 +172,7 @@ class EventRelay:
         for name in values:
             self.recorded_steps[name] = step
         append_events(session, job, [("metrics", {"step": step, "values": values})])
+        self._to_report.append(("metrics", (step, values)))
         job.metrics = {**(job.metrics or {}), **values}
         progress = job.progress or {}
         job.progress = {**progress, "step": max(step, int(progress.get("step") or 0))}
@@ -150,7 +193,9 @@ class EventRelay:
         session.add(checkpoint)
         session.flush()
         data = {"checkpoint_id": checkpoint.id, "step": checkpoint.step, "kind": checkpoint.kind}
-        append_events(session, job, [("checkpoint", {**data, "bytes": stored.bytes, "sha256": stored.sha256})])
+        data = {**data, "bytes": stored.bytes, "sha256": stored.sha256}
+        append_events(session, job, [("checkpoint", data)])
+        self._to_report.append(("checkpoint", (checkpoint.step, checkpoint.kind, data)))
 
     def _on_log(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
         append_events(session, job, [("log", {"level": event.get("level", "info"), "message": event.get("message")})])

@@ -13,7 +13,9 @@
    (so a worker killed with SIGKILL takes its trainer along). With `gpus_per_job > 1` it is started
    through `accelerate launch --num_processes N`; each pool process gets its own GPUs through
    CUDA_VISIBLE_DEVICES (pool process i uses GPUs i*N .. i*N+N-1).
-4. Loop until the trainer exits: relay its events (worker/relay.py), watch the heartbeat
+   The job's experiment trackers (W&B, MLflow: worker/integrations.py) are started here; one that
+   cannot be used fails the job with `integration_unavailable` before the trainer starts.
+4. Loop until the trainer exits: relay its events (worker/relay.py, which feeds the trackers), watch the heartbeat
    (worker/heartbeat.py) for a cancel request or a lost lease. On cancel: SIGTERM the trainer,
    SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
    checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
@@ -53,6 +55,7 @@ from api.jobs.models import Job
 from worker.attempt import Attempt, LostJob, claim, lock_owned_job
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat
+from worker.integrations import IntegrationUnavailable, Reporters
 from worker.references import UnresolvedReference, build_spec, latest_resumable_checkpoint
 from worker.relay import EventRelay, recorded_metric_steps
 
@@ -72,29 +75,53 @@ def run_job(job_id: str, settings: Settings) -> None:
         logger.info("job %s is not queued any more; nothing to do", job_id)
         return
     logger.info("job %s: attempt %d on %s", job_id, attempt.number, attempt.worker_id)
+    reporters = Reporters()
     try:
-        _run_attempt(attempt, sessions, storage_from_url(settings.resolved_storage_url, settings), settings)
+        storage = storage_from_url(settings.resolved_storage_url, settings)
+        _run_attempt(attempt, sessions, storage, settings, reporters)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
         _fail(sessions, attempt, "invalid_reference", str(exc))
+    except IntegrationUnavailable as exc:
+        _fail(sessions, attempt, "integration_unavailable", str(exc))
     except Exception as exc:
         logger.exception("job %s: worker error", job_id)
         _fail(sessions, attempt, "worker_error", f"The worker failed while preparing or relaying this job: {exc}")
+    finally:
+        _finish_reporters(sessions, job_id, reporters)
+
+
+def _finish_reporters(sessions: sessionmaker[Session], job_id: str, reporters: Reporters) -> None:
+    """Close the job's tracker runs with its status (still running or queued: the attempt was cut short)."""
+    if not reporters.reporters:
+        return
+    try:
+        with sessions() as session:
+            status = session.get_one(Job, job_id).status
+    except Exception:
+        logger.exception("job %s: could not read its status to close its tracker runs", job_id)
+        status = "failed"
+    reporters.finish(status)
 
 
 def worker_name(settings: Settings) -> str:
     return settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _run_attempt(attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings) -> None:
+def _run_attempt(
+    attempt: Attempt, sessions: sessionmaker[Session], storage: Storage, settings: Settings, reporters: Reporters
+) -> None:
     # The heartbeat covers the preparation too: extracting a large checkpoint can outlast a lease.
     with Heartbeat(attempt, sessions, settings.heartbeat_seconds, settings.lease_seconds) as heartbeat:
         spec_file, resume, recorded = _prepare(attempt, sessions, storage, settings)
+        with sessions() as session:  # experiment trackers: fail fast, before any training
+            reporters.start(session.get_one(Job, attempt.job_id), settings)
         events_file = attempt.workdir / "events.jsonl"
         events_file.unlink(missing_ok=True)
         log_file = attempt.workdir / "trainer.log"
-        relay = EventRelay(attempt, sessions, storage, events_file, settings.event_batch_size, recorded)
+        batch = settings.event_batch_size
+        relay = EventRelay(attempt, sessions, storage, events_file, batch, recorded, reporters=reporters)
         trainer = spawn_trainer(spec_file, attempt.workdir / "output", events_file, log_file, resume, settings)
         try:
             outcome = _supervise(trainer, relay, heartbeat)

@@ -7,7 +7,7 @@ An ASGI middleware, so it holds for every route, present and future:
   a multipart upload to disk under their own limit (`max_upload_bytes`, api.core.uploads) are passed
   through untouched; a multipart body sent to any other route is capped like JSON (FastAPI would
   otherwise read it whole into memory).
-- NUL characters in the path, query string or a header are refused with 422: Postgres text and
+- NUL characters in the path (404: no id holds one), query string or a header (422) are refused: Postgres text and
   jsonb cannot store them, so an id or key holding one would fail in the driver (a 500) instead.
   NULs inside JSON bodies are refused by the request models (`api.core.validation.SafeStr`).
 """
@@ -15,12 +15,12 @@ An ASGI middleware, so it holds for every route, present and future:
 from __future__ import annotations
 
 from collections.abc import Callable
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.core.errors import AlignError, InvalidRequest, PayloadTooLarge
+from api.core.errors import AlignError, InvalidRequest, NotFound, PayloadTooLarge
 
 
 class RequestLimits:
@@ -50,10 +50,13 @@ class RequestLimits:
 
 
 def _refuse_nul(scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
-    if "\x00" in scope.get("path", ""):
-        raise InvalidRequest("the URL path must not contain NUL characters (%00)", param="path")
-    if b"\x00" in unquote_to_bytes(scope.get("query_string", b"")):
-        raise InvalidRequest("the query string must not contain NUL characters (%00)", param="query")
+    if "\x00" in scope.get("path", ""):  # no id contains one: this names no resource
+        raise NotFound("no such resource (the URL path contains a NUL character)", param="path")
+    query = scope.get("query_string", b"")
+    if b"\x00" in unquote_to_bytes(query):
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="replace")
+        name = next((k for k, v in pairs if "\x00" in k or "\x00" in v), "query").replace("\x00", "\\0")
+        raise InvalidRequest(f"{name}: NUL characters are not allowed in the query string (%00)", param=name)
     for name, value in headers:
         if b"\x00" in value:
             header = name.decode("latin-1")

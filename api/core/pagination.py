@@ -37,9 +37,12 @@ def encode_cursor(item_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        item_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after") from exc
+    if "\x00" in item_id:  # names no item, and Postgres text cannot hold it
+        raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
+    return item_id
 
 
 def page_query(

@@ -88,6 +88,17 @@ class Settings(BaseSettings):
     worker_gpu_memory_gb: float | None = Field(None, gt=0, le=65536)
     """Memory (GiB) of one GPU of the workers jobs are queued to. When set, job creation plans each job
     (docs/plan.md) and refuses one whose planned peak exceeds it (422 job_does_not_fit); unset: no check."""
+    wandb_api_key: SecretStr | None = None
+    """Weights & Biases API key the workers report jobs' `wandb` integrations with (never from a request)."""
+    wandb_base_url: str | None = None
+    """W&B server for a self-hosted W&B; unset: wandb's default (api.wandb.ai)."""
+    wandb_mode: Literal["online", "offline"] = "online"
+    """offline: W&B runs are written under wandb_dir only (to `wandb sync` later); no API key needed."""
+    wandb_dir: Path | None = None
+    """Where W&B keeps its run files; default <work_dir>/wandb."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking server for jobs' `mlflow` integrations that name none (http(s)://..., or file:/path,
+    databricks). Its credentials come from the workers' MLFLOW_TRACKING_* variables."""
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,6 +24,11 @@ MAX_FIELD_BYTES = 64 * 1024
 class UnsupportedMediaType(AlignError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class MalformedMultipart(AlignError):
+    status_code = 400
+    code = "invalid_multipart"
 
 
 class Sink(Protocol):
@@ -102,9 +108,12 @@ async def stream_multipart(request: Request, file_field: str, sink: Sink) -> Par
             "on_headers_finished": on_headers_finished,
         },
     )
-    async for chunk in request.stream():
-        if chunk:
-            # The sink hashes and writes to disk: keep that off the event loop.
-            await run_in_threadpool(parser.write, chunk)
-    parser.finalize()
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                # The sink hashes and writes to disk: keep that off the event loop.
+                await run_in_threadpool(parser.write, chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise MalformedMultipart(f"the request body is not valid multipart/form-data: {exc}") from exc
     return form

@@ -194,6 +194,8 @@ def _entered(
     now = utcnow()
     if job.status == "running" and job.started_at is None:
         job.started_at = now
+    if job.status == "running" and previous == "queued":  # a new attempt: the stuck-job clock restarts
+        job.last_step_at, job.steps_per_second, job.relay_lag_seconds = now, None, None
     if job.status == "queued":  # back from a worker: the next claim starts a new attempt
         job.worker_id = None
         job.lease_expires_at = None

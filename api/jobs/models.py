@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from api.core.db import Base, utcnow
@@ -54,6 +54,14 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Experiment trackers the worker reports to: [{"type": "wandb", "wandb": {...}}, ...] (JobCreate).
+    integrations: Mapped[list[Any] | None]
+    # Telemetry written by the life cycle and the relay, read by /metrics (api/ops/metrics.py):
+    # when the job last advanced a step (or its current attempt was claimed, whichever is later),
+    # its recent steps per second, and how long the newest trainer output took to reach the database.
+    last_step_at: Mapped[datetime | None]
+    steps_per_second: Mapped[float | None] = mapped_column(Double)
+    relay_lag_seconds: Mapped[float | None] = mapped_column(Double)
 
 
 class JobEvent(Base):

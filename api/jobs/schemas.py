@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.core.validation import Metadata, RequestModel, SafeStr
 from trainer.config import Algorithm, LoraConfig, RewardComponent
 
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+
+TrackerName = Annotated[SafeStr, Field(min_length=1, max_length=128)]
+
+
+class WandbSettings(RequestModel):
+    project: TrackerName
+    """W&B project the run is logged to."""
+    name: TrackerName | None = None
+    """Display name of the run; default: the job id."""
+    entity: TrackerName | None = None
+    """W&B team or user; default: the API key's default entity."""
+    tags: list[Annotated[SafeStr, Field(min_length=1, max_length=64)]] = Field(default_factory=list, max_length=16)
+
+
+class MlflowSettings(RequestModel):
+    experiment: TrackerName
+    """MLflow experiment name (created when missing)."""
+    run_name: TrackerName | None = None
+    """Name of the run; default: the job id."""
+    tracking_uri: Annotated[SafeStr, Field(max_length=500, pattern=r"^https?://")] | None = None
+    """An http(s) MLflow server; default: the server's ALIGND_MLFLOW_TRACKING_URI. Credentials are the
+    worker's (MLFLOW_TRACKING_TOKEN, ...), never part of a job."""
+
+
+class Integration(RequestModel):
+    """One experiment tracker, as the hosted APIs take it: {"type": "wandb", "wandb": {...}}."""
+
+    type: Literal["wandb", "mlflow"]
+    wandb: WandbSettings | None = None
+    mlflow: MlflowSettings | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Integration:
+        # One model rather than a discriminated union, so errors name `integrations[0].wandb.project`.
+        if getattr(self, self.type) is None:
+            raise ValueError(f'an integration of type "{self.type}" needs its settings under "{self.type}"')
+        other = "mlflow" if self.type == "wandb" else "wandb"
+        if getattr(self, other) is not None:
+            raise ValueError(f'an integration of type "{self.type}" takes no "{other}" settings')
+        return self
 
 
 class JobCreate(RequestModel):
@@ -36,6 +77,17 @@ class JobCreate(RequestModel):
     metadata: Metadata | None = None
     """Free-form key/values kept with the job: at most 16 keys of up to 64 characters, string values of up
     to 512 characters."""
+    integrations: list[Integration] | None = Field(None, max_length=4)
+    """Experiment trackers the worker reports the job's metrics and checkpoints to, as the hosted APIs
+    take them: [{"type": "wandb", "wandb": {"project": ...}}, {"type": "mlflow", "mlflow": {"experiment": ...}}]."""
+
+    @field_validator("integrations")
+    @classmethod
+    def _one_of_each_type(cls, value: list[Any] | None) -> list[Any] | None:
+        types = [i.type for i in value or []]
+        if len(types) != len(set(types)):
+            raise ValueError("at most one integration of each type")
+        return value
 
 
 class Progress(BaseModel):
@@ -65,6 +117,7 @@ class JobPublic(BaseModel):
     lora: dict[str, Any] | None
     seed: int
     metadata: dict[str, Any] | None
+    integrations: list[dict[str, Any]] | None
     progress: Progress
     metrics: dict[str, Any]
     """Latest value of each metric."""
@@ -91,6 +144,7 @@ class JobPublic(BaseModel):
             lora=job.lora,
             seed=job.seed,
             metadata=job.job_metadata,
+            integrations=job.integrations,
             progress=Progress.model_validate(job.progress or {}),
             metrics=job.metrics or {},
             attempt=job.attempt,

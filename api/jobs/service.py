@@ -88,6 +88,9 @@ def create_job(
         lora=body.lora.model_dump(mode="json") if body.lora else None,
         seed=body.seed,
         job_metadata=body.metadata,
+        integrations=[i.model_dump(mode="json", exclude_none=True) for i in body.integrations]
+        if body.integrations
+        else None,
         idempotency_key=idempotency_key,
         max_attempts=settings.max_attempts,
         attempt=0,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from api.deps import SessionDep
 from api.ops import service
+from api.ops.metrics import exposition
 
 router = APIRouter(tags=["operations"])
 
@@ -28,7 +30,7 @@ def readyz(session: SessionDep) -> JSONResponse:
     return JSONResponse({"error": error}, status_code=503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(session: SessionDep) -> PlainTextResponse:
-    """Prometheus metrics (text exposition format)."""
-    return PlainTextResponse(service.prometheus_text(session), media_type="text/plain; version=0.0.4; charset=utf-8")
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}})
+def metrics(session: SessionDep) -> Response:
+    """Prometheus metrics, text format 0.0.4 (every Prometheus reads it); api/ops/metrics.py lists them."""
+    return Response(exposition(session), media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -40,6 +40,20 @@ V1_ROUTES = [
     ("DELETE", "/v1/reward-models/rm_x"),
     ("POST", "/v1/reward-models/rm_x/score"),
     ("GET", "/v1/models"),
+    # OpenAI's fine-tuning API (api/openai_compat): the same keys, errors in OpenAI's shape.
+    ("GET", "/v1/files"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/file_x"),
+    ("DELETE", "/v1/files/file_x"),
+    ("GET", "/v1/files/file_x/content"),
+    ("GET", "/v1/fine_tuning/jobs"),
+    ("POST", "/v1/fine_tuning/jobs"),
+    ("GET", "/v1/fine_tuning/jobs/ftj_x"),
+    ("POST", "/v1/fine_tuning/jobs/ftj_x/cancel"),
+    ("POST", "/v1/fine_tuning/jobs/ftj_x/pause"),
+    ("POST", "/v1/fine_tuning/jobs/ftj_x/resume"),
+    ("GET", "/v1/fine_tuning/jobs/ftj_x/events"),
+    ("GET", "/v1/fine_tuning/jobs/ftj_x/checkpoints"),
 ]
 
 
@@ -48,6 +62,7 @@ def test_every_v1_route_is_in_the_list_above(client: TestClient) -> None:
     declared = {(m.upper(), p) for p, ops in paths.items() if p.startswith("/v1") for m in ops}
     listed = {(m, p.replace("ds_x", "{dataset_id}").replace("job_x", "{job_id}")) for m, p in V1_ROUTES}
     listed = {(m, p.replace("ckpt_x", "{checkpoint_id}").replace("rm_x", "{reward_model_id}")) for m, p in listed}
+    listed = {(m, p.replace("file_x", "{file_id}").replace("ftj_x", "{fine_tuning_job_id}")) for m, p in listed}
     assert declared == listed
 
 
@@ -58,7 +73,11 @@ BAD_HEADERS = [{}, {"Authorization": "Bearer alignd_not-a-real-key"}, {"Authoriz
 def test_v1_route_without_a_valid_key_is_401(client: TestClient, method: str, path: str) -> None:
     for headers in BAD_HEADERS:  # no key, an unknown key, not a Bearer header
         resp = client.request(method, path, headers=headers)
-        assert_error(resp, 401, "unauthorized")
+        if path.startswith(("/v1/files", "/v1/fine_tuning")):  # OpenAI's error object
+            assert resp.status_code == 401 and resp.json()["error"]["code"] == "unauthorized", resp.text
+            assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+        else:
+            assert_error(resp, 401, "unauthorized")
         assert resp.headers["www-authenticate"].startswith("Bearer")
 
 

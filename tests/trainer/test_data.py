@@ -12,6 +12,7 @@ from trainer.data import (
     DataError,
     collate_preferences,
     encode_preferences,
+    encode_prompt,
     encode_sft,
     pack_sft,
     render,
@@ -93,3 +94,26 @@ def test_packing_fills_sequences_to_max_length(tokenizer) -> None:  # type: igno
     assert sum(len(p.input_ids) for p in packed) == total
     assert all(len(p.input_ids) == 16 for p in packed[:-1])
     assert torch.tensor(packed[0].labels).ne(IGNORE).any()
+
+
+def test_online_prompts_are_cut_like_every_other_prompt_keeping_the_leading_cls(minilm: Path) -> None:
+    """GRPO/PPO prompts go through the same encoder as DPO's: cut from the left, the leading [CLS]/BOS kept."""
+    encoder = load_tokenizer(str(minilm))
+    prompt = "one two three four five six seven eight nine ten"
+    ids = encode_prompt(encoder, prompt, max_prompt_length=5)
+    assert len(ids) == 5 and ids[0] == encoder.cls_token_id
+    preference = encode_preferences([PreferenceExample(prompt, "yes", "no")], encoder, 64, 5).features[0]
+    assert ids == preference.prompt_ids
+
+
+def test_chat_prompts_to_complete_end_with_the_generation_prompt(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    messages = [{"role": "user", "content": "hi"}]
+    ids = encode_prompt(tokenizer, messages, max_prompt_length=64)
+    assert tokenizer.decode(ids) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    conversation = encode_preferences(
+        [PreferenceExample(messages, [{"role": "assistant", "content": "a"}], [{"role": "assistant", "content": "b"}])],
+        tokenizer,
+        64,
+        64,
+    )
+    assert ids == conversation.features[0].prompt_ids

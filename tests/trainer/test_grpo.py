@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
-from trainer.grpo import completion_logprobs, completion_mask, left_pad, rollout, token_logprobs
+from trainer.logprobs import completion_logprobs, token_logprobs
 from trainer.models import load_model, load_tokenizer
+from trainer.online import completion_mask, left_pad, rollout
 
 REQUIRED_METRICS = {
     "loss",
@@ -201,6 +202,12 @@ def test_grpo_reward_with_a_missing_model_or_column_fails_with_a_reward_error(
     code, events, _ = run_trainer(tmp_path, grpo_spec(tiny, prompts, missing_column), name="column")
     assert code == 1 and events[-1]["code"] == "reward_failed"
     assert "column 'solution'" in events[-1]["message"]
+
+
+def test_grpo_refuses_eval_every_which_it_would_ignore(tmp_path: Path, tiny: Path, prompts: Path) -> None:
+    code, events, _ = run_trainer(tmp_path, grpo_spec(tiny, prompts, eval_every=2))
+    assert code == 1 and events[-1]["code"] == "invalid_hyperparameters"
+    assert "hyperparameters.eval_every" in events[-1]["message"]
 
 
 def test_grpo_rejects_fewer_than_two_generations(tmp_path: Path, tiny: Path, prompts: Path) -> None:

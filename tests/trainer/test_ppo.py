@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
+from trainer.config import PPOConfig
 from trainer.models import load_model
 from trainer.ppo import AdaptiveKLController
 
@@ -103,6 +105,8 @@ def test_ppo_with_a_reward_model_trains_a_few_steps_and_saves_a_reloadable_polic
     assert any(not torch.equal(before[k], after[k]) for k in before)
     load_model(str(out / "final"))
 
+    state = torch.load(out / "checkpoints" / "step-00000002" / "training_state" / "state.pt", weights_only=True)
+    assert set(state["extra"]) == {"value", "kl_coef"}  # the value head and the KL controller resume too
     code, resumed, _ = run_trainer(tmp_path, spec, name="resumed", resume=out / "checkpoints" / "step-00000002")
     assert code == 0, resumed[-1]
     assert [m["step"] for m in of_type(resumed, "metrics")] == [3]
@@ -132,6 +136,14 @@ def test_ppo_with_a_separate_value_model_lora_and_k3_adaptive_kl(tmp_path: Path,
     assert (out / "final" / "adapter_config.json").is_file()
 
 
+def test_ppo_in_bf16_feeds_the_fp32_value_head_and_trains(tmp_path: Path, tiny: Path, prompts: Path) -> None:
+    # Found on a GPU (bench/gpu_check.sh): a bf16 trunk into the fp32 value head was a dtype error.
+    reward = [{"type": "rule", "rule": "length", "target_length": 8}]
+    code, events, _ = run_trainer(tmp_path, ppo_spec(tiny, prompts, reward, precision="bf16", max_steps=1))
+    assert code == 0, events[-1]
+    assert all(math.isfinite(v) for v in of_type(events, "metrics")[0]["values"].values())
+
+
 def test_adaptive_kl_controller_moves_towards_the_target() -> None:
     controller = AdaptiveKLController(0.1, target=6.0, horizon=100)
     controller.update(current_kl=12.0, n_steps=10)  # error clipped to +0.2
@@ -141,6 +153,11 @@ def test_adaptive_kl_controller_moves_towards_the_target() -> None:
     fixed = AdaptiveKLController(0.1, target=None, horizon=100)
     fixed.update(current_kl=100.0, n_steps=10)
     assert fixed.value == 0.1
+
+
+def test_ppo_refuses_eval_every_which_it_would_ignore() -> None:
+    with pytest.raises(ValidationError, match="eval_every"):
+        PPOConfig(eval_every=2)
 
 
 def test_ppo_refuses_a_preference_dataset_and_a_missing_reward_column(

@@ -108,6 +108,40 @@ def test_length_rule_in_target_and_max_modes() -> None:
     assert at_most(["p"] * 3, completions, [{}] * 3)[0].tolist() == [0.0, 0.0, -1.0]
 
 
+@pytest.mark.parametrize(
+    ("operation", "expected"),
+    [
+        ("eq", [1.0, 0.0, 0.0, 0.0]),
+        ("ne", [0.0, 1.0, 1.0, 1.0]),
+        ("like", [1.0, 1.0, 0.0, 1.0]),
+        ("ilike", [1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_string_check_compares_raw_strings_with_the_column_as_openais_grader_does(
+    operation: str, expected: list[float]
+) -> None:
+    # No answer extraction or numeric normalisation: "72.0" is not "72" for a string check.
+    completions = ["Paris", "It is Paris.", "PARIS", "72.0"]
+    columns = [{"answer": "Paris"}] * 3 + [{"answer": 72}]
+    reward = build_reward([rule(rule="string_check", operation=operation, name="city")])
+    total, parts = reward(["q"] * 4, completions, columns)
+    assert parts["city"].tolist() == expected == total.tolist()
+
+
+def test_string_check_with_a_fixed_reference_reads_no_column() -> None:
+    reward = build_reward([rule(rule="string_check", operation="like", reference="</answer>")])
+    assert reward(["q", "q"], ["<answer>4</answer>", "4"], [{}, {}])[0].tolist() == [1.0, 0.0]
+
+
+def test_string_check_needs_an_operation_and_other_rules_refuse_one() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs an operation"):
+        rule(rule="string_check")
+    with pytest.raises(ValidationError, match="string_check' only"):
+        rule(rule="contains", operation="eq")
+
+
 def test_weighted_sum_and_duplicate_rule_names_get_suffixes() -> None:
     reward = build_reward([rule(rule="regex", pattern="a", weight=2.0), rule(rule="regex", pattern="b", weight=-0.5)])
     total, parts = reward(["p", "p"], ["ab", "a"], [{}, {}])

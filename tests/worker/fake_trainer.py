@@ -29,7 +29,7 @@ def main() -> int:
     spec = json.loads(Path(args.spec).read_text())
     output = Path(args.output)
     hyper = spec["hyperparameters"]
-    total, save_every = int(hyper.get("max_steps", 6)), int(hyper.get("save_every") or 0)
+    total, save_every = int(hyper.get("max_steps") or 6), int(hyper.get("save_every") or 0)
     delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
     start = int((Path(args.resume) / "training_state" / "step").read_text()) if args.resume else 0
 
@@ -56,8 +56,10 @@ def main() -> int:
             emit(type="progress", step=step, total_steps=total, epoch=step / total, eta_seconds=(total - step) * delay)
             emit(type="metrics", step=step, values={"loss": 1.0 / step})
             if save_every and step % save_every == 0 and step < total:
-                emit(type="checkpoint", step=step, path=str(save(output / "checkpoints" / f"step-{step:08d}", step)))
-        emit(type="checkpoint", step=total, kind="final", path=str(save(output / "final", total, state=False)))
+                path = save(output / "checkpoints" / f"step-{step:08d}", step)
+                emit(type="checkpoint", step=step, path=str(path), metrics={"loss": 1.0 / step})
+        final = save(output / "final", total, state=False)
+        emit(type="checkpoint", step=total, kind="final", path=str(final), metrics={"loss": 1.0 / total})
         emit(type="done")
     return 0
 

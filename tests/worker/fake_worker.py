@@ -25,6 +25,6 @@ def fake_trainer_command(spec: Path, output: Path, events: Path, resume: Path | 
 if __name__ == "__main__":
     runner.trainer_command = fake_trainer_command  # type: ignore[assignment]
 
-    from api.cli import app
+    from cli.main import app
 
     app(["worker"])

@@ -1,0 +1,72 @@
+"""What the commands that talk to a running server share: --url / --api-key / --json, and errors.
+
+These commands use the Python client (client/) over HTTP; they need no data directory. The address
+and key come from --url / --api-key or ALIGND_URL / ALIGND_API_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from client import AlignError, APIError, Client
+
+Url = Annotated[
+    str | None,
+    typer.Option("--url", envvar="ALIGND_URL", help="Server address, e.g. http://127.0.0.1:8000.", show_default=False),
+]
+ApiKey = Annotated[
+    str | None,
+    typer.Option("--api-key", envvar="ALIGND_API_KEY", help="API key (alignd keys create).", show_default=False),
+]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of text.")]
+
+console = Console(highlight=False, soft_wrap=True)
+"""stdout: results."""
+stderr = Console(stderr=True, highlight=False)
+"""stderr: progress bars and errors, so `--json` output stays clean."""
+
+
+@contextmanager
+def connect(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client for the command; any client error becomes a message on stderr and exit code 1."""
+    try:
+        with Client(url, api_key=api_key) as alignd:
+            yield alignd
+    except AlignError as exc:
+        fail(exc)
+
+
+def fail(exc: AlignError) -> None:
+    details = exc.details if isinstance(exc, APIError) else []
+    stderr.print(f"[red]error:[/red] {exc}", markup=True)
+    if details:
+        table = Table("line", "field", "message", title=f"{len(details)} problem(s)", title_justify="left")
+        for detail in details:
+            if isinstance(detail, dict):
+                table.add_row(
+                    str(detail.get("line", "")), str(detail.get("field") or ""), str(detail.get("message", ""))
+                )
+            else:
+                table.add_row("", "", str(detail))
+        stderr.print(table)
+    raise typer.Exit(1)
+
+
+def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(value, BaseModel):
+        data: Any = value.model_dump(mode="json")
+    elif isinstance(value, Sequence):
+        data = [item.model_dump(mode="json") for item in value]
+    else:
+        data = value
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.flush()
