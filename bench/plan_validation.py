@@ -163,7 +163,8 @@ def run_trainer(
         str(events),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1800)
-    lines = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+    text = events.read_text() if events.exists() else ""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     peaks = [e["values"]["peak_memory_mb"] for e in lines if e["type"] == "metrics" and "peak_memory_mb" in e["values"]]
     if proc.returncode != 0 or not peaks:
         raise RuntimeError(f"{algorithm} failed ({proc.returncode}): {proc.stderr[-2000:]} {lines[-3:]}")
