@@ -18,12 +18,14 @@ from cli.datasets import datasets_app
 from cli.jobs import jobs_app
 from cli.keys import keys_app
 from cli.models import models_app
+from cli.plan import plan_command
 
 app = typer.Typer(
     help="alignd: self-hosted preference alignment (DPO, GRPO, PPO, reward models, SFT).", no_args_is_help=True
 )
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.command("plan")(plan_command)
 # Commands for a running server (through client/, over HTTP; --url/--api-key or ALIGND_URL/ALIGND_API_KEY):
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")

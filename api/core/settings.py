@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     """GPUs a worker may use; default: as many as torch sees (0 on a CPU machine)."""
     gpus_per_job: int = Field(1, ge=1)
     """GPUs one job trains on; above 1 the trainer runs under `accelerate launch`."""
+    worker_gpu_memory_gb: float | None = Field(None, gt=0, le=65536)
+    """Memory (GiB) of one GPU of the workers jobs are queued to. When set, job creation plans each job
+    (docs/plan.md) and refuses one whose planned peak exceeds it (422 job_does_not_fit); unset: no check."""
     wandb_api_key: SecretStr | None = None
     """Weights & Biases API key the workers report jobs' `wandb` integrations with (never from a request)."""
     wandb_base_url: str | None = None

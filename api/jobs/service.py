@@ -66,6 +66,12 @@ def create_job(
         _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
     reward = _check_reward(session, settings, tenant_id, body)
     references.check(session, settings, tenant_id, body.base_model, "base_model")
+    if settings.worker_gpu_memory_gb is not None:  # opt-in: refuse what cannot fit the workers' GPUs
+        from api.plan.service import check_job_fits
+
+        stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
+        components = reward if reward is not None else (stored.components if stored is not None else None)
+        check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components)
 
     job = Job(
         id=new_id("job"),

@@ -42,6 +42,7 @@ V1_ROUTES = [
     ("DELETE", "/v1/reward-models/rm_x"),
     ("POST", "/v1/reward-models/rm_x/score"),
     ("GET", "/v1/models"),
+    ("POST", "/v1/plan"),
     # OpenAI's fine-tuning API (api/openai_compat): the same keys, errors in OpenAI's shape.
     ("GET", "/v1/files"),
     ("POST", "/v1/files"),
