@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from types import TracebackType
 
@@ -13,9 +12,8 @@ from client.datasets import Datasets
 from client.errors import AlignError
 from client.jobs import Jobs
 from client.reward_models import RewardModels
+from client.settings import ClientSettings
 from client.transport import RetryPolicy, Transport
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class Client:
@@ -39,14 +37,14 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
-        """`base_url` and `api_key` default to ALIGND_URL and ALIGND_API_KEY.
+        """`base_url` and `api_key` default to ALIGND_URL and ALIGND_API_KEY (client/settings.py).
 
-        The service's rule that only its settings object reads the environment is about api/ and
-        worker/; the client reads its two variables here, in this one place, as SDKs usually do.
         `max_retries` retries after the first try (see client/transport.py for which requests).
         """
-        base_url = base_url or os.environ.get("ALIGND_URL") or DEFAULT_URL
-        api_key = api_key or os.environ.get("ALIGND_API_KEY")
+        if base_url is None or api_key is None:
+            env = ClientSettings()
+            base_url = base_url or env.url
+            api_key = api_key or (env.api_key.get_secret_value() if env.api_key else None)
         if not api_key:
             raise AlignError("no API key: pass api_key=... or set ALIGND_API_KEY (`alignd keys create` makes one)")
         base_url = base_url.rstrip("/").removesuffix("/v1")  # the server's root; an openai-style .../v1 works too

