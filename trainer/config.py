@@ -334,10 +334,10 @@ def compile_rule_pattern(pattern: str, *, dotall: bool = False) -> Any:
 
 class RuleComponent(_Component):
     type: Literal["rule"] = "rule"
-    rule: Literal["exact_match", "contains", "regex", "length", "format", "string_check"]
+    rule: Literal["exact_match", "contains", "regex", "length", "format", "string_check", "fuzzy_match"]
     """Which rule scores the completion (see trainer.rewards)."""
     column: SafeStr = Field("answer", min_length=1, max_length=300)
-    """Dataset column the rule compares against (exact_match, contains, string_check without reference)."""
+    """Dataset column the rule compares against (exact_match, contains; string_check, fuzzy_match without reference)."""
     pattern: SafeStr | None = Field(None, max_length=1000)
     """Regular expression for regex/format rules, in RE2 syntax (linear-time matching)."""
     target_length: int | None = Field(None, ge=1, le=1_000_000)
@@ -348,7 +348,7 @@ class RuleComponent(_Component):
     """string_check rule (OpenAI's string_check grader): eq/ne compare whole strings, like/ilike test containment
     (ilike ignoring case)."""
     reference: SafeStr | None = Field(None, max_length=10000)
-    """string_check rule: a fixed reference string instead of the dataset column."""
+    """string_check and fuzzy_match rules: a fixed reference string instead of the dataset column."""
 
     @field_validator("pattern")
     @classmethod
@@ -365,8 +365,10 @@ class RuleComponent(_Component):
             raise ValueError("rule 'length' needs target_length")
         if self.rule == "string_check" and self.operation is None:
             raise ValueError("rule 'string_check' needs an operation (eq, ne, like or ilike)")
-        if self.rule != "string_check" and (self.operation is not None or self.reference is not None):
-            raise ValueError("operation and reference apply to rule 'string_check' only")
+        if self.rule != "string_check" and self.operation is not None:
+            raise ValueError("operation applies to rule 'string_check' only")
+        if self.rule not in ("string_check", "fuzzy_match") and self.reference is not None:
+            raise ValueError("reference applies to rules 'string_check' and 'fuzzy_match' only")
         return self
 
 

@@ -27,10 +27,15 @@ Rules (all return floats, 1.0 = pass, 0.0 = fail unless said otherwise):
 - string_check: OpenAI's string_check grader, on the raw strings (no normalisation): the completion
   compared with the column's value (or a fixed `reference`) by `operation`: eq (equal), ne (not
   equal), like (contains it), ilike (contains it, ignoring case).
+- fuzzy_match: OpenAI's text_similarity grader with evaluation_metric fuzzy_match: the similarity in
+  [0, 1] of the completion and the column's value (or a fixed `reference`), 2·M / (len(a) + len(b))
+  with M the characters of the matching blocks (difflib's ratio, standard library; rapidfuzz's ratio
+  is the same formula over the exact longest common subsequence, so values can differ slightly).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -179,6 +184,17 @@ def _string_check(spec: RuleComponent) -> Scorer:
     return score
 
 
+def _fuzzy_match(spec: RuleComponent) -> Scorer:
+    def score(prompts: Sequence[Text], completions: Sequence[str], columns: Sequence[dict[str, Any]]) -> list[float]:
+        out = []
+        for i, (completion, row) in enumerate(zip(completions, columns, strict=True)):
+            ref = spec.reference if spec.reference is not None else _column(row, spec.column, "fuzzy_match", i)
+            out.append(difflib.SequenceMatcher(None, completion, ref if isinstance(ref, str) else str(ref)).ratio())
+        return out
+
+    return score
+
+
 RULES: dict[str, Callable[[RuleComponent], Scorer]] = {
     "exact_match": _exact_match,
     "contains": _contains,
@@ -186,6 +202,7 @@ RULES: dict[str, Callable[[RuleComponent], Scorer]] = {
     "format": _format,
     "length": _length,
     "string_check": _string_check,
+    "fuzzy_match": _fuzzy_match,
 }
 
 

@@ -4,12 +4,15 @@ Honoured (api/README.md, "OpenAI-compatible endpoints", has the full rules):
 - `string_check` -> the `string_check` rule (same operations on the raw strings). `input` must be
   `{{sample.output_text}}`; `reference` is a literal string or `{{item.<column>}}` (a column of the
   training row).
+- `text_similarity` with `evaluation_metric` `fuzzy_match` -> the `fuzzy_match` rule (the similarity
+  itself, 0 to 1, as the reward; `input` and `reference` as for string_check; no `pass_threshold`).
 - `score_model` -> a model component: `model` must be a MODEL_REF of a sequence-classification
   reward model this tenant can use; `input`, `range` and `sampling_params` are not used.
 - `multi` -> the weighted sum of its graders, when `calculate_output` is a weighted sum of their
   names (`0.7 * accuracy + 0.3 * format`, `-`, `/ 2` and parentheses allowed; no constant term, no
   products of graders, no functions).
-Refused by name (400 `unsupported_grader`): `text_similarity`, `python`, `label_model`, anything else.
+Refused by name (400 `unsupported_grader`): `text_similarity` with any other metric (bleu, gleu,
+meteor, cosine, rouge_*), `python`, `label_model`, anything else.
 
 The reverse, `grader_view`, shows any grpo job's reward as a grader again (a rule without an OpenAI
 counterpart shows as a `python` grader whose source names the rule; it cannot be submitted back).
@@ -49,6 +52,14 @@ class StringCheck(_Grader):
     operation: str
 
 
+class TextSimilarity(_Grader):
+    type: Literal["text_similarity"]
+    input: str
+    reference: str = Field(max_length=10000)
+    evaluation_metric: str
+    pass_threshold: float | None = None
+
+
 class ScoreModel(_Grader):
     type: Literal["score_model"]
     model: str = Field(min_length=1, max_length=500)
@@ -64,7 +75,7 @@ class Multi(_Grader):
 
 
 _NOT_HONOURED = {
-    "text_similarity": "alignd's reward rules have no text-similarity metric",
+    "text_similarity": "alignd's fuzzy_match rule is its only text-similarity metric",
     "python": "alignd runs no user code in its reward",
     "label_model": "alignd's model components are reward models that return a score, not label classifiers",
     "endpoint": "alignd calls no external grading endpoint",
@@ -111,12 +122,22 @@ def _single(grader: Any, param: str, weight: float, key: str | None) -> dict[str
             f"{_describe(grader)} inside a multi grader cannot be honoured: nest no multi graders", param=param
         )
     if kind == "text_similarity":
-        metric = grader.get("evaluation_metric")
-        raise GraderRefused(
-            f"{_describe(grader)} (evaluation_metric {metric!r}) cannot be honoured: {_NOT_HONOURED[kind]}; "
-            f"{_ALTERNATIVES}",
-            param=param,
-        )
+        similarity = _parse(TextSimilarity, grader, param)
+        if similarity.evaluation_metric != "fuzzy_match":
+            raise GraderRefused(
+                f"{_describe(grader)} (evaluation_metric {similarity.evaluation_metric!r}) cannot be honoured: "
+                f"{_NOT_HONOURED[kind]}; {_ALTERNATIVES}",
+                param=f"{param}.evaluation_metric",
+            )
+        if similarity.pass_threshold is not None:
+            raise GraderRefused(
+                f"{_describe(grader)}: pass_threshold cannot be honoured: alignd rewards the similarity itself "
+                "(0 to 1); leave it out",
+                param=f"{param}.pass_threshold",
+            )
+        where = f"text_similarity grader {similarity.name!r}"
+        component = {"type": "rule", "rule": "fuzzy_match", "name": component_name(key or similarity.name)}
+        return {**component, "weight": weight, **_compare(where, similarity.input, similarity.reference, param)}
     if kind in _NOT_HONOURED:
         raise GraderRefused(
             f"{_describe(grader)} cannot be honoured: {_NOT_HONOURED[kind]}; {_ALTERNATIVES}", param=param
@@ -131,12 +152,6 @@ def _string_check(check: StringCheck, param: str, weight: float, key: str | None
             f"{where}: operation {check.operation!r} cannot be honoured (eq, ne, like or ilike)",
             param=f"{param}.operation",
         )
-    inp = _TEMPLATE.fullmatch(check.input)
-    if inp is None or inp.group(1) != "sample.output_text":
-        raise GraderRefused(
-            f"{where}: input {check.input!r} cannot be honoured: alignd grades the sampled completion, {OUTPUT_TEXT}",
-            param=f"{param}.input",
-        )
     component: dict[str, Any] = {
         "type": "rule",
         "rule": "string_check",
@@ -144,19 +159,28 @@ def _string_check(check: StringCheck, param: str, weight: float, key: str | None
         "weight": weight,
         "operation": check.operation,
     }
-    if "{{" not in check.reference and "}}" not in check.reference:
-        component["reference"] = check.reference
-        return component
-    ref = _TEMPLATE.fullmatch(check.reference)
+    return {**component, **_compare(where, check.input, check.reference, param)}
+
+
+def _compare(where: str, input: str, reference: str, param: str) -> dict[str, str]:
+    """What a rule compares the completion with: {"reference": literal} or {"column": name}."""
+    inp = _TEMPLATE.fullmatch(input)
+    if inp is None or inp.group(1) != "sample.output_text":
+        raise GraderRefused(
+            f"{where}: input {input!r} cannot be honoured: alignd grades the sampled completion, {OUTPUT_TEXT}",
+            param=f"{param}.input",
+        )
+    if "{{" not in reference and "}}" not in reference:
+        return {"reference": reference}
+    ref = _TEMPLATE.fullmatch(reference)
     column = _COLUMN.fullmatch(ref.group(1)) if ref else None
     if column is None:
         raise GraderRefused(
-            f"{where}: reference {check.reference!r} cannot be honoured: give a literal string or one column of "
+            f"{where}: reference {reference!r} cannot be honoured: give a literal string or one column of "
             "the training row as {{item.<column>}}",
             param=f"{param}.reference",
         )
-    component["column"] = column.group(1)
-    return component
+    return {"column": column.group(1)}
 
 
 def _multi(grader: dict[str, Any], param: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -267,15 +291,12 @@ def _view_name(component: dict[str, Any]) -> str:
 def _single_view(component: dict[str, Any], name: str) -> dict[str, Any]:
     if component.get("type") == "model":
         return {"type": "score_model", "name": name, "model": component.get("model", ""), "input": []}
-    if component.get("rule") == "string_check":
+    if component.get("rule") in ("string_check", "fuzzy_match"):
         reference = component.get("reference")
         if reference is None:
             reference = "{{item.%s}}" % component.get("column", "answer")  # noqa: UP031 (braces)
-        return {
-            "type": "string_check",
-            "name": name,
-            "input": OUTPUT_TEXT,
-            "reference": reference,
-            "operation": component.get("operation", "eq"),
-        }
+        view = {"name": name, "input": OUTPUT_TEXT, "reference": reference}
+        if component["rule"] == "fuzzy_match":
+            return {"type": "text_similarity", **view, "evaluation_metric": "fuzzy_match"}
+        return {"type": "string_check", **view, "operation": component.get("operation", "eq")}
     return {"type": "python", "name": name, "source": "# alignd rule " + json.dumps(component, sort_keys=True)}

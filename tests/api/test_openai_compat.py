@@ -25,7 +25,7 @@ from openai.types import FileDeleted, FileObject
 from openai.types.fine_tuning import FineTuningJob, FineTuningJobEvent
 from openai.types.fine_tuning.dpo_hyperparameters import DpoHyperparameters
 from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
-from openai.types.graders import MultiGrader, PythonGrader, ScoreModelGrader, StringCheckGrader
+from openai.types.graders import MultiGrader, PythonGrader, ScoreModelGrader, StringCheckGrader, TextSimilarityGrader
 
 from api.core.settings import Settings
 from tests.conftest import TenantKey
@@ -394,6 +394,47 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
     view = weighted.method.reinforcement.grader
     assert isinstance(view, MultiGrader) and isinstance(view.graders, StringCheckGrader)
     assert view.calculate_output == "2 * c" and view.graders.name == "c"
+
+
+def test_a_text_similarity_grader_with_fuzzy_match_becomes_the_fuzzy_match_rule_and_trains(
+    oai: openai.OpenAI, work, client, tenant: TenantKey
+) -> None:
+    file = upload(oai, "gsm8k-rft.jsonl", rft_rows(6))
+    grader = {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+    }
+    job = oai.fine_tuning.jobs.create(
+        model=HUB_MODEL,
+        training_file=file.id,
+        method={"type": "reinforcement", "reinforcement": {"grader": grader}},
+    )
+    assert_parsed(job)
+    assert job.method is not None and job.method.reinforcement is not None
+    shown = job.method.reinforcement.grader
+    assert isinstance(shown, TextSimilarityGrader) and shown.evaluation_metric == "fuzzy_match"
+    native = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json()
+    assert native["reward"] == [
+        {
+            "type": "rule",
+            "rule": "fuzzy_match",
+            "name": "close",
+            "weight": 1.0,
+            "column": "answer",
+            "length_mode": "target",
+        }
+    ]
+    work(job.id).join(60)
+    assert oai.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+    with pytest.raises(openai.BadRequestError, match="pass_threshold"):
+        oai.fine_tuning.jobs.create(
+            model=HUB_MODEL,
+            training_file=file.id,
+            method={"type": "reinforcement", "reinforcement": {"grader": {**grader, "pass_threshold": 0.5}}},
+        )
 
 
 @pytest.mark.parametrize(

@@ -142,6 +142,22 @@ def test_string_check_needs_an_operation_and_other_rules_refuse_one() -> None:
         rule(rule="contains", operation="eq")
 
 
+def test_fuzzy_match_scores_the_similarity_to_the_column_or_a_reference_from_0_to_1() -> None:
+    import difflib
+
+    completions = ["The capital is Paris.", "Paris", "Berlin", ""]
+    reward = build_reward([rule(rule="fuzzy_match", name="sim")])
+    scores = reward(["q"] * 4, completions, [{"answer": "Paris"}] * 4)[1]["sim"].tolist()
+    assert scores[1] == 1.0 and scores[3] == 0.0  # identical, and nothing in common
+    assert scores[0] == pytest.approx(2 * 5 / (len(completions[0]) + 5))  # "Paris" matched whole: 2·M / total
+    assert 0.0 < scores[2] < scores[0]  # "Berlin" shares only a letter or two
+    assert scores[2] == pytest.approx(difflib.SequenceMatcher(None, "Berlin", "Paris").ratio())
+    fixed = build_reward([rule(rule="fuzzy_match", reference="yes")])
+    assert fixed(["q"], ["yes"], [{}])[0].tolist() == [1.0]
+    with pytest.raises(Exception, match="string_check' only"):
+        rule(rule="fuzzy_match", operation="eq")
+
+
 def test_weighted_sum_and_duplicate_rule_names_get_suffixes() -> None:
     reward = build_reward([rule(rule="regex", pattern="a", weight=2.0), rule(rule="regex", pattern="b", weight=-0.5)])
     total, parts = reward(["p", "p"], ["ab", "a"], [{}, {}])
