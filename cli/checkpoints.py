@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json, stderr
+from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json, transfer_bar
 
 checkpoints_app = typer.Typer(
     help="Checkpoints on a running server (ALIGND_URL / ALIGND_API_KEY).", no_args_is_help=True
@@ -49,14 +48,7 @@ def download(
     """Download a checkpoint (resumed after an interruption, sha256 verified), optionally unpacked."""
     with (
         connect(url, api_key) as alignd,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=stderr,
-            transient=True,
-        ) as bar,
+        transfer_bar() as bar,
     ):
         task = bar.add_task(f"downloading {checkpoint_id}", total=None)
         got = alignd.checkpoints.download(

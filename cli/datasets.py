@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json, stderr
+from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json, transfer_bar
 
 datasets_app = typer.Typer(help="Datasets on a running server (ALIGND_URL / ALIGND_API_KEY).", no_args_is_help=True)
 
@@ -26,14 +25,7 @@ def upload(
     """Upload a dataset; invalid lines are listed in a table (exit code 1) and nothing is stored."""
     with (
         connect(url, api_key) as alignd,
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=stderr,
-            transient=True,
-        ) as bar,
+        transfer_bar() as bar,
     ):
         task = bar.add_task(f"uploading {file.name}", total=file.stat().st_size)
         dataset = alignd.datasets.upload(

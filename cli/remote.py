@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
 from client import AlignError, APIError, Client
@@ -59,6 +60,12 @@ def fail(exc: AlignError) -> None:
                 table.add_row("", "", str(detail))
         stderr.print(table)
     raise typer.Exit(1)
+
+
+def transfer_bar() -> Progress:
+    """A progress bar of bytes sent or received (uploads, downloads), on stderr so --json stays clean."""
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    return Progress(*columns, console=stderr, transient=True)
 
 
 def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:

@@ -14,6 +14,9 @@ from api.core.settings import Settings
 from api.datasets.models import Dataset
 from tests.shared_data import shared_data
 
+MODEL = "tiny-llama"
+"""The model the API tests put in the server's model directory (tests/api/conftest.py)."""
+
 
 def real_lines(name: str, n: int) -> bytes:
     """The first n lines of a real dataset in data/, as bytes."""

@@ -17,29 +17,8 @@ from api.core.settings import Settings
 from api.jobs.events import append_events, lock_job
 from api.jobs.lifecycle import transition
 from api.jobs.models import Job, JobEvent
-from tests.api.helpers import assert_error, real_lines, upload_ok
+from tests.api.helpers import MODEL, assert_error
 from trainer.config import DPOConfig
-
-MODEL = "tiny-llama"
-
-
-@pytest.fixture
-def model(settings: Settings) -> str:
-    """A model in the server's model directory (only its folder matters to the API)."""
-    folder = settings.resolved_models_dir / MODEL
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    return MODEL
-
-
-@pytest.fixture
-def pairs(client: TestClient, auth: dict[str, str]) -> str:
-    return upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 20), "orca.jsonl")["id"]
-
-
-@pytest.fixture
-def prompts(client: TestClient, auth: dict[str, str]) -> str:
-    return upload_ok(client, auth, real_lines("gsm8k-train.jsonl", 20), "gsm8k.jsonl")["id"]
 
 
 def dpo(dataset_id: str, **extra: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from api.core.settings import Settings
 from api.core.validation import DB_INT_MAX
 from api.reward_models.models import RewardModel
 from tests.api.helpers import assert_error, assert_no_dataset_stored, real_lines, upload, upload_ok
-from tests.api.test_jobs import MODEL, dpo, job_count
+from tests.api.test_jobs import dpo, job_count
 from trainer.config import HYPERPARAMETERS, LoraConfig, ModelComponent, RuleComponent
 
 TOO_BIG = 10**20  # overflowed the database driver (a 500) before integers were bounded
@@ -34,25 +34,6 @@ def assert_no_job_and_lists_work(client: TestClient, auth: dict[str, str], sessi
     assert job_count(session) == 0
     resp = client.get("/v1/jobs", headers=auth)
     assert resp.status_code == 200 and resp.json()["data"] == [], resp.text
-
-
-@pytest.fixture
-def model(settings: Settings) -> str:
-    """A model in the server's model directory (only its folder matters to the API)."""
-    folder = settings.resolved_models_dir / MODEL
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    return MODEL
-
-
-@pytest.fixture
-def pairs(client: TestClient, auth: dict[str, str]) -> str:
-    return upload_ok(client, auth, real_lines("orca-dpo-pairs.openai-dpo.jsonl", 20), "orca.jsonl")["id"]
-
-
-@pytest.fixture
-def prompts(client: TestClient, auth: dict[str, str]) -> str:
-    return upload_ok(client, auth, real_lines("gsm8k-train.jsonl", 20), "gsm8k.jsonl")["id"]
 
 
 @pytest.fixture
