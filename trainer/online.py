@@ -301,7 +301,19 @@ def gather(run: Run, values: torch.Tensor) -> torch.Tensor:
     return run.accelerator.gather(values.contiguous())
 
 
-def sum_gradients(run: Run, model: Any) -> None:
+def reduce_metrics(run: Run, values: dict[str, float], summed: Sequence[str] = ()) -> dict[str, float]:
+    """Metrics over all processes: the mean of each process's value, or the sum for the `summed` names
+    (each process's share of a whole-batch quantity). Every process holds an equal share of the batch."""
+    acc = run.accelerator
+    if acc.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=run.device)
+    total = acc.reduce(tensor, reduction="sum")
+    return {k: v if k in summed else v / acc.num_processes for k, v in zip(keys, total.tolist(), strict=True)}
+
+
+def sum_gradients(run: Run, *modules: Any) -> None:
     """Sum every trainable parameter's gradient over the processes, in one all-reduce.
 
     Each process's loss is its share of the global loss (divided by global totals), so the sum is the
@@ -310,7 +322,7 @@ def sum_gradients(run: Run, model: Any) -> None:
     """
     if run.accelerator.num_processes == 1:
         return
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
