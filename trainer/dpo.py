@@ -6,9 +6,9 @@ concatenated forward of chosen + rejected -> trainer.loop (accumulate, evaluate,
 Reference model:
 - `precompute_ref_logps` (default): the reference log-probs of every train/eval pair are computed once,
   before the first update, with the policy itself (it still equals the reference then; LoRA adapters
-  are disabled for it). On several processes each computes a contiguous shard and all get the whole
-  table by one all-gather (`shared_reference_logps`). No reference model stays in memory; the values are kept in the checkpoint's
-  training state so a resumed run does not recompute them.
+  are disabled for it). No reference model stays in memory; the values are kept in the checkpoint's
+  training state so a resumed run does not recompute them. On several processes each computes a
+  contiguous shard and one all-gather gives every process the whole table (`shared_reference_logps`).
 - otherwise with LoRA: the base model with adapters disabled, on the fly (no second copy);
 - otherwise: a second, frozen copy of the base model.
 

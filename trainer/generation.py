@@ -13,7 +13,6 @@ ids (N = B * G rows, prompt i's completions in rows i*G .. i*G + G-1). The engin
   prompts share its batch or its process (what lets GRPO/PPO on several processes reproduce one
   process). It also returns the sampler's log-probs of the drawn tokens.
 - "generate": Hugging Face `generate` (the earlier path, kept as a fallback); global torch RNG.
-- "vllm": vLLM on a GPU (optional extra; see `VLLMEngine`). Untested on the CPU machines this was built on.
 
 Measured on SmolLM2-135M (bench/README.md, "Rollouts"): continuous batching (`generate_batch`) was
 2.4x slower than `generate` on this CPU, and a decode step is ~75% matmuls, so neither it nor a
@@ -27,12 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import DynamicCache, GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-ENGINES = ("cached", "generate", "vllm")
+ENGINES = ("cached", "generate")
 
 
 @dataclass
@@ -62,8 +61,6 @@ def generate_completions(
         return _hf_generate(
             model, prompt_ids, prompt_mask, num_generations, max_new_tokens, temperature, top_p, stop_ids, pad_id
         )
-    if engine == "vllm":
-        raise ValueError("the vllm engine is driven by VLLMEngine, which trainer.online builds once per run")
     if engine != "cached":
         raise ValueError(f"unknown generation engine {engine!r}; choose one of {ENGINES}")
     return _cached_generate(
@@ -164,7 +161,9 @@ def _sample(
     if temperature == 0:
         picked = logits.argmax(dim=-1)
     else:
-        probs = torch.softmax(warpers(None, logits), dim=-1)  # (n, V), zero outside the nucleus
+        # these warpers ignore the context ids: an empty (n, 0) one
+        no_context = cast(torch.LongTensor, logits.new_zeros((logits.shape[0], 0), dtype=torch.long))
+        probs = torch.softmax(warpers(no_context, logits), dim=-1)  # (n, V), zero outside the nucleus
         picked = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators, strict=True)])
     return picked, full.gather(-1, picked.unsqueeze(1)).squeeze(1)
 

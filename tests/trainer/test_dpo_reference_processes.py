@@ -27,7 +27,7 @@ def test_two_processes_share_the_reference_log_probs_each_computing_half(
             "max_prompt_length": 64,
         },
     }
-    one, out_one = launch(tmp_path, spec, "one", 1)
+    _, out_one = launch(tmp_path, spec, "one", 1)
     two, out_two = launch(tmp_path, spec, "two", 2)
     state = "checkpoints/step-00000001/training_state/state.pt"
     table_one = torch.load(out_one / state, weights_only=True)["extra"]["ref_train"]
