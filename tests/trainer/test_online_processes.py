@@ -106,3 +106,12 @@ def test_ppo_on_two_processes_logs_the_losses_of_one_process(tmp_path: Path, tin
     two, _ = launch(tmp_path, spec, "two", 2)
     assert_same_metrics(metrics_by_step(one, names), metrics_by_step(two, names))
     assert [(e["step"], e["kind"]) for e in of_type(two, "checkpoint")] == [(2, "final")]
+
+
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_with_what_to_change(
+    tmp_path: Path, tiny: Path, prompts: Path
+) -> None:
+    events, _ = launch(tmp_path, grpo_spec(tiny, prompts, batch_size=3), "odd", 2, expect_ok=False)
+    (error,) = of_type(events, "error")
+    assert error["code"] == "invalid_hyperparameters"
+    assert "batch_size 3 must be a multiple of the 2 processes" in error["message"]
