@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--engines", default="generate,cached")
+    parser.add_argument("--model", type=Path, help="model folder (default: SmolLM2 converted into bench/out)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -78,18 +81,25 @@ def main() -> None:
     from trainer.models import load_model, load_tokenizer
     from trainer.online import rollout
 
-    path = smollm2()
-    tokenizer, model = load_tokenizer(str(path)), load_model(str(path)).eval()
+    path = args.model or smollm2()
+    device = torch.device(args.device)
+    tokenizer = load_tokenizer(str(path))
+    model = load_model(str(path), dtype=getattr(torch, args.dtype)).to(device).eval()
     rows = [json.loads(line) for line in itertools.islice(GSM8K.open(), args.prompts)]
     prompts = [encode_prompt(tokenizer, [{"role": "user", "content": r["question"]}], 256) for r in rows]
     params = sum(p.numel() for p in model.parameters())
-    limits = machine_limits(params * 4)
     n_rows = args.prompts * args.generations
-    step_floor = max(params * 4 / (limits["stream_gb_s"] * 1e9), 2 * params * n_rows / (limits["matmul_gflop_s"] * 1e9))
-    limits["tokens_per_s_limit"] = n_rows / step_floor
+    limits: dict[str, float] = {}
+    if device.type == "cpu":
+        limits = machine_limits(params * 4)
+        step_floor = max(
+            params * 4 / (limits["stream_gb_s"] * 1e9), 2 * params * n_rows / (limits["matmul_gflop_s"] * 1e9)
+        )
+        limits["tokens_per_s_limit"] = n_rows / step_floor
     print(f"load {os.getloadavg()}, threads {args.threads}, {params / 1e6:.1f}M params, limits {limits}", flush=True)
 
     results: dict[str, Any] = {"load_before": os.getloadavg(), "threads": args.threads, "limits": limits, "runs": []}
+    results |= {"device": str(device), "dtype": args.dtype, "model": str(path)}
     engines = args.engines.split(",")
     for new in [int(n) for n in args.new_tokens.split(",")]:
         for rep in range(args.repeats):
@@ -99,7 +109,7 @@ def main() -> None:
                 wall, cpu = time.perf_counter(), time.process_time()
                 batch = rollout(
                     model, tokenizer, prompts, num_generations=args.generations, max_new_tokens=new,
-                    temperature=1.0, top_p=1.0, device=torch.device("cpu"), seeds=seeds, engine=engine,
+                    temperature=1.0, top_p=1.0, device=device, seeds=seeds, engine=engine,
                 )  # fmt: skip
                 wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
                 tokens = int(batch.completion_mask.sum())
@@ -118,8 +128,9 @@ def main() -> None:
             cpu = statistics.median(r["tokens"] / r["cpu_s"] for r in mine)
             print(f"  {engine:9s} new={new:4d}: wall {wall:6.1f}  cpu {cpu:6.1f}")
     results["load_after"] = os.getloadavg()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    (CACHE / "rollout_speed.json").write_text(json.dumps(results, indent=2))
+    out = Path(os.environ.get("OUT", CACHE))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rollout_speed.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
