@@ -28,12 +28,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.core.db import utcnow
 from api.core.errors import InvalidRequest
 from api.core.settings import Settings, get_settings
+from api.core.validation import invalid_from_pydantic
 from api.jobs import lifecycle
 from api.jobs.models import LIVE_STATUSES, Job
 from api.jobs.schemas import JobCreate
@@ -182,7 +184,11 @@ def build_stage_job(
     POST /v1/jobs checks a request (raises InvalidRequest)."""
     from api.jobs.service import prepare_job  # the jobs service imports nothing of pipelines; keep it so
 
-    body = named(with_refs(JobCreate.model_validate(stage.request), models), pipeline, stage.name)
+    try:  # stored by an earlier version of the service, it may no longer be a valid request
+        request = JobCreate.model_validate(stage.request)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc) from exc
+    body = named(with_refs(request, models), pipeline, stage.name)
     return prepare_job(session, settings, pipeline.tenant_id, body)
 
 
