@@ -128,6 +128,25 @@ def _in_stage(exc: InvalidRequest, index: int, name: str) -> InvalidRequest:
     return error
 
 
+def pipeline_waiting_for(session: Session, tenant_id: str, dataset_id: str) -> str | None:
+    """The id of a live pipeline with a stage not yet started that will train or evaluate on the
+    dataset (deleting it now would fail that stage later), or None."""
+    pending = session.execute(
+        select(Pipeline.id, PipelineStage.request)
+        .join(PipelineStage, PipelineStage.pipeline_id == Pipeline.id)
+        .where(
+            Pipeline.tenant_id == tenant_id,
+            Pipeline.status == "running",
+            PipelineStage.job_id.is_(None),
+            PipelineStage.skipped_reason.is_(None),
+        )
+    )
+    for pipeline_id, request in pending:
+        if dataset_id in (request.get("dataset_id"), request.get("eval_dataset_id")):
+            return str(pipeline_id)
+    return None
+
+
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Pipeline | None:
     return session.execute(
         select(Pipeline).where(Pipeline.tenant_id == tenant_id, Pipeline.idempotency_key == key)

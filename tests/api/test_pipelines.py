@@ -236,10 +236,21 @@ def test_a_failed_stage_cancels_a_sibling_still_running(
     assert [s["status"] for s in after["stages"]] == ["cancelled", "failed", "skipped"]
 
 
+def test_a_dataset_a_pending_stage_will_use_cannot_be_deleted_until_the_pipeline_is_cancelled(
+    client: TestClient, auth: dict[str, str], model: str, pairs: str, prompts: str
+) -> None:
+    pipeline = create(client, auth, rm_then_grpo(model, pairs, prompts))
+    error = assert_error(client.delete(f"/v1/datasets/{prompts}", headers=auth), 409)
+    assert pipeline["id"] in error["message"] and "cancel the pipeline" in error["message"]
+    client.post(f"/v1/pipelines/{pipeline['id']}/cancel", headers=auth)
+    assert client.delete(f"/v1/datasets/{prompts}", headers=auth).status_code == 204
+
+
 def test_a_stage_that_cannot_start_any_more_fails_the_pipeline(
     client: TestClient, auth: dict[str, str], model: str, pairs: str, prompts: str, session: Session
 ) -> None:
     pipeline = create(client, auth, rm_then_grpo(model, pairs, prompts))
+    # Deleted behind the API's back (DELETE /v1/datasets refuses it while the stage waits for it).
     session.execute(update(Dataset).where(Dataset.id == prompts).values(deleted_at=func.now()))
     session.commit()
     finish(session, pipeline["stages"][0]["job_id"], "succeeded")
