@@ -65,18 +65,24 @@ def finish(session: Session, job_id: str, status: str, **kwargs: Any) -> None:
     job = lock_job(session, job_id)
     lifecycle.transition(session, job, "running")
     if status == "succeeded":
-        checkpoint = Checkpoint(
-            tenant_id=job.tenant_id, job_id=job.id, step=2, kind="final", bytes=1, sha256="0" * 64, storage_key="k"
-        )
-        session.add(checkpoint)
-        session.flush()
-        job.output_checkpoint_id = checkpoint.id
-        lifecycle.transition(session, job, "succeeded")
+        succeed(session, job_id)
     elif status == "failed":
         lifecycle.fail(session, job, kwargs.get("code", "training_error"), kwargs.get("message", "loss became NaN"))
     else:
         lifecycle.transition(session, job, status)
     session.commit()
+
+
+def succeed(session: Session, job_id: str) -> None:
+    """A running job's final checkpoint and its success, as the relay records them (not committed)."""
+    job = lock_job(session, job_id)
+    checkpoint = Checkpoint(
+        tenant_id=job.tenant_id, job_id=job.id, step=2, kind="final", bytes=1, sha256="0" * 64, storage_key="k"
+    )
+    session.add(checkpoint)
+    session.flush()
+    job.output_checkpoint_id = checkpoint.id
+    lifecycle.transition(session, job, "succeeded")
 
 
 def count(session: Session, model: Any) -> int:
@@ -383,3 +389,45 @@ def test_pipelines_are_listed_newest_first_in_pages(
     assert [p["id"] for p in rest["data"]] == ids[:1] and rest["has_more"] is False
     assert client.get("/v1/pipelines?status=succeeded", headers=auth).json()["data"] == []
     assert_error(client.get("/v1/pipelines?after=nope", headers=auth), 422, param="after")
+
+
+def test_two_inputs_succeeding_at_once_in_two_transactions_start_the_stage_reading_both_exactly_once(
+    client: TestClient, auth: dict[str, str], model: str, sft_rows: str, pairs: str, prompts: str, settings: Settings
+) -> None:
+    import threading
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy.pool import NullPool
+
+    body = rm_then_grpo(model, pairs, prompts)
+    body["stages"].insert(0, {"name": "sft", "job": {"algorithm": "sft", "base_model": model, "dataset_id": sft_rows}})
+    body["stages"][2]["job"]["base_model"] = "stage:sft"
+    pipeline = create(client, auth, body)
+    sft, rm, _ = pipeline["stages"]
+    engine = create_engine(settings.resolved_database_url, poolclass=NullPool)
+    sessions = sessionmaker(engine, info={"settings": settings})
+    with sessions() as first, sessions() as second:
+        for session, job_id in ((first, sft["job_id"]), (second, rm["job_id"])):
+            lifecycle.transition(session, lock_job(session, job_id), "running")
+            session.commit()
+        # The first transaction ends sft and holds the pipeline's lock; the second ends rm meanwhile.
+        succeed(first, sft["job_id"])
+        assert get(client, auth, pipeline["id"])["stages"][2]["status"] == "pending"
+
+        def end_rm() -> None:
+            succeed(second, rm["job_id"])  # waits for the pipeline's lock
+            second.commit()
+
+        waiting = threading.Thread(target=end_rm)
+        waiting.start()
+        waiting.join(1.0)
+        assert waiting.is_alive(), "the second transaction waits for the first's lock on the pipeline"
+        first.commit()
+        waiting.join(30)
+        assert not waiting.is_alive()
+
+    grpo = get(client, auth, pipeline["id"])["stages"][2]
+    assert grpo["status"] == "queued", "the transaction that committed second saw the first's success"
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.algorithm == "grpo")) == 1
