@@ -47,6 +47,7 @@ from harness import (
     OUT,
     ROOT,
     TRL_PYTHON,
+    effective_settings,
     ensure_trl,
     matmul_params,
     mean_after_first,
@@ -124,7 +125,7 @@ def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, p
     steps = parsed.get("steps", [])
     result: dict[str, Any] = {
         "ok": child["rc"] == 0 and bool(steps),
-        "settings": spec["hyperparameters"],
+        "settings": effective_settings(algorithm, spec["hyperparameters"]),
         "wall_s": child["wall_s"],
         "peak_rss_mb": child["peak_rss_mb"],
         **parsed.get("phases", {}),
@@ -134,7 +135,9 @@ def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, p
     completions = args.prompts_per_step * args.generations
     step_times = [s["step_time"] for s in steps]
     tokens = [s["tokens_per_second"] * s["step_time"] for s in steps]
-    beta = spec["hyperparameters"].get("beta", 0.04 if algorithm == "grpo" else 0.0)
+    settings = result["settings"]
+    # Forward-only passes besides generation: the reference when beta > 0, the old policy when reused.
+    passes = int(settings["beta"] > 0) + int(settings["num_iterations"] > 1) if algorithm == "grpo" else None
     return result | {
         "steps": len(steps),
         "step_times": step_times,
@@ -143,7 +146,7 @@ def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, p
         "completions_per_s": completions / mean_after_first(step_times),
         "tokens_per_step": tokens,
         "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
-        "logprob_passes": int(beta > 0),
+        "logprob_passes": passes,
         "mean_completion_length": statistics.mean(s.get("completions/mean_length", 0.0) for s in steps),
         "final_reward": steps[-1].get("reward", steps[-1].get("objective/scores")),
     }
@@ -300,7 +303,7 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
         return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
     inside = json.loads(result_file.read_text())
     steps, tokens, marks = inside["step_times"], inside["tokens_per_step"], inside["marks"]
-    beta = float(inside["settings"].get("beta", "0"))
+    passes = int(float(inside["settings"]["beta"]) > 0) + int(int(inside["settings"]["num_iterations"]) > 1)
     return result | {
         "ok": True,
         "settings": inside["settings"],
@@ -313,7 +316,7 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
         "completions_per_s": payload["completions"] / mean_after_first(steps),
         "tokens_per_step": tokens,
         "tokens_per_s": sum(tokens[1:] or tokens) / sum(steps[1:] or steps),
-        "logprob_passes": int(beta > 0),
+        "logprob_passes": passes,
         "mean_completion_length": inside["mean_completion_length"],
         "final_reward": inside["final_reward"],
     }
@@ -324,7 +327,7 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
 
 def add_flops(side: dict[str, Any], params: int, limit_gflops: float) -> None:
     """Model FLOP/s of a step: (2 generation + 2 per log-prob pass + 6 update) * P * tokens/s."""
-    if not side.get("ok"):
+    if not side.get("ok") or side["logprob_passes"] is None:  # PPO: value model and epochs, not credited
         return
     per_token = (2 + 2 * side["logprob_passes"] + 6) * params
     side["model_flops_per_s"] = per_token * side["tokens_per_s"]
@@ -418,7 +421,6 @@ def main() -> None:
         }
     if not args.no_ppo:
         ppo = run_ours(args, "ppo", "defaults", model, prompts)
-        add_flops(ppo, params, machine["limit_gflops"])  # PPO's value model and epochs are not credited
         grpo = report.get("defaults", report.get("matched", {})).get("alignd", {})
         show("our PPO (defaults) vs our GRPO (ratio = PPO / GRPO)", ppo, grpo, ("PPO", "GRPO"))
         step_ratio = ratio(ppo.get("s_per_step"), grpo.get("s_per_step")) if ppo.get("ok") else None

@@ -163,3 +163,10 @@ def print_table(title: str, rows: list[tuple[str, Any, Any]], names: tuple[str, 
 
 def python_of_ours() -> str:
     return sys.executable
+
+
+def effective_settings(algorithm: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter our trainer runs with for this spec: the ones set plus main's defaults."""
+    from trainer.config import HYPERPARAMETERS
+
+    return HYPERPARAMETERS[algorithm].model_validate(hyperparameters).model_dump(mode="json")

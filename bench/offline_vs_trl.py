@@ -16,15 +16,15 @@ both (trainer.formats.split_shared_prefix) and fed as plain strings; the few HH 
 Modes (the workload is always the same on both sides: model, rows, steps, batch size, eval rows,
 max_length, LoRA r=16 / alpha 32 / dropout 0.05 on all linear layers with --lora):
 - defaults: everything else at each trainer's own default: ours through a spec that names nothing
-  else; TRL's DPOConfig / RewardConfig with nothing else set, except precision: TRL 1.16 defaults to
-  bf16 autocast even on CPU, which on an AVX2-only CPU is ~30x slower, so TRL runs fp32 here (the
-  output says so; --trl-bf16 measures TRL's true default). Each side truncates by its own policy
-  (ours: prompt cut from the left to max_prompt_length 512, or max_length / 2 when max_length is 512
-  or less, completion from the right; TRL: the
-  whole sequence cut to max_length keeping its start), handles the reference its own way (ours:
-  log-probs precomputed once before training; TRL: a reference forward every step, a frozen copy for
-  full fine-tuning, adapters disabled under LoRA) and checkpoints activations or not (ours: off;
-  TRL: on).
+  else (so whatever main's trainer/config.py defaults are is what runs; the effective settings are
+  written to the JSON), TRL's DPOConfig / RewardConfig with nothing else set, except precision: TRL
+  1.16 defaults to bf16 autocast even on CPU, which on an AVX2-only CPU is ~30x slower, so TRL runs
+  fp32 here (the output says so; --trl-bf16 measures TRL's true default). Each side truncates by its
+  own policy (ours when written: prompt cut from the left to max_prompt_length 512, or to
+  max_length / 2 when max_length is 512 or less, completion from the right; TRL: the whole sequence
+  cut to max_length keeping its start), handles the reference its own way (ours: log-probs
+  precomputed once before training; TRL: a reference forward every step, a frozen copy for full
+  fine-tuning, adapters disabled under LoRA) and checkpoints activations or not (ours: off; TRL: on).
 - matched: the same explicit settings on both: fp32, learning rate, linear schedule without warmup,
   weight decay 0, max_grad_norm 1, gradient checkpointing (--gradient-checkpointing, default off),
   eval batch = train batch, and for DPO beta 0.1, sigmoid loss, reference log-probs precomputed
@@ -56,6 +56,7 @@ from harness import (
     OUT,
     ROOT,
     TRL_PYTHON,
+    effective_settings,
     ensure_trl,
     matmul_params,
     mean_after_first,
@@ -175,7 +176,7 @@ def run_ours(args: argparse.Namespace, mode: str, model: Path, files: dict[str, 
     ok = child["rc"] == 0 and bool(steps)
     result: dict[str, Any] = {
         "ok": ok,
-        "settings": spec["hyperparameters"],
+        "settings": effective_settings(args.algorithm, spec["hyperparameters"]),
         "wall_s": child["wall_s"],
         "peak_rss_mb": child["peak_rss_mb"],
         **parsed.get("phases", {}),
