@@ -12,7 +12,7 @@ The workload is the same on both sides in both modes: prompts per step, G comple
 max new tokens, steps, prompts, reward. Then:
 - defaults: everything else at each side's own default (ours: a spec naming nothing else; TRL:
   GRPOConfig with nothing else set), except precision: TRL runs fp32, not its bf16 autocast default,
-  which is ~30x slower on this AVX2-only CPU. So ours keeps a reference model (beta 0.04) and no
+  which was ~30x slower on an AVX2-only CPU (see README: Precision). So ours keeps a reference model (beta 0.04) and no
   gradient checkpointing; TRL has beta 0 (no reference) and gradient checkpointing on.
 - matched: the same explicit settings on both: fp32, learning rate 1e-6 constant, beta 0.04 (a frozen
   reference copy), loss_type dapo, group-scaled advantages, temperature 1, top_p 1, no top-k, one
@@ -399,7 +399,7 @@ def main() -> None:
         "matmul_params": params,
         "matmul": machine,
         "flops_formula": "step: (2 generation + 2 per log-prob pass + 6 update) * P * T; T = prompt+completion tokens",
-        "precision_note": "TRL runs fp32 in both modes (its default is bf16 autocast, ~30x slower on this CPU)",
+        "precision_note": "TRL runs fp32 in both modes; its default is bf16 autocast (see bench/README.md, Precision)",
     }
     modes = ["defaults", "matched"] if args.mode == "both" else [args.mode]
     for mode in modes:

@@ -480,7 +480,7 @@ def main() -> None:
         "matmul_params": params,
         "matmul": machine,
         "flops_formula": "training step: 6*P*T (+2*P*T if a reference forward runs in the step); T = real tokens",
-        "precision_note": "TRL runs fp32 in both modes (its default is bf16 autocast, ~30x slower on this CPU)",
+        "precision_note": "TRL runs fp32 in both modes; its default is bf16 autocast (see bench/README.md, Precision)",
         "refused_rows_skipped": files["refused_rows_skipped"],
     }
     modes = ["defaults", "matched"] if args.mode == "both" else [args.mode]

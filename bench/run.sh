@@ -30,11 +30,11 @@ if [ "$quick" = 1 ]; then
   step bench/offline_vs_trl.py --algorithm reward --data orca --full --steps 2 --batch-size 1 --eval-pairs 2
   step bench/grpo_vs_trl.py --steps 2 --prompts-per-step 1 --generations 2 --max-new-tokens 16
 else
-  step bench/offline_vs_trl.py --algorithm dpo --data orca --lora --steps 6 --batch-size 2 --eval-pairs 4
-  step bench/offline_vs_trl.py --algorithm dpo --data orca --full --steps 6 --batch-size 2 --eval-pairs 4
-  step bench/offline_vs_trl.py --algorithm reward --data hh --lora --steps 8 --batch-size 4 --eval-pairs 16
-  step bench/offline_vs_trl.py --algorithm reward --data hh --full --steps 8 --batch-size 4 --eval-pairs 16
-  step bench/grpo_vs_trl.py --steps 5 --prompts-per-step 2 --generations 4 --max-new-tokens 64
+  step bench/offline_vs_trl.py --algorithm dpo --data orca --lora --steps 5 --batch-size 2 --eval-pairs 4
+  step bench/offline_vs_trl.py --algorithm dpo --data orca --full --steps 5 --batch-size 2 --eval-pairs 4
+  step bench/offline_vs_trl.py --algorithm reward --data hh --lora --steps 6 --batch-size 4 --eval-pairs 8
+  step bench/offline_vs_trl.py --algorithm reward --data hh --full --steps 6 --batch-size 4 --eval-pairs 8
+  step bench/grpo_vs_trl.py --steps 4 --prompts-per-step 2 --generations 4 --max-new-tokens 64
   # TRL's true default precision (bf16 autocast on CPU), one tiny run beside its fp32 run, to back
   # the claim that it is far slower on this CPU (why every other TRL run here is fp32).
   step bench/offline_vs_trl.py --algorithm dpo --data hh --lora --mode defaults --steps 2 --batch-size 1 \
