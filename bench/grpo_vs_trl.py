@@ -273,6 +273,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     settings += ("temperature", "top_p", "top_k", "num_iterations", "disable_dropout")
     return record | {
         "marks": marks,
+        "inside_s": time.perf_counter() - started,
         "mean_completion_length": statistics.mean(lengths) if lengths else None,
         "final_reward": rewards[-1] if rewards else None,
         "settings": {k: str(getattr(config, k)) for k in settings if hasattr(config, k)},
@@ -308,7 +309,8 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
         "ok": True,
         "settings": inside["settings"],
         "before_first_step_s": marks.get("first_step_begin"),
-        "after_last_step_s": child["wall_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
+        # Timed inside TRL's process from its first line: interpreter start-up and exit are in neither phase.
+        "after_last_step_s": inside["inside_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
         "steps": len(steps),
         "step_times": steps,
         "s_per_step": mean_after_first(steps),

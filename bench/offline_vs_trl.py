@@ -369,7 +369,8 @@ def run_trl(
         "ok": True,
         "settings": inside["settings"],
         "before_first_step_s": marks.get("first_step_begin"),
-        "after_last_step_s": child["wall_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
+        # Timed inside TRL's process from its first line: interpreter start-up and exit are in neither phase.
+        "after_last_step_s": inside["inside_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
         "steps": len(steps),
         "step_times": steps,
         "s_per_step": mean_after_first(steps),
