@@ -75,7 +75,6 @@ DATA = {
     "hh": ROOT / "data" / "hh-rlhf-harmless-base.jsonl",
 }
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
-OUR_MAX_PROMPT_LENGTH = 512  # trainer.config.CommonConfig.max_prompt_length's default
 MATCHED_LR = {("dpo", False): 5e-6, ("dpo", True): 5e-5, ("reward", False): 1e-5, ("reward", True): 1e-4}
 
 
@@ -136,7 +135,10 @@ def length_profile(model: Path, train: Path, max_length: int) -> dict[str, Any]:
 
 def our_spec(args: argparse.Namespace, mode: str, model: Path, files: dict[str, Any]) -> dict[str, Any]:
     hp: dict[str, Any] = {"max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length}
-    if args.max_length <= OUR_MAX_PROMPT_LENGTH:  # our default prompt budget must stay below max_length
+    from trainer.config import HYPERPARAMETERS
+
+    default_prompt = HYPERPARAMETERS[args.algorithm].model_fields["max_prompt_length"].default
+    if args.max_length <= default_prompt:  # our default prompt budget must stay below max_length
         hp["max_prompt_length"] = args.max_length // 2
     if mode == "matched":
         hp |= {
