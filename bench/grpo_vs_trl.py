@@ -157,7 +157,7 @@ def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, p
 
 def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     """Runs in the TRL venv. Times TRL's own phases by wrapping its methods (TRL only logs them to trackers)."""
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -273,6 +273,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     settings += ("temperature", "top_p", "top_k", "num_iterations", "disable_dropout")
     return record | {
         "marks": marks,
+        "started_at": started_at,
         "inside_s": time.perf_counter() - started,
         "mean_completion_length": statistics.mean(lengths) if lengths else None,
         "final_reward": rewards[-1] if rewards else None,
@@ -303,14 +304,14 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
     if child["rc"] != 0 or not result_file.is_file():
         return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
     inside = json.loads(result_file.read_text())
+    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
     steps, tokens, marks = inside["step_times"], inside["tokens_per_step"], inside["marks"]
     passes = int(float(inside["settings"]["beta"]) > 0) + int(int(inside["settings"]["num_iterations"]) > 1)
     return result | {
         "ok": True,
         "settings": inside["settings"],
-        "before_first_step_s": marks.get("first_step_begin"),
-        # Timed inside TRL's process from its first line: interpreter start-up and exit are in neither phase.
-        "after_last_step_s": inside["inside_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
+        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
+        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
         "steps": len(steps),
         "step_times": steps,
         "s_per_step": mean_after_first(steps),

@@ -7,9 +7,10 @@ too). Each trainer runs as its own child process, started and reaped here:
   loading, tokenising, reference pass, training, evaluation, the final save, exit);
 - peak RSS: `ru_maxrss` of that child alone, from `os.wait4` (neither side starts grandchildren:
   TRL's dataset.map runs in-process at its default `dataset_num_proc=None`);
-- for our trainer, the phases are read off its events file while it runs (polled every 0.2 s):
-  "before the first step" ends when the first step starts, "after the last step" (eval + save + exit)
-  starts when the last metrics event appears.
+- the phases, both measured from the spawn: "before the first step" ends when the first step
+  starts, "after the last step" (eval + save + exit) starts when the last step ends. Ours are read
+  off its events file while it runs (polled every 0.2 s); TRL's come from a callback inside its
+  process, shifted by the start-up delay (its first line's time.time() minus the spawn's).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def run_child(
 ) -> dict[str, Any]:
     """Run one trainer to completion; returns wall_s, peak_rss_mb, rc, and for ours the event timings."""
     seen: dict[str, float] = {}
+    spawned_at = time.time()
     started = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -86,7 +88,13 @@ def run_child(
     proc.returncode = os.waitstatus_to_exitcode(status)
     if events is not None and events.exists():
         _timestamp_events(events, seen, wall)
-    return {"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "event_times": seen}
+    return {
+        "rc": proc.returncode,
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "event_times": seen,
+        "spawned_at": spawned_at,
+    }
 
 
 def _timestamp_events(events: Path, seen: dict[str, float], now: float) -> None:

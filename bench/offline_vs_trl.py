@@ -213,7 +213,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     """Runs in the TRL venv: one DPOTrainer / RewardTrainer run, timed from inside by a callback."""
     import time
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
@@ -311,6 +311,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     )
     return record | {
         "marks": marks,
+        "started_at": started_at,
         "inside_s": time.perf_counter() - started,
         "eval_loss": metrics.get("eval_loss"),
         "eval_accuracy": metrics.get(acc_key),
@@ -363,6 +364,7 @@ def run_trl(
     if child["rc"] != 0 or not result_file.is_file():
         return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
     inside = json.loads(result_file.read_text())
+    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
     marks, steps = inside["marks"], inside["step_times"]
     tokens = inside["tokens_per_step"]
     # TRL's reference forward runs inside each step unless precomputed (matched mode).
@@ -370,9 +372,8 @@ def run_trl(
     return result | {
         "ok": True,
         "settings": inside["settings"],
-        "before_first_step_s": marks.get("first_step_begin"),
-        # Timed inside TRL's process from its first line: interpreter start-up and exit are in neither phase.
-        "after_last_step_s": inside["inside_s"] - marks["last_step_end"] if "last_step_end" in marks else None,
+        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
+        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
         "steps": len(steps),
         "step_times": steps,
         "s_per_step": mean_after_first(steps),
