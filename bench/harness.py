@@ -19,6 +19,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -123,11 +124,21 @@ def read_our_events(events: Path, times: dict[str, float], wall: float) -> dict[
         at = times.get(f"line{i}", wall)
         first_metric_at = at if first_metric_at is None else first_metric_at
         last_metric_at = at
+    # "train: 12 rows, 3 truncated (...), 1 dropped (...)": the rows our trainer actually kept.
+    kept = {}
+    for e in lines:
+        found = (
+            re.match(r"(train|eval): (\d+) rows, .*?, (\d+) dropped", e.get("message", ""))
+            if e["type"] == "log"
+            else None
+        )
+        if found:
+            kept[found[1]] = int(found[2]) - int(found[3])
     phases = {}
     if steps and first_metric_at is not None and last_metric_at is not None:
         before = max(first_metric_at - steps[0]["step_time"], 0.0)
         phases = {"before_first_step_s": before, "after_last_step_s": wall - last_metric_at}
-    return {"steps": steps, "eval": evals, "errors": errors, "phases": phases}
+    return {"steps": steps, "eval": evals, "errors": errors, "phases": phases, "kept": kept}
 
 
 def trl_env() -> dict[str, str]:

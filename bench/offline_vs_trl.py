@@ -198,6 +198,8 @@ def run_ours(args: argparse.Namespace, mode: str, model: Path, files: dict[str, 
         "tokens_per_step": tokens,
         "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
         "reference_forward_in_step": False,  # precomputed before training at our defaults and in matched mode
+        "train_pairs_kept": parsed["kept"].get("train"),
+        "eval_pairs_kept": parsed["kept"].get("eval"),
         "losses": [s["loss"] for s in steps],
         "final_loss": steps[-1]["loss"],
         "eval_loss": ev.get("loss"),
@@ -312,6 +314,10 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     return record | {
         "marks": marks,
         "started_at": started_at,
+        # TRL drops rows instead of cutting them in places (RewardTrainer: a pair longer than max_length;
+        # DPOTrainer: a prompt as long as max_length); what it kept after its preprocessing:
+        "train_pairs_kept": len(trainer.train_dataset),
+        "eval_pairs_kept": len(trainer.eval_dataset),
         "inside_s": time.perf_counter() - started,
         "eval_loss": metrics.get("eval_loss"),
         "eval_accuracy": metrics.get(acc_key),
@@ -380,6 +386,8 @@ def run_trl(
         "tokens_per_step": tokens,
         "tokens_per_s": sum(tokens[1:] or tokens) / sum(steps[1:] or steps),
         "reference_forward_in_step": ref_in_step,
+        "train_pairs_kept": inside["train_pairs_kept"],
+        "eval_pairs_kept": inside["eval_pairs_kept"],
         "losses": inside["losses"],
         "final_loss": inside["losses"][-1] if inside["losses"] else None,
         "eval_loss": inside["eval_loss"],
@@ -412,6 +420,8 @@ def compare(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, float | None
 
 def show(title: str, ours: dict[str, Any], trl: dict[str, Any]) -> None:
     keys = [
+        ("train pairs kept (of the file's)", "train_pairs_kept"),
+        ("eval pairs kept", "eval_pairs_kept"),
         ("end-to-end (s)", "wall_s"),
         ("  before first step (s)", "before_first_step_s"),
         ("  after last step: eval+save (s)", "after_last_step_s"),
