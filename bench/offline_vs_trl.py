@@ -58,6 +58,7 @@ from harness import (
     TRL_PYTHON,
     effective_settings,
     ensure_trl,
+    fmt,
     matmul_params,
     mean_after_first,
     ours_env,
@@ -418,7 +419,7 @@ def compare(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, float | None
     }
 
 
-def show(title: str, ours: dict[str, Any], trl: dict[str, Any]) -> None:
+def show(title: str, ours: dict[str, Any], trl: dict[str, Any], names: tuple[str, str] = ("alignd", "TRL")) -> None:
     keys = [
         ("train pairs kept (of the file's)", "train_pairs_kept"),
         ("eval pairs kept", "eval_pairs_kept"),
@@ -441,8 +442,8 @@ def show(title: str, ours: dict[str, Any], trl: dict[str, Any]) -> None:
         if key == "model_flops_per_s":
             a, b = (x / 1e9 if x is not None else None for x in (a, b))
         rows.append((label, a, b))
-    print_table(title, rows)
-    for name, side in (("alignd", ours), ("TRL", trl)):
+    print_table(title, rows, names)
+    for name, side in zip(names, (ours, trl), strict=True):
         if not side.get("ok"):
             print(f"  {name} FAILED: {str(side.get('error'))[-1500:]}")
 
@@ -510,10 +511,11 @@ def main() -> None:
         add_flops(bf16, params, machine["limit_gflops"])
         report["trl_true_defaults_bf16"] = bf16
         fp32 = report.get("defaults", {}).get("trl", {})
-        print(
-            f"\nTRL at its true default precision (bf16 autocast): {bf16.get('s_per_step')} s/step, "
-            f"{bf16.get('wall_s'):.1f} s end-to-end; fp32: {fp32.get('s_per_step')} s/step"
-        )
+        ours = report.get("defaults", {}).get("alignd", {})
+        names = ("TRL bf16", "TRL fp32")
+        show("TRL's true default precision, bf16 autocast, beside fp32 (ratio = bf16 / fp32)", bf16, fp32, names)
+        e2e = ratio(ours.get("wall_s"), bf16.get("wall_s")) if bf16.get("ok") and ours.get("ok") else None
+        print(f"  alignd defaults end-to-end / TRL bf16 end-to-end: {fmt(e2e, 2)}")
     (OUT / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(f"\nwrote {OUT / f'{name}.json'}")
 

@@ -35,8 +35,9 @@ else
   step bench/offline_vs_trl.py --algorithm reward --data hh --lora --steps 6 --batch-size 4 --eval-pairs 8
   step bench/offline_vs_trl.py --algorithm reward --data hh --full --steps 6 --batch-size 4 --eval-pairs 8
   step bench/grpo_vs_trl.py --steps 4 --prompts-per-step 2 --generations 4 --max-new-tokens 64
-  # TRL's true default precision (bf16 autocast on CPU), one tiny run beside its fp32 run, to back
-  # the claim that it is far slower on this CPU (why every other TRL run here is fp32).
+  # TRL's true default precision (bf16 autocast on CPU), one tiny run beside its fp32 run, to test
+  # the claim that it is far slower on this CPU (why every other TRL run here is fp32): on a CPU
+  # with AVX512-BF16/AMX it may not be; see README, Precision.
   step bench/offline_vs_trl.py --algorithm dpo --data hh --lora --mode defaults --steps 2 --batch-size 1 \
     --max-length 256 --eval-pairs 2 --trl-bf16
 fi
