@@ -172,6 +172,8 @@ class SamplingConfig(_Config):
     """Sampling temperature."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus-sampling mass."""
+    generation_engine: Literal["cached", "generate"] = "cached"
+    """Sampler: cached (each prompt encoded once, finished rows dropped) or generate (Hugging Face generate)."""
 
 
 class GRPOConfig(CommonConfig, SamplingConfig):
