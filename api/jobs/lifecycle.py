@@ -194,12 +194,16 @@ def expire_lease(session: Session, job: Job) -> str:
     return job.status
 
 
-def hand_back(session: Session, job: Job, reason: str) -> str:
+def hand_back(session: Session, job: Job, reason: str, *, saved: bool = False) -> str:
     """A worker that is shutting down (warm) returns its locked held job at once instead of letting
-    the lease expire: running -> queued (the attempt counts, as on lease expiry: the next claim
-    resumes from the last checkpoint), or failed when that was its last attempt; cancelling ->
-    cancelled; pausing -> paused. The caller sends a requeued job (`enqueue`). Returns the new status."""
+    the lease expire: running -> queued (the next claim resumes from the last checkpoint), or failed
+    when that was its last attempt; cancelling -> cancelled; pausing -> paused. The attempt counts,
+    as on lease expiry, unless `saved`: the trainer saved a checkpoint at the step boundary it
+    stopped at, so nothing was lost and the attempt is given back (as a pause's is). The caller
+    sends a requeued job (`enqueue`). Returns the new status."""
     worker, job.worker_id = job.worker_id, None
+    if saved:
+        job.max_attempts += 1
     if job.status == "cancelling":
         transition(session, job, "cancelled", reason=reason)
     elif job.status == "pausing":  # the user asked for a pause: keep it (resumed from the last checkpoint)
@@ -211,7 +215,7 @@ def hand_back(session: Session, job: Job, reason: str) -> str:
         )
         fail(session, job, "worker_shutdown", message)
     else:
-        transition(session, job, "queued", reason=reason, attempt=job.attempt, worker_id=worker)
+        transition(session, job, "queued", reason=reason, attempt=job.attempt, worker_id=worker, saved=saved)
     return job.status
 
 

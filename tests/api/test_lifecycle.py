@@ -185,7 +185,7 @@ def test_a_job_handed_back_on_shutdown_is_queued_at_once_with_its_attempt_counte
     assert job.worker_id is None and job.lease_expires_at is None and job.enqueued_at is None and job.attempt == 1
     assert events(session, job.id)[-1].data == {
         "status": "queued", "previous": "running", "reason": "the worker is shutting down",
-        "attempt": 1, "worker_id": "w1",
+        "attempt": 1, "worker_id": "w1", "saved": False,
     }  # fmt: skip
     assert lifecycle.claim(session, job.id, "w2", lease_seconds=60).attempt == 2  # type: ignore[union-attr]
 
