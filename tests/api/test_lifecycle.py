@@ -198,6 +198,18 @@ def test_a_job_handed_back_on_its_last_attempt_fails_saying_why(session: Session
     assert job.error_code == "worker_shutdown" and "the worker is shutting down" in (job.error_message or "")
 
 
+def test_a_job_handed_back_after_its_trainer_saved_gets_its_attempt_back_even_on_its_last(
+    session: Session, new_job: Job
+) -> None:
+    job = lock_job(session, new_job.id)
+    job.max_attempts = 1
+    assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
+    assert (
+        lifecycle.hand_back(session, lock_job(session, job.id), "the worker is shutting down", saved=True) == "queued"
+    )
+    assert (job.attempt, job.max_attempts) == (1, 2) and events(session, job.id)[-1].data["saved"] is True
+
+
 def test_a_cancelling_job_handed_back_is_cancelled(session: Session, new_job: Job) -> None:
     assert lifecycle.claim(session, new_job.id, "w1", lease_seconds=60) is not None
     job = lock_job(session, new_job.id)
