@@ -169,6 +169,38 @@ def test_a_paused_and_resumed_job_trains_the_same_losses_as_an_uninterrupted_one
     assert job.max_attempts == 4 and job.attempt == 2  # the pause used up no attempt
 
 
+@pytest.mark.slow
+def test_a_worker_sent_sigterm_has_the_trainer_save_its_step_and_another_worker_resumes_from_that_step(
+    start_worker, submit, db: sessionmaker[Session], worker_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    total = 16
+    monkeypatch.setenv("ALIGND_LEASE_SECONDS", "60")  # a job left to its lease could not finish in time
+    workers = [start_worker(wait=False) for _ in range(2)]
+    for worker in workers:
+        worker.wait_ready()
+    job_id = submit(max_steps=total, save_every=1000)
+    wait_for(lambda: (job_row(db, job_id).progress or {}).get("step", 0) >= 3, 180, "step 3")
+    first = next(w for w in workers if w.runs(job_row(db, job_id)))
+
+    first.terminate()  # SIGTERM to the worker's main process, as `docker stop` sends it
+    assert first.process.wait(60) == 0
+    job = wait_for_status(db, job_id, ("succeeded", "failed", "cancelled"), timeout=240)
+
+    assert job.status == "succeeded", job.error_message
+    assert statuses(db, job_id) == ["queued", "running", "queued", "running", "succeeded"]
+    saved = checkpoints_of(db, job_id)[0]
+    assert saved.kind == "intermediate" and 3 <= saved.step < total  # no periodic checkpoint: the shutdown's
+    events = events_of(db, job_id)
+    resumed = [e.data["message"] for e in events if e.type == "log" and "resuming" in e.data["message"]]
+    assert resumed == [f"attempt 2: resuming from the checkpoint of step {saved.step}"]
+    resumed_events = worker_settings.resolved_work_dir / "jobs" / job_id / "attempt-2" / "events.jsonl"
+    trained = [e["step"] for e in map(_json, resumed_events.read_text().splitlines()) if e["type"] == "metrics"]
+    assert trained[0] == saved.step + 1  # the second attempt trained only what the first had not
+    loss_steps = [e.data["step"] for e in events if e.type == "metrics" and "loss" in e.data["values"]]
+    assert loss_steps == list(range(1, total + 1))
+    assert job.max_attempts == 4  # the attempt that saved is given back
+
+
 def _json(line: str) -> dict:  # type: ignore[type-arg]
     import json
 
