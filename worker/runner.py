@@ -285,7 +285,7 @@ def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: H
             handback_deadline = handback_deadline or time.monotonic() + HANDBACK_GRACE_SECONDS
             save_and_stop.ask()
             if trainer.poll() is not None or time.monotonic() > handback_deadline:
-                stop_trainer(trainer, CANCEL_GRACE_SECONDS)
+                stop_trainer(trainer, HANDBACK_GRACE_SECONDS)
                 relay.pump()
                 if relay.terminal:
                     return "finished"
