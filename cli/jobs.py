@@ -1,4 +1,4 @@
-"""`alignd jobs create|list|get|cancel|watch`: jobs on a running server, through the client."""
+"""`alignd jobs create|list|get|cancel|pause|resume|watch`: jobs on a running server, through the client."""
 
 from __future__ import annotations
 
@@ -193,6 +193,38 @@ def cancel(
     """Cancel a job (queued: at once; running: the trainer is stopped, its checkpoints stay)."""
     with connect(url, api_key) as alignd:
         job = alignd.jobs.cancel(job_id)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
+@jobs_app.command("pause")
+def pause(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Pause a job (queued: at once; running: saved at the next step boundary, then `paused`)."""
+    with connect(url, api_key) as alignd:
+        job = alignd.jobs.pause(job_id)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
+@jobs_app.command("resume")
+def resume(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Resume a paused job: it is queued again and continues from its latest checkpoint."""
+    with connect(url, api_key) as alignd:
+        job = alignd.jobs.resume(job_id)
     if json_output:
         print_json(job)
     else:

@@ -74,6 +74,16 @@ class Jobs:
         """Cancel (idempotent): queued -> cancelled, running -> cancelling; ConflictError once finished."""
         return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True))
 
+    def pause(self, job_id: str) -> Job:
+        """Pause (idempotent): queued -> paused, running -> pausing -> paused (saved at the next step
+        boundary, the worker freed); ConflictError (job_not_pausable) once cancelling or finished."""
+        return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/pause", idempotent=True))
+
+    def resume(self, job_id: str) -> Job:
+        """Resume (idempotent): paused -> queued, continuing from its latest checkpoint on any worker;
+        ConflictError (job_not_resumable) while it is still pausing, or once cancelling or finished."""
+        return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/resume", idempotent=True))
+
     def events(self, job_id: str, *, after: int = 0, page_size: int = 500) -> Iterator[Event]:
         """The events recorded so far with seq > `after`, in order (paged by seq)."""
         while True:

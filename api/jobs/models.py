@@ -7,7 +7,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from api.core.db import Base, utcnow
 from api.core.ids import new_id
 
-LIVE_STATUSES = ("queued", "running", "cancelling")
+LIVE_STATUSES = ("queued", "running", "cancelling", "pausing", "paused")
+"""Statuses of jobs that may still train (a paused one resumes): what they use must stay."""
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 

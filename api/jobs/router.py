@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read, list, cancel, events (paged and SSE), metrics series, checkpoints."""
+"""/v1/jobs: submit, read, list, cancel, pause, resume, events (paged and SSE), metrics series, checkpoints."""
 
 from __future__ import annotations
 
@@ -78,6 +78,30 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Cancel a queued or running job."""
     return JobPublic.of(service.cancel_job(session, tenant.id, job_id))
+
+
+@router.post(
+    "/{job_id}/pause",
+    responses={
+        200: {"description": "queued -> paused at once; running -> pausing (saved at the next step boundary)."},
+        409: {"description": "job_not_pausable: the job is being cancelled or already finished."},
+    },
+)
+def pause_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Pause a queued or running job (idempotent)."""
+    return JobPublic.of(service.pause_job(session, tenant.id, job_id))
+
+
+@router.post(
+    "/{job_id}/resume",
+    responses={
+        200: {"description": "paused -> queued: continues from its latest checkpoint on any worker."},
+        409: {"description": "job_not_resumable: the job is still pausing, being cancelled or finished."},
+    },
+)
+def resume_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Resume a paused job (idempotent)."""
+    return JobPublic.of(service.resume_job(session, tenant.id, job_id))
 
 
 @router.get("/{job_id}/events")

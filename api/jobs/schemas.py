@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from api.core.validation import Metadata, RequestModel, SafeStr
 from trainer.config import Algorithm, LoraConfig, RewardComponent
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
 
 TrackerName = Annotated[SafeStr, Field(min_length=1, max_length=128)]

@@ -1,8 +1,8 @@
-"""Jobs: create (checking everything checkable first), read, list, cancel, events and metrics.
+"""Jobs: create (checking everything checkable first), read, list, cancel, pause, resume, events, metrics.
 
-Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create commits the
-job row and its first status event, then sends the id (enqueue-after-commit); cancel asks the life
-cycle what a cancel does to the job's status.
+Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create and resume
+commit the job row and its status event, then send the id (enqueue-after-commit); cancel and pause
+ask the life cycle what they do to the job's status.
 """
 
 from __future__ import annotations
@@ -40,6 +40,14 @@ class JobNotFound(NotFound):
 
 class JobFinished(Conflict):
     code = "job_finished"
+
+
+class JobNotPausable(Conflict):
+    code = "job_not_pausable"
+
+
+class JobNotResumable(Conflict):
+    code = "job_not_resumable"
 
 
 def create_job(
@@ -220,6 +228,44 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
         return get_job(session, tenant_id, job_id)
     session.commit()
     return job
+
+
+def pause_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """queued -> paused at once; running -> pausing (the worker saves at the next step boundary); idempotent."""
+    get_job(session, tenant_id, job_id)
+    job = lock_job(session, job_id)
+    try:
+        changed = lifecycle.request_pause(session, job)
+    except lifecycle.ForbiddenTransition:
+        status = job.status
+        session.rollback()
+        raise JobNotPausable(
+            f"job {job_id} is {status}; only queued or running jobs can be paused"
+            + (" (it is being cancelled)" if status == "cancelling" else "")
+        ) from None
+    if not changed:
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
+    session.commit()
+    return job
+
+
+def resume_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """paused -> queued, sent to the broker after the commit; a queued or running job is returned as it is."""
+    get_job(session, tenant_id, job_id)
+    job = lock_job(session, job_id)
+    try:
+        changed = lifecycle.resume(session, job)
+    except lifecycle.ForbiddenTransition:
+        status = job.status
+        session.rollback()
+        hint = "wait until it is paused, then resume it" if status == "pausing" else "only paused jobs can be resumed"
+        raise JobNotResumable(f"job {job_id} is {status}; {hint}") from None
+    if not changed:
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
+    lifecycle.enqueue(session, [job.id], send_job)
+    return get_job(session, tenant_id, job_id)
 
 
 def list_events(session: Session, job: Job, *, after: int, limit: int) -> tuple[list[JobEvent], bool]:

@@ -227,7 +227,9 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
     assert listed["reward"][0]["name"] == "brevity"
 
 
-def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its_page(page: Page, live: Live) -> None:
+def test_a_dpo_job_draws_margins_with_their_eval_twins_is_paused_resumed_and_cancelled_from_its_page(
+    page: Page, live: Live
+) -> None:
     dataset = api_upload(live, live.key, "pairs.jsonl", short_preference_pairs(12))
     headers = {"Authorization": f"Bearer {live.key}"}
     body = {
@@ -246,6 +248,13 @@ def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its
     expect(page.locator('figure[data-chart="DPO reward accuracy"]')).to_be_visible()
     expect(page.locator("#samples")).to_be_hidden()
     expect(page.locator(".toolbar .progress")).to_contain_text("10/400", timeout=30_000)  # idle from here
+    expect(page.locator("#resume")).to_be_hidden()
+    page.locator("#pause").click()
+    expect(page.locator(".badge[data-status=paused]").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#pause")).to_be_hidden()
+    page.locator("#resume").click()
+    expect(page.locator(".badge[data-status=running]").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#resume")).to_be_hidden()
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel").click()
     expect(page.locator(".badge[data-status=cancelled]").first).to_be_visible(timeout=30_000)

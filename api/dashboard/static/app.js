@@ -131,7 +131,7 @@ function signIn() {
 // ---------------------------------------------------------------- jobs
 
 function jobsList() {
-  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["queued", "running", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
+  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["queued", "running", "pausing", "paused", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
   const algorithm = h("select", { name: "algorithm" }, h("option", { value: "" }, "any algorithm"), ...Object.keys(KIND).map((a) => h("option", { value: a }, a)));
   const table = pagedTable({
     columns: ["Job", "Algorithm", "Status", "Progress", "Base model", "Created"],
@@ -217,7 +217,22 @@ async function jobPage(id) {
         clear(errorSlot).append(errorBox(err));
       }
     };
-    clear(header).append(h("h1", {}, job.name || job.id), statusBadge(job.status), progressBar(job.progress), cancel);
+    // Pause: queued -> paused at once, running -> pausing (saved at the next step boundary); resume a paused one.
+    const pause = h("button", { type: "button", id: "pause", hidden: !["queued", "running"].includes(job.status) }, "Pause");
+    const resume = h("button", { type: "button", id: "resume", hidden: job.status !== "paused" }, "Resume");
+    for (const [button, action] of [[pause, "pause"], [resume, "resume"]]) {
+      button.onclick = async () => {
+        button.disabled = true;
+        try {
+          job = await api(`/v1/jobs/${id}/${action}`, { method: "POST" });
+          renderHeader();
+        } catch (err) {
+          button.disabled = false;
+          clear(errorSlot).append(errorBox(err));
+        }
+      };
+    }
+    clear(header).append(h("h1", {}, job.name || job.id), statusBadge(job.status), progressBar(job.progress), pause, resume, cancel);
     const items = [
       ["id", job.id],
       ["algorithm", job.algorithm],
