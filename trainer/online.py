@@ -116,15 +116,16 @@ def rollout(
     temperature: float,
     top_p: float,
     device: torch.device,
+    do_sample: bool = True,
 ) -> Rollout:
-    """Sample `num_generations` completions of every prompt in one batched `generate` call."""
+    """Sample `num_generations` completions of every prompt in one batched `generate` call (greedy
+    decoding without `do_sample`: the evaluate job's option)."""
     stop_ids = eos_ids(tokenizer, model)
     prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id, device)  # (B, P)
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": 0} if do_sample else {}
     generation = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
+        do_sample=do_sample,
+        **sampling,
         max_new_tokens=max_new_tokens,
         num_return_sequences=num_generations,
         eos_token_id=stop_ids,
