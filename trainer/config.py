@@ -441,7 +441,7 @@ class TrainSpec(_Config):
     reward: list[RewardComponent] | None = None
     """Reward components for grpo/ppo (and evaluate on prompts), with local model paths."""
     models: list[EvalModel] | None = Field(None, max_length=64)
-    """evaluate only: the models scored, in order (the base model is the reference); default: the base model."""
+    """evaluate only: the models scored, in order, the base model (the reference) first; default: the base model."""
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     """Algorithm hyperparameters; validated by the algorithm's config class."""
     lora: LoraConfig | None = None
@@ -465,6 +465,8 @@ class TrainSpec(_Config):
             raise ValueError(f"{self.algorithm} needs a reward (a list of reward components)")
         if self.models is not None and self.algorithm != "evaluate":
             raise ValueError("models applies to evaluate only")
+        if self.models and self.models[0].path != self.base_model:
+            raise ValueError("models[0] must be the base model (the reference of the DPO implicit rewards)")
         return self
 
 

@@ -96,8 +96,8 @@ def _load(
     return loaded.to(device).eval().requires_grad_(False)
 
 
-def _free(model: Any) -> None:
-    del model
+def _release_memory() -> None:
+    """After the caller dropped its model: give its memory back before the next model loads."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -152,7 +152,8 @@ def _evaluate_pairs(
                 )
             metrics = causal_pair_metrics(dpo, logps, lengths, reference)
         results.append(_report(events, step, model, metrics))
-        _free(network)
+        del network
+        _release_memory()
     return results
 
 
@@ -238,7 +239,8 @@ def _evaluate_prompts(
         for sample in samples:
             events.emit("sample", step=step, model=model.name, **sample)
         results.append(_report(events, step, model, metrics))
-        _free(network)
+        del network
+        _release_memory()
     return results
 
 

@@ -199,3 +199,11 @@ def test_models_are_refused_outside_evaluate(
     assert result.code == 1
     assert result.of_type("error")[0]["code"] == "invalid_spec"
     assert "models applies to evaluate only" in result.of_type("error")[0]["message"]
+
+
+def test_the_base_model_must_come_first_as_the_reference(
+    run_inprocess: Callable[..., Result], tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    result = run_inprocess(_eval_spec(tiny_model, data_dir / "pref.jsonl", [("other", tmp_path)]))
+    assert result.code == 1
+    assert "models[0] must be the base model" in result.of_type("error")[0]["message"]
