@@ -158,6 +158,7 @@ def test_at_most_eight_candidates_and_only_evaluate_takes_them(
         ({"hyperparameters": {"do_sample": False, "num_generations": 2}}, "hyperparameters"),
         ({"lora": {"r": 8}}, "lora"),
         ({"eval_dataset_id": "ds_x"}, "eval_dataset_id"),
+        ({"integrations": [{"type": "mlflow", "mlflow": {"experiment": "evals"}}]}, "integrations"),
     ],
 )
 def test_training_settings_and_out_of_range_hyperparameters_are_refused(
