@@ -30,6 +30,7 @@ class Jobs:
         algorithm: str,
         base_model: str,
         dataset_id: str,
+        models: builtins.list[str] | None = None,
         eval_dataset_id: str | None = None,
         reward_model_id: str | None = None,
         reward: list[dict[str, Any]] | None = None,
@@ -41,10 +42,14 @@ class Jobs:
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a job. An Idempotency-Key (a fresh uuid4 unless given) makes the retries safe: the
-        server answers a repeated key with the job the first request created."""
+        server answers a repeated key with the job the first request created.
+
+        `algorithm="evaluate"` scores `base_model` and the candidate `models` (MODEL_REFs) on the dataset
+        and trains nothing; `job.results` then maps each model to its metrics."""
         body = {
             "algorithm": algorithm,
             "base_model": base_model,
+            "models": models,
             "dataset_id": dataset_id,
             "eval_dataset_id": eval_dataset_id,
             "reward_model_id": reward_model_id,

@@ -86,12 +86,16 @@ class Job(APIObject):
     eval_dataset_id: str | None = None
     reward_model_id: str | None = None
     reward: list[dict[str, Any]] | None = None
+    models: list[str] | None = None
+    """evaluate: the candidates scored after base_model."""
     hyperparameters: dict[str, Any]
     lora: dict[str, Any] | None = None
     seed: int | None = None
     metadata: dict[str, Any] | None = None
     progress: Progress = Progress()
     metrics: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] | None = None
+    """evaluate: each scored model's MODEL_REF -> its eval/... metrics."""
     attempt: int = 0
     error: JobError | None = None
     created_at: datetime

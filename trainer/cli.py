@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from trainer.config import DATASET_KIND, TrainSpec
+from trainer.config import DATASET_KIND, EvaluateConfig, TrainSpec
 
 # algorithm -> module with a `train(run)` function
 ALGORITHMS = {
@@ -69,6 +69,20 @@ def run_command(spec_path: str, output: str, resume: str | None, events_path: st
             config = spec.config()
         except ValidationError as exc:
             raise TrainError("invalid_hyperparameters", _validation_message(exc, "hyperparameters")) from exc
+        if isinstance(config, EvaluateConfig):  # scores models; no Run, no checkpoint
+            from trainer.evaluate import evaluate
+
+            if accelerator.num_processes > 1:
+                raise TrainError(
+                    "unsupported_configuration", "evaluate runs on one process; start it without accelerate launch"
+                )
+
+            events.log(
+                f"evaluate on {spec.train_file}, {accelerator.num_processes} process(es) on {accelerator.device.type}"
+            )
+            evaluate(spec, config, events, accelerator.device)
+            events.emit("done")
+            return 0
         if resume is not None and not Path(resume).is_dir():
             raise TrainError("invalid_resume", f"--resume {resume}: no such checkpoint folder")
         run = Run(

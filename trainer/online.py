@@ -139,12 +139,16 @@ def rollout(
     device: torch.device,
     seeds: Sequence[int] | None = None,
     engine: str = "cached",
+    do_sample: bool = True,
 ) -> Rollout:
     """Sample `num_generations` completions of every prompt in one batched call of the generation engine.
 
     `seeds` (one per completion row, see trainer.generation.row_seed) make each completion independent
-    of the batch it is generated in; `engine` is the config's generation_engine.
+    of the batch it is generated in; `engine` is the config's generation_engine. Without `do_sample`
+    decoding is greedy (the evaluate job's option), as temperature 0 is.
     """
+    if not do_sample:
+        temperature = 0.0
     stop_ids = eos_ids(tokenizer, model)
     prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id, device)  # (B, P)
     was_training = model.training

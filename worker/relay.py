@@ -7,7 +7,8 @@ if the reaper gave the job to someone else the relay raises `LostJob` and writes
 and `error` end the job through the life cycle (api/jobs/lifecycle.py).
 
 - progress   -> job.progress (step, total_steps, epoch, eta_seconds); not an event.
-- metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step.
+- metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step; an
+                evaluate job's metrics name their `model`, kept in the event and in job.results[model].
 - checkpoint -> the folder is archived into the artifact store (sha256), a Checkpoint row is added
                 (once per job/step/kind: a replayed checkpoint is not archived again) and a
                 `checkpoint` event records it.
@@ -239,7 +240,14 @@ class EventRelay:
             return
         for name in values:
             self.recorded_steps[name] = step
-        append_events(session, job, [("metrics", {"step": step, "values": values})])
+        data: dict[str, Any] = {"step": step, "values": values}
+        if isinstance(event.get("model"), str):  # an evaluate job's metrics of one model: its results too
+            data["model"] = event["model"]
+            job.results = {
+                **(job.results or {}),
+                event["model"]: {**(job.results or {}).get(event["model"], {}), **values},
+            }
+        append_events(session, job, [("metrics", data)])
         self._to_report.append(("metrics", (step, values)))
         job.metrics = {**(job.metrics or {}), **values}
         progress = job.progress or {}

@@ -63,6 +63,10 @@ class Job(Base):
     last_step_at: Mapped[datetime | None]
     steps_per_second: Mapped[float | None] = mapped_column(Double)
     relay_lag_seconds: Mapped[float | None] = mapped_column(Double)
+    # evaluate jobs: the candidate MODEL_REFs scored besides base_model, and {model ref: {metric: value}}
+    # of every model scored so far (the relay fills it from the trainer's per-model metrics events).
+    models: Mapped[list[Any] | None]
+    results: Mapped[dict[str, Any] | None]
 
 
 class JobEvent(Base):

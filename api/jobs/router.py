@@ -16,7 +16,7 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.jobs import service
 from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
 from api.jobs.stream import event_stream
-from trainer.config import HYPERPARAMETERS, Algorithm
+from trainer.config import JOB_CONFIGS, JobAlgorithm
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 hyperparameters_router = APIRouter(prefix="/hyperparameters", tags=["jobs"])
@@ -41,7 +41,7 @@ def create_job(
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JobPublic:
-    """Submit a training job."""
+    """Submit a training or evaluation job."""
     job, created = service.create_job(session, settings, tenant.id, body, idempotency_key)
     if not created:
         response.status_code = 200
@@ -55,7 +55,7 @@ def list_jobs(
     limit: LimitQuery = 20,
     after: AfterQuery = None,
     status: JobStatus | None = None,
-    algorithm: Algorithm | None = None,
+    algorithm: JobAlgorithm | None = None,
 ) -> Page[JobPublic]:
     """List jobs, newest first."""
     items, has_more = service.list_jobs(
@@ -161,7 +161,7 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> Pag
 
 
 @hyperparameters_router.get("/{algorithm}/schema")
-def hyperparameters_schema(algorithm: Algorithm, tenant: TenantDep) -> dict[str, Any]:
+def hyperparameters_schema(algorithm: JobAlgorithm, tenant: TenantDep) -> dict[str, Any]:
     """The JSON schema of an algorithm's `hyperparameters` (the config class job create validates them with:
     defaults, bounds, descriptions); the dashboard builds its job form from it and JobCreate's schema."""
-    return HYPERPARAMETERS[algorithm].model_json_schema()
+    return JOB_CONFIGS[algorithm].model_json_schema()

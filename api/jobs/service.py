@@ -22,13 +22,13 @@ from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
-from api.jobs import lifecycle
+from api.jobs import evaluation, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
 from api.models_dir import references
 from api.reward_models.models import RewardModel
-from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
+from trainer.config import DATASET_KIND, EVALUATE_KINDS, ModelComponent, RewardComponent, parse_hyperparameters
 
 ONLINE = ("grpo", "ppo")
 KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
@@ -84,19 +84,27 @@ def prepare_job(
         hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
     except ValidationError as exc:
         raise invalid_from_pydantic(exc, "hyperparameters") from exc
+    evaluate = body.algorithm == "evaluate"
+    if body.models is not None and not evaluate:
+        raise InvalidRequest("models applies to evaluate only (the candidates it scores)", param="models")
+    if evaluate:
+        evaluation.check_options(body)
     if body.eval_dataset_id is not None and body.algorithm in ONLINE:
         raise InvalidRequest(
             f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
             "dpo, reward and sft only",
             param="eval_dataset_id",
         )
-    needed = DATASET_KIND[body.algorithm]
-    _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
+    needed = EVALUATE_KINDS if evaluate else (DATASET_KIND[body.algorithm],)
+    kind = _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
     if body.eval_dataset_id is not None:
         _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
-    reward = _check_reward(session, settings, tenant_id, body)
+    reward = _check_reward(
+        session, settings, tenant_id, body, wants_reward=body.algorithm in ONLINE or kind == "prompt"
+    )
     references.check(session, settings, tenant_id, body.base_model, "base_model")
-    if settings.worker_gpu_memory_gb is not None:  # opt-in: refuse what cannot fit the workers' GPUs
+    models = evaluation.check_models(session, settings, tenant_id, body)
+    if settings.worker_gpu_memory_gb is not None and not evaluate:  # opt-in: refuse what cannot fit the workers' GPUs
         from api.plan.service import check_job_fits
 
         stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
@@ -114,6 +122,7 @@ def prepare_job(
         eval_dataset_id=body.eval_dataset_id,
         reward_model_id=body.reward_model_id,
         reward=reward,
+        models=models,
         hyperparameters=hyperparameters,
         lora=body.lora.model_dump(mode="json") if body.lora else None,
         seed=body.seed,
@@ -134,7 +143,10 @@ def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | Non
     ).scalar_one_or_none()
 
 
-def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: str) -> None:
+def _check_dataset(
+    session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: tuple[str, ...]
+) -> str:
+    """The dataset's kind, once it is this tenant's and of a kind in `needed`."""
     # Locked until the job is committed, so a concurrent DELETE of the dataset either waits and then
     # sees this job as live (409), or wins and this check sees the dataset gone.
     dataset = session.execute(
@@ -144,20 +156,31 @@ def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str
     ).scalar_one_or_none()
     if dataset is None:
         raise InvalidRequest(f"no dataset {dataset_id!r}", param=param)
-    if dataset.kind != needed:
+    if dataset.kind not in needed:
+        nouns = " or ".join(KIND_NOUN[k] for k in needed)
+        kinds = " or ".join(needed)
         raise InvalidRequest(
-            f"{dataset.kind} dataset ({dataset.format} format) given to {algorithm}, which needs {KIND_NOUN[needed]} "
-            f"(a {needed} dataset)",
+            f"{dataset.kind} dataset ({dataset.format} format) given to {algorithm}, which needs {nouns} "
+            f"(a {kinds} dataset)",
             param=param,
         )
+    return dataset.kind
 
 
-def _check_reward(session: Session, settings: Settings, tenant_id: str, body: JobCreate) -> list[dict[str, Any]] | None:
+def _check_reward(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, *, wants_reward: bool
+) -> list[dict[str, Any]] | None:
     has_reward = body.reward_model_id is not None or body.reward is not None
-    if body.algorithm not in ONLINE:
+    if not wants_reward:
         if has_reward:
             param = "reward_model_id" if body.reward_model_id is not None else "reward"
-            raise InvalidRequest(f"a reward applies to grpo and ppo only, not {body.algorithm}", param=param)
+            if body.algorithm == "evaluate":
+                message = (
+                    "evaluating preference pairs needs no reward (a reward scores completions of a prompt dataset)"
+                )
+            else:
+                message = f"a reward applies to grpo and ppo (and evaluate on prompts) only, not {body.algorithm}"
+            raise InvalidRequest(message, param=param)
         return None
     if body.reward_model_id is not None and body.reward is not None:
         raise InvalidRequest("give reward_model_id or an inline reward, not both", param="reward")
@@ -167,9 +190,8 @@ def _check_reward(session: Session, settings: Settings, tenant_id: str, body: Jo
             raise InvalidRequest(f"no reward model {body.reward_model_id!r}", param="reward_model_id")
         return None
     if not body.reward:
-        raise InvalidRequest(
-            f"{body.algorithm} needs a reward: give reward_model_id or inline reward components", param="reward"
-        )
+        what = "evaluate on a prompt dataset" if body.algorithm == "evaluate" else body.algorithm
+        raise InvalidRequest(f"{what} needs a reward: give reward_model_id or inline reward components", param="reward")
     check_components(session, settings, tenant_id, body.reward, "reward")
     return [c.model_dump(mode="json", exclude_none=True) for c in body.reward]
 
