@@ -22,6 +22,8 @@ Where this departs from the paper:
 - Log-probs are of the temperature-scaled distribution the completions were sampled from.
 - One process only for now: several processes (accelerate launch) are refused with a clear error.
 - A resumed run regenerates its batch (the num_iterations reuse buffer is not checkpointed).
+
+Evaluation (eval_file + eval_every): trainer.online_eval generates for held-out prompts and scores them.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from trainer.online import (
     score,
     start_online,
 )
+from trainer.online_eval import load_eval_prompts, online_eval_fn
 from trainer.rewards import Reward
 from trainer.run import Run
 from trainer.state import TrainState, chunks
@@ -188,4 +191,9 @@ def train(run: Run) -> None:
         f"x {config.num_generations} completions, reference: {reference_name(config.beta > 0, ref_model)}"
     )
     step = GRPOStep(run, training.model, ref_model, tokenizer, prompts, reward)
-    train_loop(run, training, step, Checkpointer(run, training, tokenizer))
+    eval_prompts = load_eval_prompts(run, tokenizer)
+    evaluate = None
+    if eval_prompts is not None:
+        evaluate = online_eval_fn(run, training.model, tokenizer, eval_prompts, reward, training.state)
+    checkpointer = Checkpointer(run, training, tokenizer)
+    train_loop(run, training, step, checkpointer, eval_fn=evaluate, eval_every=config.eval_every)

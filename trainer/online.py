@@ -117,14 +117,13 @@ def rollout(
     top_p: float,
     device: torch.device,
 ) -> Rollout:
-    """Sample `num_generations` completions of every prompt in one batched `generate` call."""
+    """Sample `num_generations` completions of every prompt in one batched `generate` call (temperature 0: greedy)."""
     stop_ids = eos_ids(tokenizer, model)
     prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id, device)  # (B, P)
+    greedy: dict[str, Any] = {"do_sample": False}
+    sampling: dict[str, Any] = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     generation = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
+        **(sampling if temperature > 0 else greedy),
         max_new_tokens=max_new_tokens,
         num_return_sequences=num_generations,
         eos_token_id=stop_ids,

@@ -26,6 +26,8 @@ Departures / choices:
 - The adaptive KL controller (Ziegler et al. 2019, §2.2) updates kl_coef after every rollout from the
   mean summed KL per sequence; kl_coef is saved with the training state.
 - One process only for now (as GRPO).
+- Evaluation (eval_file + eval_every) generates for held-out prompts and scores them (trainer.online_eval);
+  the value model plays no part in it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from trainer.online import (
     score,
     start_online,
 )
+from trainer.online_eval import load_eval_prompts, online_eval_fn
 from trainer.rewards import Reward
 from trainer.run import Run, TrainError
 from trainer.state import TrainState, chunks
@@ -321,4 +324,9 @@ def train(run: Run) -> None:
         return {"value": value_fn.state_dict(), "kl_coef": kl_ctl.value}
 
     step = PPOStep(run, model, value_fn, ref_model, tokenizer, prompts, reward, kl_ctl)
-    train_loop(run, training, step, Checkpointer(run, training, tokenizer, model=model, extra_state=extra_state))
+    eval_prompts = load_eval_prompts(run, tokenizer)
+    evaluate = None
+    if eval_prompts is not None:
+        evaluate = online_eval_fn(run, model, tokenizer, eval_prompts, reward, training.state)
+    checkpointer = Checkpointer(run, training, tokenizer, model=model, extra_state=extra_state)
+    train_loop(run, training, step, checkpointer, eval_fn=evaluate, eval_every=config.eval_every)
