@@ -28,7 +28,7 @@ from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
 from api.models_dir import references
 from api.reward_models.models import RewardModel
-from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
+from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, check_reward_metric, parse_hyperparameters
 
 ONLINE = ("grpo", "ppo")
 KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
@@ -54,17 +54,12 @@ def create_job(
         hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
     except ValidationError as exc:
         raise invalid_from_pydantic(exc, "hyperparameters") from exc
-    if body.eval_dataset_id is not None and body.algorithm in ONLINE:
-        raise InvalidRequest(
-            f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
-            "dpo, reward and sft only",
-            param="eval_dataset_id",
-        )
     needed = DATASET_KIND[body.algorithm]
     _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
     if body.eval_dataset_id is not None:
         _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
     reward = _check_reward(session, settings, tenant_id, body)
+    _check_best_metric(session, body, hyperparameters)
     references.check(session, settings, tenant_id, body.base_model, "base_model")
     if settings.worker_gpu_memory_gb is not None:  # opt-in: refuse what cannot fit the workers' GPUs
         from api.plan.service import check_job_fits
@@ -156,6 +151,30 @@ def _check_reward(session: Session, settings: Settings, tenant_id: str, body: Jo
         )
     check_components(session, settings, tenant_id, body.reward, "reward")
     return [c.model_dump(mode="json", exclude_none=True) for c in body.reward]
+
+
+def _check_best_metric(session: Session, body: JobCreate, hyperparameters: dict[str, Any]) -> None:
+    """best_metric is measured on the eval set, and eval/rewards/<name> must name a reward component."""
+    best = hyperparameters.get("best_metric")
+    if best is None:
+        return
+    if body.eval_dataset_id is None:
+        raise InvalidRequest(
+            f"best_metric {best!r} is measured on held-out data: give eval_dataset_id (or drop best_metric "
+            "and early_stopping_patience)",
+            param="hyperparameters.best_metric",
+        )
+    if body.reward is not None:
+        components: list[Any] = list(body.reward)
+    elif body.reward_model_id is not None:
+        stored = session.get(RewardModel, body.reward_model_id)
+        components = parse_components(stored.components if stored is not None else [], "reward")
+    else:
+        return
+    try:
+        check_reward_metric(best, components)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="hyperparameters.best_metric") from exc
 
 
 def check_components(session: Session, settings: Settings, tenant_id: str, components: list[Any], param: str) -> None:

@@ -293,13 +293,13 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
         "reference": "{{item.answer}}",
         "operation": "eq",
     }
-    with pytest.raises(openai.BadRequestError, match="eval_interval"):  # grpo does not evaluate during training yet
+    with pytest.raises(openai.BadRequestError, match="eval_samples"):  # one completion per validation prompt
         oai.fine_tuning.jobs.create(
             model=HUB_MODEL,
             training_file=file.id,
             method={
                 "type": "reinforcement",
-                "reinforcement": {"grader": grader, "hyperparameters": {"batch_size": 2, "eval_interval": 5}},
+                "reinforcement": {"grader": grader, "hyperparameters": {"batch_size": 2, "eval_samples": 5}},
             },
         )
     job = oai.fine_tuning.jobs.create(
