@@ -528,10 +528,10 @@ def component_metric_names(components: list[Any]) -> list[str]:
 
 def check_reward_metric(best_metric: str, components: list[Any]) -> None:
     """A best_metric of eval/rewards/<name> must name one of the reward's components (raises ValueError)."""
-    prefix = "eval/rewards/"
-    if not best_metric.startswith(prefix):
+    prefix, name = "eval/rewards/", "eval/" + best_metric.removeprefix("eval/")
+    if not name.startswith(prefix):
         return
     names = component_metric_names(components)
-    if best_metric.removeprefix(prefix) not in names:
+    if name.removeprefix(prefix) not in names:
         choices = ", ".join(prefix + n for n in names) or "none (no reward components)"
         raise ValueError(f"best_metric {best_metric!r} names no reward component; the components are {choices}")
