@@ -133,6 +133,8 @@ class EvalConfig(_Config):
 
     eval_every: int | None = Field(None, ge=1, le=1_000_000)
     """Evaluate on the eval file every this many steps (and always at the end)."""
+    eval_on_start: bool = False
+    """Also evaluate before the first step (TRL's eval_on_start): the base model's score, a baseline."""
     best_metric: str | None = Field(None, min_length=1, max_length=200)
     """Keep the checkpoint with the best value of this eval metric (TRL's metric_for_best_model), e.g.
     eval/loss or eval/reward; the eval/ prefix may be left out."""

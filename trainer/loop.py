@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from trainer.checkpoints import Checkpointer, load_training_state
+from trainer.config import EvalConfig
 from trainer.evaluation import keep_best
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.run import Run, TrainError
@@ -129,6 +130,8 @@ def train_loop(
     updater = Updater(run, training)
     started, first_step = time.perf_counter(), state.step
     stopped_early = False
+    if eval_fn is not None and isinstance(config, EvalConfig) and config.eval_on_start and state.step == 0:
+        evaluate(run, training, eval_fn, checkpointer)  # the baseline; step 0 is the base model
     training.model.train()
     while state.step < total:
         t0 = time.perf_counter()
