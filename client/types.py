@@ -108,6 +108,34 @@ class Job(APIObject):
         return self.status in FINAL_STATUSES
 
 
+class PipelineStage(APIObject):
+    name: str
+    algorithm: str
+    status: str
+    """pending (waiting for its inputs), skipped (it will not run: see `reason`), or its job's status."""
+    job_id: str | None = None
+    depends_on: list[str] = []
+    reason: str | None = None
+
+
+class Pipeline(APIObject):
+    id: str
+    name: str | None = None
+    status: str
+    """running, cancelling, succeeded, failed or cancelled."""
+    metadata: dict[str, Any] | None = None
+    stages: list[PipelineStage]
+    error: JobError | None = None
+    output_checkpoint_id: str | None = None
+    """The last stage's output checkpoint, once the pipeline succeeded."""
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
 class Event(APIObject):
     seq: int
     created_at: datetime

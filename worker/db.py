@@ -23,5 +23,6 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
     key = (os.getpid(), settings.resolved_database_url)
     with _lock:
         if key not in _factories:
-            _factories[key] = sessionmaker(make_engine(key[1]), expire_on_commit=False)
+            # `settings` in info: what the life cycle's pipeline hook checks a new stage's job with.
+            _factories[key] = sessionmaker(make_engine(key[1]), expire_on_commit=False, info={"settings": settings})
         return _factories[key]

@@ -59,6 +59,7 @@ from api.core.storage import Storage, StorageUnavailable, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
+from api.pipelines.advance import unsent_jobs
 from worker.attempt import Attempt, LostJob, claim, lock_owned_job
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat
@@ -103,6 +104,9 @@ def run_job(job_id: str, settings: Settings, send: Callable[[str], None] | None 
         outcome = _run_attempt(attempt, sessions, storage, settings, reporters)
         if outcome == "handed_back":
             _hand_back(sessions, attempt, send)
+        elif send is not None:  # a pipeline stage's success queued the next stages: send them now
+            with sessions() as session:
+                lifecycle.enqueue(session, unsent_jobs(session, job_id), send)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:

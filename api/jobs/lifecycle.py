@@ -225,4 +225,10 @@ def _entered(
     if error is not None:
         job.error_code, job.error_message = error
         data = {**data, "error": {"code": error[0], "message": error[1]}}
-    return append_events(session, job, [("status", {"status": job.status, "previous": previous, **data})])[0]
+    event = append_events(session, job, [("status", {"status": job.status, "previous": previous, **data})])[0]
+    if job.status in FINAL_STATUSES:
+        # A pipeline stage's end starts, skips or settles the stages after it in this same transaction.
+        from api.pipelines.advance import stage_finished  # pipelines build on the life cycle, not the reverse
+
+        stage_finished(session, job)
+    return event

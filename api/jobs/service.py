@@ -50,6 +50,28 @@ def create_job(
         existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return existing, False
+    job = prepare_job(session, settings, tenant_id, body, idempotency_key)
+    lifecycle.submit(session, job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Two requests with the same Idempotency-Key raced; the other one won.
+        session.rollback()
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key) if idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    # A send that fails leaves the committed job queued for the workers' reaper to send again; a 5xx
+    # here would only invite a duplicate submission.
+    lifecycle.enqueue(session, [job.id], send_job)
+    return job, True
+
+
+def prepare_job(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None = None
+) -> Job:
+    """Check everything checkable about a job request and build its row, not yet added to the session
+    (create_job submits it; a pipeline (api/pipelines) builds its stages' jobs with it too)."""
     try:
         hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
     except ValidationError as exc:
@@ -68,7 +90,7 @@ def create_job(
         components = reward if reward is not None else (stored.components if stored is not None else None)
         check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components)
 
-    job = Job(
+    return Job(
         id=new_id("job"),
         tenant_id=tenant_id,
         name=body.name,
@@ -91,20 +113,6 @@ def create_job(
         attempt=0,
         last_event_seq=0,
     )
-    lifecycle.submit(session, job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # Two requests with the same Idempotency-Key raced; the other one won.
-        session.rollback()
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key) if idempotency_key else None
-        if existing is None:
-            raise
-        return existing, False
-    # A send that fails leaves the committed job queued for the workers' reaper to send again; a 5xx
-    # here would only invite a duplicate submission.
-    lifecycle.enqueue(session, [job.id], send_job)
-    return job, True
 
 
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:

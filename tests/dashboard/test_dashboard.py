@@ -355,3 +355,21 @@ def test_the_sse_reader_splits_events_across_chunks_and_line_endings(page: Page,
     assert events["seen"]["headers"]["Last-Event-ID"] == "7"
     assert events["seen"]["headers"]["Accept"] == "text/event-stream"
     assert "key" not in events["seen"]["url"] and "token" not in events["seen"]["url"]
+
+
+def test_the_pipelines_list_shows_each_stage_with_its_status_and_job(page: Page, live: Live) -> None:
+    dataset = api_upload(live, live.key, "pairs.jsonl", short_preference_pairs(8))
+    job = {"algorithm": "dpo", "dataset_id": dataset["id"], "hyperparameters": {"max_steps": 2}}
+    first, second = {**job, "base_model": "tiny"}, {**job, "base_model": "stage:first"}
+    body = {"name": "two dpo stages", "stages": [{"name": "first", "job": first}, {"name": "second", "job": second}]}
+    created = httpx.post(f"{live.url}/v1/pipelines", headers={"Authorization": f"Bearer {live.key}"}, json=body)
+    assert created.status_code == 201, created.text
+    sign_in(page, live.key)
+    page.goto("/#/pipelines")
+    row = page.locator(f"tr[data-pipeline='{created.json()['id']}']")
+    expect(row).to_contain_text("two dpo stages")
+    expect(row.locator("[data-stage=second] .badge")).to_have_text("succeeded", timeout=60_000)
+    expect(row.locator("td").nth(1).locator(".badge")).to_have_text("succeeded")
+    row.locator("[data-stage=first] a").click()
+    expect(page).to_have_url(re.compile(r"#/jobs/job_"))
+    no_horizontal_scroll(page)

@@ -624,6 +624,50 @@ async function datasetPage(id) {
   load();
 }
 
+// ---------------------------------------------------------------- pipelines
+
+function pipelinesList() {
+  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["running", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
+  const stageCell = (stage) =>
+    h(
+      "span",
+      { class: "stage", "data-stage": stage.name, title: stage.reason || "" },
+      stage.job_id ? h("a", { href: `#/jobs/${stage.job_id}` }, stage.name) : stage.name,
+      " ",
+      statusBadge(stage.status),
+    );
+  const table = pagedTable({
+    columns: ["Pipeline", "Status", "Stages", "Output", "Created"],
+    empty: "No pipelines yet (POST /v1/pipelines, or alignd pipelines create FILE).",
+    fetchPage: (after) => {
+      const q = new URLSearchParams({ limit: "25" });
+      if (after) q.set("after", after);
+      if (status.value) q.set("status", status.value);
+      return api(`/v1/pipelines?${q}`);
+    },
+    rowOf: (p) =>
+      h(
+        "tr",
+        { "data-pipeline": p.id },
+        h("td", {}, p.name || p.id, p.name ? h("div", { class: "muted mono" }, p.id) : ""),
+        h("td", {}, statusBadge(p.status), p.error ? h("div", { class: "muted" }, p.error.message) : ""),
+        h("td", {}, ...p.stages.flatMap((stage, i) => (i ? [" → ", stageCell(stage)] : [stageCell(stage)]))),
+        h("td", { class: "mono" }, p.output_checkpoint_id || ""),
+        h("td", {}, when(p.created_at)),
+      ),
+  });
+  status.onchange = () => table.load();
+  view.append(h("div", { class: "toolbar" }, h("h1", {}, "Pipelines"), status), table.root);
+  let timer = null;
+  const tick = async () => {
+    const page = await table.load();
+    const live = page && page.data.some((p) => !FINAL.has(p.status));
+    timer = setTimeout(tick, live ? 3000 : 15000);
+  };
+  tick();
+  onLeave(() => clearTimeout(timer));
+}
+
 // ---------------------------------------------------------------- routing
 
 async function route() {
@@ -640,6 +684,7 @@ async function route() {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === (parts[1] === "new" ? "new" : parts[0])));
   if (parts[0] === "datasets" && parts[1]) await datasetPage(decodeURIComponent(parts[1]));
   else if (parts[0] === "datasets") datasetsList();
+  else if (parts[0] === "pipelines") pipelinesList();
   else if (parts[0] === "jobs" && parts[1] === "new") await newJob();
   else if (parts[0] === "jobs" && parts[1]) await jobPage(decodeURIComponent(parts[1]));
   else jobsList();
