@@ -2,7 +2,7 @@
 hyperparameters.best_metric, and {name, mode, value, step} of that metric there (issue 11).
 
 Revision ID: 0006_best
-Revises: 0004
+Revises: 0008
 Create Date: 2026-11-26 12:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0006_best"
-down_revision: str | None = "0004"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
