@@ -303,8 +303,11 @@ def test_early_stopping_ends_the_run_after_patience_evaluations_without_improvem
 def test_grpo_on_smollm2_raises_the_greedy_reward_on_held_out_prompts(tmp_path: Path, smollm2: Path) -> None:
     """GRPO with LoRA on SmolLM2-135M-Instruct, rewarded for opening with its plan ("To find ..."), a
     format it samples for about a third of GSM8K questions (tests/trainer/test_grpo.py). Eight held-out
-    questions, answered greedily, are scored before the first step (eval_on_start) and every 4 steps.
-    Seen here: TODO."""
+    questions, answered greedily, are scored before the first step (eval_on_start) and every 2 steps.
+    Seen here (seed 0): held-out reward 0.25 (2 of 8) at step 0, 1.0 at step 4 (and still 1.0 at step 8
+    of a longer run); training reward 0.375, 0.25, 0.75, 0.875. An 8-step run took 27 min with the two
+    cores shared by a dozen other processes (54-317 s per step); at MODELS.md's ~5 s per step these 4
+    steps take about a minute plus the GGUF conversion."""
     picked = gsm8k_prompts(tmp_path / "questions.jsonl", rows=72, conversational=True, shortest_of=1000)
     rows = picked.read_text().splitlines()
     train, held_out = tmp_path / "train.jsonl", tmp_path / "held_out.jsonl"
@@ -321,14 +324,14 @@ def test_grpo_on_smollm2_raises_the_greedy_reward_on_held_out_prompts(tmp_path: 
             "batch_size": 2,
             "num_generations": 4,
             "max_new_tokens": 8,
-            "max_steps": 8,
+            "max_steps": 4,
             "learning_rate": 5e-4,
             "lr_scheduler": "constant",
             "beta": 0.0,
             "loss_type": "dr_grpo",
             "max_prompt_length": 160,
             "max_length": 200,
-            "eval_every": 4,
+            "eval_every": 2,
             "eval_on_start": True,
             "best_metric": "reward",
         },
@@ -340,7 +343,7 @@ def test_grpo_on_smollm2_raises_the_greedy_reward_on_held_out_prompts(tmp_path: 
     print(f"GRPO SmolLM2 held-out greedy reward by step: {rewards} ({time.perf_counter() - started:.0f}s)")
     train_rewards = [round(e["values"]["reward"], 3) for e in of_type(events, "metrics") if "reward" in e["values"]]
     print("train reward by step:", train_rewards)
-    assert sorted(rewards) == [0, 4, 8]
-    assert rewards[8] >= rewards[0] + 0.25  # at least 2 more of the 8 held-out answers open with a plan
+    assert sorted(rewards) == [0, 2, 4]
+    assert rewards[4] >= rewards[0] + 0.25  # at least 2 more of the 8 held-out answers open with a plan
     best = json.loads((out / "best" / "alignd.json").read_text())
     assert best["metrics"]["eval/reward"] == max(rewards.values())
