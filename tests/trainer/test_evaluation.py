@@ -304,10 +304,10 @@ def test_grpo_on_smollm2_raises_the_greedy_reward_on_held_out_prompts(tmp_path: 
     """GRPO with LoRA on SmolLM2-135M-Instruct, rewarded for opening with its plan ("To find ..."), a
     format it samples for about a third of GSM8K questions (tests/trainer/test_grpo.py). Eight held-out
     questions, answered greedily, are scored before the first step (eval_on_start) and every 2 steps.
-    Seen here (seed 0): held-out reward 0.25 (2 of 8) at step 0, 1.0 at step 4 (and still 1.0 at step 8
-    of a longer run); training reward 0.375, 0.25, 0.75, 0.875. An 8-step run took 27 min with the two
-    cores shared by a dozen other processes (54-317 s per step); at MODELS.md's ~5 s per step these 4
-    steps take about a minute plus the GGUF conversion."""
+    Seen here (seed 0): held-out reward 0.25 (2 of 8) at step 0, 0.875 at step 2, 1.0 at step 4 (still
+    1.0 at step 8 of a longer run); training reward 0.375, 0.25, 0.75, 0.875. The run took 528 s with
+    the two cores shared by a dozen other processes (69-86 s per step); at MODELS.md's ~5 s per step it
+    takes about a minute plus the GGUF conversion."""
     picked = gsm8k_prompts(tmp_path / "questions.jsonl", rows=72, conversational=True, shortest_of=1000)
     rows = picked.read_text().splitlines()
     train, held_out = tmp_path / "train.jsonl", tmp_path / "held_out.jsonl"
