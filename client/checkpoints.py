@@ -23,7 +23,7 @@ class Checkpoints:
         self._t = transport
 
     def list(self, job_id: str) -> list[Checkpoint]:
-        """A job's checkpoints (intermediate and final)."""
+        """A job's checkpoints (intermediate, final and best)."""
         page = self._t.json("GET", f"/v1/jobs/{job_id}/checkpoints")
         return [Checkpoint.model_validate(row) for row in page["data"]]
 

@@ -144,7 +144,7 @@ class Jobs:
         return Metrics.model_validate(self._t.json("GET", f"/v1/jobs/{job_id}/metrics"))
 
     def checkpoints(self, job_id: str) -> builtins.list[Checkpoint]:
-        """The job's checkpoints (intermediate and final), as `client.checkpoints.list(job_id)`."""
+        """The job's checkpoints (intermediate, final and best), as `client.checkpoints.list(job_id)`."""
         page = self._t.json("GET", f"/v1/jobs/{job_id}/checkpoints")
         return [Checkpoint.model_validate(row) for row in page["data"]]
 

@@ -102,6 +102,10 @@ class Job(APIObject):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     output_checkpoint_id: str | None = None
+    best_checkpoint_id: str | None = None
+    """The checkpoint with the best hyperparameters.best_metric so far (kind "best")."""
+    best_metric: dict[str, Any] | None = None
+    """{name, mode, value, step} of best_checkpoint_id's metric."""
 
     @property
     def is_final(self) -> bool:
@@ -153,7 +157,7 @@ class Checkpoint(APIObject):
     id: str
     job_id: str
     step: int
-    kind: Literal["intermediate", "final"] | str
+    kind: Literal["intermediate", "final", "best"] | str
     bytes: int
     sha256: str
     metrics: dict[str, Any] | None = None

@@ -67,7 +67,7 @@ class Checkpointer:
         self.extra_state = extra_state
 
     def save(self, kind: str, state: TrainState) -> Path:
-        """Write the `kind` ("intermediate" or "final") checkpoint of `state`; returns its folder."""
+        """Write the `kind` ("intermediate", "final" or "best") checkpoint of `state`; returns its folder."""
         run, acc = self.run, self.run.accelerator
         final = checkpoint_dir(run, kind, state.step)
         acc.wait_for_everyone()
@@ -121,7 +121,8 @@ class Checkpointer:
 
 
 def checkpoint_dir(run: Run, kind: str, step: int) -> Path:
-    return run.output / "final" if kind == "final" else run.output / "checkpoints" / f"step-{step:08d}"
+    """final/ and best/ (the latest best replaces the one before), checkpoints/step-N/ for intermediate ones."""
+    return run.output / kind if kind in ("final", "best") else run.output / "checkpoints" / f"step-{step:08d}"
 
 
 def load_training_state(

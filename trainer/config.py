@@ -19,9 +19,9 @@ How the batch sizes relate (the only derived sizes, computed here and nowhere el
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Algorithm = Literal["dpo", "reward", "sft", "grpo", "ppo"]
 """The training algorithms."""
@@ -126,14 +126,75 @@ class CommonConfig(_Config):
         return max(1, math.ceil(train_examples * self.num_epochs / self.batch_size))
 
 
-class OfflineConfig(CommonConfig):
-    """Settings of the algorithms that train on a fixed dataset (dpo, reward, sft) and can evaluate."""
+class EvalConfig(_Config):
+    """When to evaluate on the eval file, which checkpoint is the best, and when to stop early.
+
+    `EVAL_METRICS` names what an algorithm's evaluation reports (each logged as `eval/<name>`);
+    `EVAL_PREFIXES` names families of them, e.g. `rewards/` + a reward component's name.
+    """
+
+    EVAL_METRICS: ClassVar[tuple[str, ...]] = ()
+    EVAL_PREFIXES: ClassVar[tuple[str, ...]] = ()
 
     eval_every: int | None = Field(None, ge=1, le=1_000_000)
     """Evaluate on the eval file every this many steps (and always at the end)."""
+    eval_on_start: bool = False
+    """Also evaluate before the first step (TRL's eval_on_start): the base model's score, a baseline."""
+    best_metric: str | None = Field(None, min_length=1, max_length=200)
+    """Keep the checkpoint with the best value of this eval metric (TRL's metric_for_best_model), e.g.
+    eval/loss or eval/reward; the eval/ prefix may be left out."""
+    best_metric_mode: Literal["min", "max"] | None = None
+    """Whether lower (min) or higher (max) best_metric is better; default: min for a loss, else max."""
+    early_stopping_patience: int | None = Field(None, ge=1, le=10000)
+    """Stop after this many evaluations in a row without a better best_metric (needs eval_every)."""
+    early_stopping_threshold: float = Field(0.0, ge=0, le=1e6)
+    """How much best_metric must improve to count as better (as transformers' EarlyStoppingCallback)."""
+
+    @field_validator("best_metric")
+    @classmethod
+    def _emitted_at_eval(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.removeprefix("eval/")
+        known = name in cls.EVAL_METRICS or any(name.startswith(p) and name != p for p in cls.EVAL_PREFIXES)
+        if not known:
+            names = [f"eval/{m}" for m in cls.EVAL_METRICS] + [f"eval/{p}<component>" for p in cls.EVAL_PREFIXES]
+            choices = ", ".join(names)
+            raise ValueError(f"{value!r} is not a metric this algorithm reports at evaluation; choose one of {choices}")
+        return f"eval/{name}"
+
+    @field_validator("early_stopping_patience")
+    @classmethod
+    def _patience_needs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # eval_every and best_metric are declared above, so info.data holds them when they were valid
+        if value is not None and info.data.get("best_metric") is None:
+            raise ValueError("early_stopping_patience needs best_metric (the metric that must improve)")
+        if value is not None and info.data.get("eval_every") is None:
+            raise ValueError("early_stopping_patience needs eval_every (it counts evaluations during training)")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_mode(self) -> EvalConfig:
+        if self.best_metric is not None and self.best_metric_mode is None:
+            self.best_metric_mode = "min" if self.best_metric.endswith("loss") else "max"
+        return self
+
+
+class OfflineConfig(CommonConfig, EvalConfig):
+    """Settings of the algorithms that train on a fixed dataset (dpo, reward, sft) and can evaluate."""
 
 
 class DPOConfig(OfflineConfig):
+    EVAL_METRICS = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    )
+
     learning_rate: float = Field(1e-6, gt=0, le=1)
     """Peak learning rate of AdamW (DPO wants it small; ~5e-5 with LoRA)."""
     beta: float = Field(0.1, gt=0, le=100)
@@ -153,6 +214,8 @@ class DPOConfig(OfflineConfig):
 
 
 class RewardConfig(OfflineConfig):
+    EVAL_METRICS = ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")
+
     learning_rate: float = Field(1e-5, gt=0, le=1)
     """Peak learning rate of AdamW."""
     center_rewards_coefficient: float | None = Field(None, ge=0, le=100)
@@ -160,6 +223,8 @@ class RewardConfig(OfflineConfig):
 
 
 class SFTConfig(OfflineConfig):
+    EVAL_METRICS = ("loss",)
+
     learning_rate: float = Field(2e-5, gt=0, le=1)
     """Peak learning rate of AdamW."""
     completion_only_loss: bool = True
@@ -181,7 +246,32 @@ class SamplingConfig(_Config):
     """Sampler: cached (each prompt encoded once, finished rows dropped) or generate (Hugging Face generate)."""
 
 
-class GRPOConfig(CommonConfig, SamplingConfig):
+class OnlineEvalConfig(EvalConfig):
+    """How GRPO and PPO evaluate: generate for the eval file's held-out prompts and score them with the reward.
+
+    The eval metrics are the mean reward (`eval/reward`), its std over all eval completions
+    (`eval/reward_std`), each component's mean (`eval/rewards/<name>`) and the mean completion length in
+    tokens (`eval/completions/mean_length`). Generation uses its own fixed seed and leaves the training
+    random stream untouched, so a run with evaluation trains exactly as one without.
+    """
+
+    EVAL_METRICS = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio")
+    EVAL_PREFIXES = ("rewards/",)
+
+    eval_temperature: float = Field(0.0, ge=0, le=10)
+    """Sampling temperature of the eval completions; 0 is greedy decoding."""
+    eval_num_generations: int = Field(1, ge=1, le=64)
+    """Completions generated per eval prompt (OpenRLHF's n_samples_per_prompt at evaluation)."""
+
+    @field_validator("eval_num_generations")
+    @classmethod
+    def _greedy_once(cls, value: int, info: ValidationInfo) -> int:
+        if value > 1 and info.data.get("eval_temperature") == 0:
+            raise ValueError("eval_num_generations > 1 needs eval_temperature > 0: greedy completions are all the same")
+        return value
+
+
+class GRPOConfig(CommonConfig, SamplingConfig, OnlineEvalConfig):
     learning_rate: float = Field(1e-6, gt=0, le=1)
     """Peak learning rate of AdamW."""
     batch_size: int = Field(4, ge=1, le=8192)
@@ -207,7 +297,7 @@ class GRPOConfig(CommonConfig, SamplingConfig):
         return self.micro_batch * self.num_generations
 
 
-class PPOConfig(CommonConfig, SamplingConfig):
+class PPOConfig(CommonConfig, SamplingConfig, OnlineEvalConfig):
     learning_rate: float = Field(3e-6, gt=0, le=1)
     """Peak learning rate of AdamW."""
     batch_size: int = Field(8, ge=1, le=8192)
@@ -471,7 +561,39 @@ class TrainSpec(_Config):
             raise ValueError("models[0] must be the base model (the reference of the DPO implicit rewards)")
         return self
 
+    @model_validator(mode="after")
+    def _eval_file_for_best(self) -> TrainSpec:
+        best = self.hyperparameters.get("best_metric")
+        if best is not None and self.eval_file is None:
+            raise ValueError("hyperparameters.best_metric needs an eval_file (the metric is measured on it)")
+        if isinstance(best, str):
+            check_reward_metric(best, self.reward or [])
+        return self
+
 
 def parse_hyperparameters(algorithm: str, values: dict[str, Any]) -> CommonConfig | EvaluateConfig:
     """Validate `values` with the algorithm's config class (raises pydantic.ValidationError)."""
     return JOB_CONFIGS[algorithm].model_validate(values)
+
+
+def component_metric_names(components: list[Any]) -> list[str]:
+    """The metric name of each reward component (rewards/<name>): its name, else its rule or 'model';
+    a repeated name gets _2, _3, ..."""
+    names: list[str] = []
+    seen: dict[str, int] = {}
+    for component in components:
+        base = component.name or (component.rule if isinstance(component, RuleComponent) else "model")
+        seen[base] = seen.get(base, 0) + 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+def check_reward_metric(best_metric: str, components: list[Any]) -> None:
+    """A best_metric of eval/rewards/<name> must name one of the reward's components (raises ValueError)."""
+    prefix, name = "eval/rewards/", "eval/" + best_metric.removeprefix("eval/")
+    if not name.startswith(prefix):
+        return
+    names = component_metric_names(components)
+    if name.removeprefix(prefix) not in names:
+        choices = ", ".join(prefix + n for n in names) or "none (no reward components)"
+        raise ValueError(f"best_metric {best_metric!r} names no reward component; the components are {choices}")

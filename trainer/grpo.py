@@ -24,6 +24,8 @@ Where this departs from the paper:
   are gathered so advantages and metrics cover the whole batch, and losses are divided by global
   totals with gradients summed (trainer.online), so two processes compute what one would.
 - A resumed run regenerates its batch (the num_iterations reuse buffer is not checkpointed).
+
+Evaluation (eval_file + eval_every): trainer.online_eval generates for held-out prompts and scores them.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from trainer.online import (
     start_online,
     sum_gradients,
 )
+from trainer.online_eval import load_eval_prompts, online_eval_fn
 from trainer.rewards import Reward
 from trainer.run import Run
 from trainer.state import TrainState, chunks
@@ -208,4 +211,9 @@ def train(run: Run) -> None:
     )
     # the bare policy: generation needs it, and gradients are summed by sum_gradients, not DDP
     step = GRPOStep(run, model, ref_model, tokenizer, prompts, reward)
-    train_loop(run, training, step, Checkpointer(run, training, tokenizer))
+    eval_prompts = load_eval_prompts(run, tokenizer)
+    evaluate = None
+    if eval_prompts is not None:
+        evaluate = online_eval_fn(run, model, tokenizer, eval_prompts, reward, training.state)
+    checkpointer = Checkpointer(run, training, tokenizer)
+    train_loop(run, training, step, checkpointer, eval_fn=evaluate, eval_every=config.eval_every)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 from trainer.checkpoints import Checkpointer, load_training_state
+from trainer.config import EvalConfig
+from trainer.evaluation import keep_best
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.run import Run, TrainError
 from trainer.signals import Stopped, save_and_stop_requested
@@ -125,12 +127,15 @@ def train_loop(
     eval_fn: Callable[[], dict[str, float]] | None = None,
     eval_every: int | None = None,
 ) -> TrainState:
-    """Steps from state.step to total_steps, then the final evaluation and the final checkpoint."""
+    """Steps from state.step to total_steps (or early stopping), then the final evaluation and checkpoint."""
     config, events, state = run.config, run.events, training.state
     total = config.total_steps(training.n_train)
     updater = Updater(run, training)
     started, first_step = time.perf_counter(), state.step
     saved_at = state.step  # the step whose resumable checkpoint exists (the resume point; 0: none needed)
+    stopped_early = False
+    if eval_fn is not None and isinstance(config, EvalConfig) and config.eval_on_start and state.step == 0:
+        evaluate(run, training, eval_fn, checkpointer)  # the baseline; step 0 is the base model
     training.model.train()
     while state.step < total:
         if _asked_to_stop(run):
@@ -166,12 +171,14 @@ def train_loop(
         if state.step % config.logging_every == 0 or state.step == total:
             events.emit("metrics", step=state.step, values=values)
         if eval_fn is not None and eval_every and state.step % eval_every == 0 and state.step < total:
-            evaluate(run, training, eval_fn)
+            stopped_early = evaluate(run, training, eval_fn, checkpointer)
+            if stopped_early:
+                break  # trainer.evaluation: this step was just evaluated; only the final save is left
         if config.save_every and state.step % config.save_every == 0 and state.step < total:
             checkpointer.save("intermediate", state)
             saved_at = state.step
-    if eval_fn is not None:
-        evaluate(run, training, eval_fn)
+    if eval_fn is not None and not stopped_early:
+        evaluate(run, training, eval_fn, checkpointer)
     checkpointer.save("final", state)
     return state
 
@@ -186,14 +193,16 @@ def _asked_to_stop(run: Run) -> bool:
     return bool(flag.item() > 0)
 
 
-def evaluate(run: Run, training: Training, eval_fn: Callable[[], dict[str, float]]) -> None:
-    """Run `eval_fn` without gradients in eval mode; its metrics become `eval/...` ones."""
+def evaluate(run: Run, training: Training, eval_fn: Callable[[], dict[str, float]], checkpointer: Checkpointer) -> bool:
+    """Run `eval_fn` without gradients in eval mode; its metrics become `eval/...` ones. Keeps the best
+    checkpoint (trainer.evaluation) and returns True when early stopping says to end training."""
     training.model.eval()
     with torch.no_grad():
         values = {f"eval/{k}": v for k, v in eval_fn().items()}
     training.model.train()
     training.state.metrics.update(values)
     run.events.emit("metrics", step=training.state.step, values=values)
+    return keep_best(run, training.state, values, checkpointer)
 
 
 # --- the offline step: accumulate a loss over micro-batches --------------------------------------

@@ -29,6 +29,8 @@ Departures / choices:
   whitening, minibatch token counts and metrics are taken over all processes and gradients are summed
   (trainer.online), so with num_minibatches = 1 two processes compute what one would. With more
   minibatches each process shuffles its own share into them: the same estimator, another partition.
+- Evaluation (eval_file + eval_every) generates for held-out prompts and scores them (trainer.online_eval);
+  the value model plays no part in it.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from trainer.online import (
     start_online,
     sum_gradients,
 )
+from trainer.online_eval import load_eval_prompts, online_eval_fn
 from trainer.rewards import Reward
 from trainer.run import Run, TrainError
 from trainer.state import TrainState, chunks
@@ -354,4 +357,9 @@ def train(run: Run) -> None:
         return {"value": value_fn.state_dict(), "kl_coef": kl_ctl.value}
 
     step = PPOStep(run, model, value_fn, ref_model, tokenizer, prompts, reward, kl_ctl)
-    train_loop(run, training, step, Checkpointer(run, training, tokenizer, model=model, extra_state=extra_state))
+    eval_prompts = load_eval_prompts(run, tokenizer)
+    evaluate = None
+    if eval_prompts is not None:
+        evaluate = online_eval_fn(run, model, tokenizer, eval_prompts, reward, training.state)
+    checkpointer = Checkpointer(run, training, tokenizer, model=model, extra_state=extra_state)
+    train_loop(run, training, step, checkpointer, eval_fn=evaluate, eval_every=config.eval_every)

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import ModelComponent, RuleComponent, compile_rule_pattern
+from trainer.config import ModelComponent, RuleComponent, compile_rule_pattern, component_metric_names
 
 Text = str | list[dict[str, str]]
 Scorer = Callable[[Sequence[Text], Sequence[str], Sequence[dict[str, Any]]], Sequence[float]]
@@ -324,13 +324,6 @@ class Reward:
         return total, per_component
 
 
-def component_name(component: ModelComponent | RuleComponent) -> str:
-    """The metric name of a component: its explicit name, else the rule or 'model'."""
-    if component.name:
-        return component.name
-    return component.rule if isinstance(component, RuleComponent) else "model"
-
-
 def build_reward(
     components: Sequence[ModelComponent | RuleComponent],
     device: str | torch.device = "cpu",
@@ -344,11 +337,7 @@ def build_reward(
     if not components:
         raise RewardError("the reward has no components: give at least one model or rule")
     named: list[tuple[str, float, Scorer]] = []
-    seen: dict[str, int] = {}
-    for component in components:
-        base = component_name(component)
-        seen[base] = seen.get(base, 0) + 1
-        name = base if seen[base] == 1 else f"{base}_{seen[base]}"
+    for name, component in zip(component_metric_names(list(components)), components, strict=True):
         scorer: Scorer
         if isinstance(component, ModelComponent):
             scorer = ModelScorer(component.model, device=device, trust_remote_code=trust_remote_code)

@@ -25,6 +25,12 @@ class TrainState:
     """Training examples drawn so far from the seeded epoch permutations (the data position)."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Latest train metrics (and eval/ ones after an evaluation)."""
+    best_value: float | None = None
+    """Best value of best_metric so far (trainer.evaluation), None before the first evaluation."""
+    best_step: int | None = None
+    """Step of the evaluation that gave best_value."""
+    evals_since_best: int = 0
+    """Evaluations since best_value improved (early_stopping_patience counts these)."""
 
     def epoch(self, n_train: int) -> float:
         return self.consumed / max(n_train, 1)

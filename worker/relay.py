@@ -13,6 +13,8 @@ and `error` end the job through the life cycle (api/jobs/lifecycle.py).
                 (once per job/step/kind: a replayed checkpoint is not archived again) and a
                 `checkpoint` event records it.
 - log/sample -> `log` / `sample` events.
+  A checkpoint of kind "best" (trainer.evaluation) also becomes job.best_checkpoint_id, with its
+                best_metric value in job.best_metric.
 - done       -> succeeded, output_checkpoint_id = the final checkpoint.
 - stopped    -> noted (`stopped_at`): the trainer saved at a step boundary on request and stopped
                 (trainer/signals.py); the runner then pauses the job or hands it back.
@@ -255,6 +257,8 @@ class EventRelay:
 
     def _on_checkpoint(self, session: Session, job: Job, event: dict[str, Any], stored: Stored | None) -> None:
         if stored is None:  # replayed by a resumed attempt: registered already
+            if event.get("kind") == "best":
+                _mark_best(job, _checkpoint(session, job.id, int(event["step"]), "best"))
             return
         checkpoint = Checkpoint(
             tenant_id=job.tenant_id,
@@ -268,6 +272,8 @@ class EventRelay:
         )
         session.add(checkpoint)
         session.flush()
+        if checkpoint.kind == "best":
+            _mark_best(job, checkpoint)
         data = {"checkpoint_id": checkpoint.id, "step": checkpoint.step, "kind": checkpoint.kind}
         data = {**data, "bytes": stored.bytes, "sha256": stored.sha256}
         append_events(session, job, [("checkpoint", data)])
@@ -341,6 +347,20 @@ def _storable(value: Any) -> Any:
     if isinstance(value, list):
         return [_storable(v) for v in value]
     return value
+
+
+def _mark_best(job: Job, checkpoint: Checkpoint | None) -> None:
+    """Point the job at its newest best checkpoint, with the value of hyperparameters.best_metric there."""
+    if checkpoint is None:
+        return
+    hyperparameters = job.hyperparameters or {}
+    name = hyperparameters.get("best_metric")
+    value = (checkpoint.metrics or {}).get(name) if isinstance(name, str) else None
+    job.best_checkpoint_id = checkpoint.id
+    job.best_metric = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        mode = hyperparameters.get("best_metric_mode") or "max"
+        job.best_metric = {"name": name, "mode": mode, "value": float(value), "step": checkpoint.step}
 
 
 def _checkpoint(session: Session, job_id: str, step: int | None, kind: str) -> Checkpoint | None:

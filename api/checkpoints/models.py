@@ -16,7 +16,7 @@ class Checkpoint(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step: Mapped[int]
-    kind: Mapped[str] = mapped_column(String(20))  # intermediate | final
+    kind: Mapped[str] = mapped_column(String(20))  # intermediate | final | best
     bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(500))  # a .tar archive of the HF folder

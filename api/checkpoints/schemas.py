@@ -12,7 +12,9 @@ class CheckpointPublic(BaseModel):
     id: str
     job_id: str
     step: int
-    kind: Literal["intermediate", "final"]
+    kind: Literal["intermediate", "final", "best"]
+    """intermediate (resumable, every save_every steps), final (the end of the run), or best (the best
+    hyperparameters.best_metric so far; the job's best_checkpoint_id is the newest)."""
     bytes: int
     """Size of the downloadable archive (a .tar of the Hugging Face folder)."""
     sha256: str

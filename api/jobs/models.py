@@ -50,6 +50,9 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
     output_checkpoint_id: Mapped[str | None] = mapped_column(String(40))
+    # The latest checkpoint of kind "best" (trainer.evaluation) and {name, mode, value, step} of its metric.
+    best_checkpoint_id: Mapped[str | None] = mapped_column(String(40))
+    best_metric: Mapped[dict[str, Any] | None]
     # Highest event seq handed out for this job; events get seq = last_event_seq + 1.
     last_event_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -72,8 +72,8 @@ class JobCreate(RequestModel):
     """Training data; its kind must fit the algorithm (preference: dpo/reward, prompt: grpo/ppo, sft: sft;
     evaluate: preference pairs, or prompts with a reward)."""
     eval_dataset_id: SafeStr | None = Field(None, max_length=100)
-    """Held-out data of the same kind, evaluated every eval_every steps and at the end (dpo, reward and sft
-    only: grpo and ppo do not evaluate, and refuse it)."""
+    """Held-out data of the same kind, evaluated every eval_every steps and at the end (grpo and ppo generate
+    for its prompts and score them with the reward); best_metric and early stopping need it."""
     reward_model_id: SafeStr | None = Field(None, max_length=100)
     """A reward-model spec (POST /v1/reward-models) for grpo/ppo, and for evaluate on a prompt dataset."""
     reward: list[RewardComponent] | None = None
@@ -112,6 +112,15 @@ class JobError(BaseModel):
     message: str
 
 
+class BestMetric(BaseModel):
+    name: str
+    """The eval metric, e.g. eval/loss or eval/reward."""
+    mode: Literal["min", "max"]
+    """min: lower is better; max: higher is better."""
+    value: float
+    step: int
+
+
 class JobPublic(BaseModel):
     id: str
     name: str | None
@@ -141,6 +150,11 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     output_checkpoint_id: str | None
+    best_checkpoint_id: str | None = None
+    """The checkpoint (kind "best") with the best value of hyperparameters.best_metric so far; null
+    without best_metric or before the first evaluation."""
+    best_metric: BestMetric | None = None
+    """Which metric picked best_checkpoint_id, its direction, its value there and that step."""
 
     @classmethod
     def of(cls, job: Any) -> JobPublic:
@@ -169,6 +183,8 @@ class JobPublic(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             output_checkpoint_id=job.output_checkpoint_id,
+            best_checkpoint_id=job.best_checkpoint_id,
+            best_metric=BestMetric.model_validate(job.best_metric) if job.best_metric else None,
         )
 
 

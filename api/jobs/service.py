@@ -28,7 +28,14 @@ from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
 from api.models_dir import references
 from api.reward_models.models import RewardModel
-from trainer.config import DATASET_KIND, EVALUATE_KINDS, ModelComponent, RewardComponent, parse_hyperparameters
+from trainer.config import (
+    DATASET_KIND,
+    EVALUATE_KINDS,
+    ModelComponent,
+    RewardComponent,
+    check_reward_metric,
+    parse_hyperparameters,
+)
 
 ONLINE = ("grpo", "ppo")
 KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
@@ -89,12 +96,6 @@ def prepare_job(
         raise InvalidRequest("models applies to evaluate only (the candidates it scores)", param="models")
     if evaluate:
         evaluation.check_options(body)
-    if body.eval_dataset_id is not None and body.algorithm in ONLINE:
-        raise InvalidRequest(
-            f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
-            "dpo, reward and sft only",
-            param="eval_dataset_id",
-        )
     needed = EVALUATE_KINDS if evaluate else (DATASET_KIND[body.algorithm],)
     kind = _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
     if body.eval_dataset_id is not None:
@@ -102,6 +103,7 @@ def prepare_job(
     reward = _check_reward(
         session, settings, tenant_id, body, wants_reward=body.algorithm in ONLINE or kind == "prompt"
     )
+    _check_best_metric(session, body, hyperparameters)
     references.check(session, settings, tenant_id, body.base_model, "base_model")
     models = evaluation.check_models(session, settings, tenant_id, body)
     if settings.worker_gpu_memory_gb is not None and not evaluate:  # opt-in: refuse what cannot fit the workers' GPUs
@@ -194,6 +196,30 @@ def _check_reward(
         raise InvalidRequest(f"{what} needs a reward: give reward_model_id or inline reward components", param="reward")
     check_components(session, settings, tenant_id, body.reward, "reward")
     return [c.model_dump(mode="json", exclude_none=True) for c in body.reward]
+
+
+def _check_best_metric(session: Session, body: JobCreate, hyperparameters: dict[str, Any]) -> None:
+    """best_metric is measured on the eval set, and eval/rewards/<name> must name a reward component."""
+    best = hyperparameters.get("best_metric")
+    if best is None:
+        return
+    if body.eval_dataset_id is None:
+        raise InvalidRequest(
+            f"best_metric {best!r} is measured on held-out data: give eval_dataset_id (or drop best_metric "
+            "and early_stopping_patience)",
+            param="hyperparameters.best_metric",
+        )
+    if body.reward is not None:
+        components: list[Any] = list(body.reward)
+    elif body.reward_model_id is not None:
+        stored = session.get(RewardModel, body.reward_model_id)
+        components = parse_components(stored.components if stored is not None else [], "reward")
+    else:
+        return
+    try:
+        check_reward_metric(best, components)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="hyperparameters.best_metric") from exc
 
 
 def check_components(session: Session, settings: Settings, tenant_id: str, components: list[Any], param: str) -> None:

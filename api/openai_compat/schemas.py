@@ -69,7 +69,7 @@ class ReinforcementHyperparameters(SupervisedHyperparameters):
     compute_multiplier: Annotated[Auto | float, _auto_or_number(False, 0, 1e6, above=True)] | None = None
     """Only "auto" (alignd samples num_generations completions per prompt, default 8)."""
     eval_interval: Annotated[Auto | int, _auto_or_number(True, 1, 1_000_000)] | None = None
-    """Only "auto": alignd's grpo does not evaluate during training yet."""
+    """Steps between evaluations on the validation file (alignd's eval_every); "auto": only at the end."""
     eval_samples: Annotated[Auto | int, _auto_or_number(True, 1, 1_000_000)] | None = None
     """Only "auto" (an evaluation scores one completion per validation prompt)."""
     reasoning_effort: Literal["default", "low", "medium", "high"] | None = None

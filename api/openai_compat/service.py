@@ -61,7 +61,7 @@ STATUS = {
     "pausing": "running",
     "paused": "paused",
 }
-OURS = {"n_epochs": "num_epochs", "batch_size": "batch_size", "beta": "beta"}
+OURS = {"n_epochs": "num_epochs", "batch_size": "batch_size", "beta": "beta", "eval_interval": "eval_every"}
 THEIRS = {v: k for k, v in OURS.items()} | {"learning_rate": "learning_rate_multiplier"}
 
 
@@ -166,7 +166,7 @@ def _hyperparameters(algorithm: str, given: SupervisedHyperparameters | None, pr
             out["learning_rate"] = float(f"{value * default:.12g}")
         elif theirs in OURS:
             out[OURS[theirs]] = value
-        else:  # compute_multiplier, eval_interval (grpo does not evaluate yet), eval_samples, reasoning_effort
+        else:  # compute_multiplier, eval_samples, reasoning_effort
             assert isinstance(given, ReinforcementHyperparameters)
             raise Unsupported(
                 f"{theirs} {value!r} is not supported: only 'auto'"
@@ -241,7 +241,9 @@ def job_view(job: Job) -> FineTuningJob:
     else:
         out.reinforcement = ReinforcementMethodOut(
             grader=graders.grader_view(job.reward, job.reward_model_id),
-            hyperparameters=ReinforcementHyperparametersOut(**common.model_dump(), eval_interval="auto"),
+            hyperparameters=ReinforcementHyperparametersOut(
+                **common.model_dump(), eval_interval=hp.get("eval_every") or "auto"
+            ),
         )
     progress = job.progress or {}
     eta = progress.get("eta_seconds")

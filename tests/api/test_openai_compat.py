@@ -303,13 +303,13 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
         "reference": "{{item.answer}}",
         "operation": "eq",
     }
-    with pytest.raises(openai.BadRequestError, match="eval_interval"):  # grpo does not evaluate during training yet
+    with pytest.raises(openai.BadRequestError, match="eval_samples"):  # one completion per validation prompt
         oai.fine_tuning.jobs.create(
             model=HUB_MODEL,
             training_file=file.id,
             method={
                 "type": "reinforcement",
-                "reinforcement": {"grader": grader, "hyperparameters": {"batch_size": 2, "eval_interval": 5}},
+                "reinforcement": {"grader": grader, "hyperparameters": {"batch_size": 2, "eval_samples": 5}},
             },
         )
     job = oai.fine_tuning.jobs.create(
@@ -342,7 +342,7 @@ def test_a_reinforcement_job_maps_string_check_and_multi_graders_onto_reward_rul
             "length_mode": "target",
         }
     ]
-    assert "eval_every" not in native["hyperparameters"] and native["hyperparameters"]["batch_size"] == 2
+    assert native["hyperparameters"]["eval_every"] is None and native["hyperparameters"]["batch_size"] == 2
     work(job.id).join(60)
     assert oai.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
 
@@ -649,3 +649,22 @@ def test_native_jobs_show_through_the_openai_view_unless_their_algorithm_has_no_
     assert rl.method is not None and rl.method.reinforcement is not None
     rule = rl.method.reinforcement.grader
     assert isinstance(rule, PythonGrader) and rule.source.startswith("# alignd rule") and "exact_match" in rule.source
+
+
+def test_a_reinforcement_job_with_a_validation_file_evaluates_every_eval_interval_steps(
+    oai: openai.OpenAI, client, tenant: TenantKey
+) -> None:
+    file = upload(oai, "gsm8k-rft.jsonl", rft_rows(6))
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}"}
+    grader |= {"reference": "{{item.answer}}", "operation": "eq"}
+    job = oai.fine_tuning.jobs.create(
+        model=HUB_MODEL,
+        training_file=file.id,
+        validation_file=file.id,
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {"eval_interval": 5}}},
+    )
+    assert job.method is not None and job.method.reinforcement is not None
+    assert job.method.reinforcement.hyperparameters is not None
+    assert job.method.reinforcement.hyperparameters.eval_interval == 5
+    native = client.get(f"/v1/jobs/{job.id}", headers=tenant.headers).json()
+    assert (native["eval_dataset_id"], native["hyperparameters"]["eval_every"]) == (file.id, 5)

@@ -366,23 +366,7 @@ def test_nul_characters_in_the_dataset_name_or_file_name_are_422_and_store_nothi
     assert client.get("/v1/datasets", headers=auth).json()["data"] == []
 
 
-# ---- issue 8: eval data where it is ignored; the error shape in the schema ----------------------
-
-
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_an_eval_dataset_for_grpo_or_ppo_is_422_because_they_do_not_evaluate(
-    client: TestClient, auth: dict[str, str], session: Session, model: str, prompts: str, algorithm: str
-) -> None:
-    body = {
-        "algorithm": algorithm,
-        "base_model": model,
-        "dataset_id": prompts,
-        "eval_dataset_id": prompts,
-        "reward": [{"type": "rule", "rule": "exact_match"}],
-    }
-    error = assert_error(client.post("/v1/jobs", headers=auth, json=body), 422, "invalid_request", "eval_dataset_id")
-    assert f"{algorithm} does not evaluate" in error["message"]
-    assert_no_job_and_lists_work(client, auth, session)
+# ---- the error shape in the schema (grpo/ppo eval sets: tests/api/test_best_checkpoints.py) ---------
 
 
 def test_the_openapi_schema_gives_every_error_response_the_error_shape(client: TestClient) -> None:

@@ -205,12 +205,6 @@ def test_grpo_reward_with_a_missing_model_or_column_fails_with_a_reward_error(
     assert "column 'solution'" in events[-1]["message"]
 
 
-def test_grpo_refuses_eval_every_which_it_would_ignore(tmp_path: Path, tiny: Path, prompts: Path) -> None:
-    code, events, _ = run_trainer(tmp_path, grpo_spec(tiny, prompts, eval_every=2))
-    assert code == 1 and events[-1]["code"] == "invalid_hyperparameters"
-    assert "hyperparameters.eval_every" in events[-1]["message"]
-
-
 def test_grpo_rejects_fewer_than_two_generations(tmp_path: Path, tiny: Path, prompts: Path) -> None:
     code, events, _ = run_trainer(tmp_path, grpo_spec(tiny, prompts, num_generations=1))
     assert code == 1 and events[-1]["code"] in ("invalid_spec", "invalid_hyperparameters")

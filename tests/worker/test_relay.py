@@ -14,8 +14,9 @@ from api.core.storage import Storage
 from api.jobs.events import lock_job
 from api.jobs.lifecycle import expire_lease
 from api.jobs.models import JobEvent
+from api.jobs.schemas import JobPublic
 from tests.conftest import TenantKey
-from tests.worker.conftest import add_dataset, add_job, job_row
+from tests.worker.conftest import add_dataset, add_job, checkpoints_of, job_row
 from worker.relay import EventRelay
 from worker.runner import claim
 
@@ -86,3 +87,59 @@ def test_sample_events_replayed_by_a_resumed_attempt_are_stored_once(
         (1, "p0", "c1"), (1, "p1", "c1"), (2, "p0", "c1"), (2, "p1", "c1"),
         (3, "p0", "c1"), (3, "p1", "c2"), (4, "p0", "c2"), (4, "p1", "c2"),
     ]  # fmt: skip
+
+
+def _checkpoint_event(tmp_path: Path, step: int, kind: str, metrics: dict[str, float]) -> dict[str, object]:
+    folder = tmp_path / f"{kind}-{step}"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"step": step}))
+    return {"type": "checkpoint", "step": step, "kind": kind, "path": str(folder), "metrics": metrics}
+
+
+def test_the_relay_points_the_job_at_its_newest_best_checkpoint_with_the_metric_value_and_keeps_it_on_replay(
+    db: sessionmaker[Session], storage: Storage, worker_settings: Settings, tenant: TenantKey, tmp_path: Path
+) -> None:
+    with db() as session:
+        dataset = add_dataset(session, storage, tenant.id)
+        hyper = {"eval_every": 2, "best_metric": "eval/loss", "best_metric_mode": "min"}
+        job_id = add_job(session, tenant.id, dataset.id, "tiny", hyperparameters=hyper).id
+    first = claim(db, job_id, "w1", worker_settings)
+    assert first is not None
+    first.workdir.mkdir(parents=True)  # the runner makes it; checkpoints are archived there
+    events = tmp_path / "attempt-1.jsonl"
+    losses = {2: 0.9, 4: 0.7, 6: 0.8}  # the trainer wrote best checkpoints at steps 2 and 4, not 6
+    lines: list[dict[str, object]] = []
+    for step, loss in losses.items():
+        lines.append({"type": "metrics", "step": step, "values": {"eval/loss": loss}})
+        if loss == min(v for s, v in losses.items() if s <= step):
+            lines.append(_checkpoint_event(tmp_path, step, "best", {"loss": 1.0, "eval/loss": loss}))
+    lines.append(_checkpoint_event(tmp_path, 4, "intermediate", {"eval/loss": 0.7}))
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    EventRelay(first, db, storage, events, batch_size=2).pump()
+
+    rows = {(c.step, c.kind): c.id for c in checkpoints_of(db, job_id)}
+    assert set(rows) == {(2, "best"), (4, "best"), (4, "intermediate")}
+    job = job_row(db, job_id)
+    assert job.best_checkpoint_id == rows[(4, "best")]
+    assert job.best_metric == {"name": "eval/loss", "mode": "min", "value": 0.7, "step": 4}
+
+    # A resumed attempt (from step 4) replays the evaluation of step 6 and then finishes: the best stays.
+    with db() as session, session.begin():
+        assert expire_lease(session, lock_job(session, job_id)) == "queued"
+    second = claim(db, job_id, "w2", worker_settings)
+    assert second is not None
+    second.workdir.mkdir(parents=True)
+    events = tmp_path / "attempt-2.jsonl"
+    (tmp_path / "again").mkdir()
+    replay = [_checkpoint_event(tmp_path / "again", 4, "best", {"eval/loss": 0.7})]
+    replay += [_checkpoint_event(tmp_path, 6, "final", {"eval/loss": 0.8}), {"type": "done"}]
+    events.write_text("".join(json.dumps(line) + "\n" for line in replay))
+    EventRelay(second, db, storage, events, batch_size=10).pump()
+
+    job = job_row(db, job_id)
+    assert job.status == "succeeded"
+    assert job.output_checkpoint_id == {(c.step, c.kind): c.id for c in checkpoints_of(db, job_id)}[(6, "final")]
+    assert job.best_checkpoint_id == rows[(4, "best")]
+    public = JobPublic.of(job)
+    assert public.best_checkpoint_id == rows[(4, "best")]
+    assert public.best_metric is not None and (public.best_metric.value, public.best_metric.step) == (0.7, 4)

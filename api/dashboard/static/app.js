@@ -341,7 +341,7 @@ async function jobPage(id) {
     else if (ev.data.type === "status") text = d.status + (d.message ? ` — ${d.message}` : "") + (d.error ? ` — ${d.error.code}: ${d.error.message}` : "");
     else if (ev.data.type === "log") text = d.message;
     else if (ev.data.type === "checkpoint") text = `step ${d.step} ${d.kind || ""} ${d.checkpoint_id || ""}`;
-    else if (ev.data.type === "sample") text = `step ${d.step}: reward ${num(d.reward)}`;
+    else if (ev.data.type === "sample") text = `step ${d.step}${d.split === "eval" ? " (eval)" : ""}: reward ${num(d.reward)}`;
     else text = JSON.stringify(d);
     logBody.prepend(h("tr", { "data-type": ev.data.type }, h("td", { class: "mono" }, ev.data.seq), h("td", {}, when(ev.data.created_at)), h("td", {}, ev.data.type), h("td", { class: "wrap" }, text)));
     if (++logRows > MAX_LOG) logBody.lastChild.remove();
@@ -351,7 +351,8 @@ async function jobPage(id) {
     const parts = Object.entries(d.rewards || {}).map(([k, v]) => h("div", { class: "muted" }, `${k}: ${num(v)}`));
     const prompt = typeof d.prompt === "string" ? d.prompt : JSON.stringify(d.prompt);
     const completion = typeof d.completion === "string" ? d.completion : JSON.stringify(d.completion);
-    samplesBody.prepend(h("tr", { class: "sample" }, h("td", {}, d.step), h("td", { class: "wrap text" }, prompt), h("td", { class: "wrap text" }, completion), h("td", {}, h("strong", {}, num(d.reward)), ...parts)));
+    const evalMark = d.split === "eval" ? [" ", h("span", { class: "badge", title: "held-out eval prompt" }, "eval")] : [];
+    samplesBody.prepend(h("tr", { class: d.split === "eval" ? "sample eval" : "sample" }, h("td", {}, d.step, ...evalMark), h("td", { class: "wrap text" }, prompt), h("td", { class: "wrap text" }, completion), h("td", {}, h("strong", {}, num(d.reward)), ...parts)));
     if (samplesBody.children.length > MAX_SAMPLES) samplesBody.lastChild.remove();
   }
 
