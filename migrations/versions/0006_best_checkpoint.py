@@ -1,8 +1,8 @@
 """jobs.best_checkpoint_id and jobs.best_metric: the checkpoint of kind "best" that the trainer keeps by
 hyperparameters.best_metric, and {name, mode, value, step} of that metric there (issue 11).
 
-Revision ID: 0006_best
-Revises: 0008
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-26 12:00:00
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0006_best"
-down_revision: str | None = "0008"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

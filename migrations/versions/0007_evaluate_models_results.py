@@ -2,7 +2,7 @@
 jobs.results (each evaluated model's metrics, written by the relay).
 
 Revision ID: 0007
-Revises: 0008 (main's head when this branch merged it; the integrator re-chains)
+Revises: 0006
 Create Date: 2026-11-26 12:00:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
 revision: str = "0007"
-down_revision: str | None = "0008"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """pipelines and pipeline_stages: stages (each a job request) whose inputs may name an earlier stage's
 output; a stage's job is created once its inputs have succeeded.
 
-Revision ID: 0008
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26 11:50:00
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-revision: str = "0008"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
