@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import ALIGND, alignd, clean_environment
 from tests.services import free_port
+from tests.tiny import build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,6 +48,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (model / "config.json").write_text('{"model_type": "fake"}')
     env = {**clean_environment(), "PYTHONUNBUFFERED": "1", "FAKE_STEP_SECONDS": "0.25"}
     alignd("models", "add", "tiny", str(model), "--data-dir", str(data_dir), env=env)
+    chat = base / "tiny-chat"  # a real tokenizer with a chat template, for the rendered dataset preview
+    build_tiny_tokenizer(chat)
+    (chat / "config.json").write_text('{"model_type": "llama"}')
+    alignd("models", "add", "tiny-chat", str(chat), "--data-dir", str(data_dir), env=env)
     key = alignd("keys", "create", "--tenant", "acme", "--data-dir", str(data_dir), env=env).strip().splitlines()[-1]
     other = alignd("keys", "create", "--tenant", "rival", "--data-dir", str(data_dir), env=env)
     other_key = other.strip().splitlines()[-1]
