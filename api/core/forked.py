@@ -13,6 +13,7 @@ once per API process. Both limits are shared by every kind of child, since they 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable
 from functools import cache
 from multiprocessing.connection import Connection
@@ -69,21 +70,28 @@ async def _in_child(
             await run_sync(process.start)
             writer.close()
             await anyio.wait_readable(reader.fileno())
-        try:
-            outcome: Outcome = reader.recv()
-        except EOFError:
-            outcome = ("error", f"it exited without an answer (exit code {process.exitcode})")
-        return outcome
+            # An answer larger than the pipe's buffer arrives in pieces, and the event loop may have left
+            # the descriptor non-blocking (uvloop does): read the whole message blocking, in a thread.
+            os.set_blocking(reader.fileno(), True)
+            return await run_sync(_receive, reader, process, abandon_on_cancel=True)
     except TimeoutError:
         raise timeout(settings.score_timeout_seconds) from None
     finally:
+        if process.pid is not None and process.is_alive():
+            process.kill()  # past its deadline, or the client went away (an abandoned read then ends)
         reader.close()
         writer.close()
         if process.pid is not None:
-            if process.is_alive():
-                process.kill()  # past its deadline, or the client went away
             with anyio.CancelScope(shield=True):
                 await run_sync(process.join)
+
+
+def _receive(reader: Connection, process: Any) -> Outcome:
+    try:
+        outcome: Outcome = reader.recv()
+    except EOFError:
+        outcome = ("error", f"it exited without an answer (exit code {process.exitcode})")
+    return outcome
 
 
 @cache

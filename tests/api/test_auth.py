@@ -24,6 +24,7 @@ V1_ROUTES = [
     ("GET", "/v1/datasets/ds_x"),
     ("GET", "/v1/datasets/ds_x/rows"),
     ("GET", "/v1/datasets/ds_x/examples"),
+    ("GET", "/v1/datasets/ds_x/preview"),
     ("DELETE", "/v1/datasets/ds_x"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),

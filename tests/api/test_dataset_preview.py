@@ -24,6 +24,7 @@ from api.core.settings import Settings
 from api.core.storage import get_storage
 from api.jobs.models import Job
 from tests.api.helpers import assert_error, upload_ok
+from tests.api.test_scoring import Server, server  # noqa: F401  (the real-server fixture)
 from tests.conftest import TenantKey
 from tests.tiny import build_tiny_tokenizer
 
@@ -240,3 +241,31 @@ def test_a_chat_template_that_never_ends_is_stopped_at_the_deadline_with_a_504(
         assert seconds < 15, seconds
         assert not _renderers(), "the rendering process outlived its deadline"
         assert preview(client, auth, dataset, model=chat_model).status_code == 200  # its slot is free again
+
+
+def test_an_answer_larger_than_a_pipe_buffer_comes_back_whole_from_a_real_server(
+    server: Server,  # noqa: F811
+    tenant: TenantKey,
+    chat_model: str,
+) -> None:
+    # uvicorn's loop (uvloop) leaves the pipe non-blocking: a 1.2 MB answer arrives in many pieces.
+    client = server()
+    long = [
+        {
+            "prompt": [{"role": "user", "content": f"{i} " + "tell me more " * 2000}],
+            "chosen": [{"role": "assistant", "content": "yes " * 6000}],
+            "rejected": [{"role": "assistant", "content": "no " * 6000}],
+        }
+        for i in range(20)
+    ]
+    dataset = client.post("/v1/datasets", headers=tenant.headers, files={"file": ("long.jsonl", jsonl(long))})
+    assert dataset.status_code == 201, dataset.text
+    resp = client.get(
+        f"/v1/datasets/{dataset.json()['id']}/preview",
+        headers=tenant.headers,
+        params={"model": chat_model, "limit": 20, "max_length": 65536, "max_prompt_length": 32768},
+    )
+    assert resp.status_code == 200, resp.text
+    rows = resp.json()["data"]
+    assert len(rows) == 20 and rows[19]["prompt"].startswith("<|im_start|>user\n19 tell me more")
+    assert rows[19]["tokens"]["chosen"] == len("yes " * 6000) + 2

@@ -163,7 +163,9 @@ def test_the_dataset_page_renders_conversations_with_the_chosen_models_chat_temp
     page.fill("input[name=model]", "tiny-chat")
     page.locator("input[name=model]").dispatch_event("change")
     first = page.locator('#rows article[data-row="0"]')
-    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"])
+    # Each preview forks a child that loads the tokenizer: a few seconds when the machine is busy.
+    rendered = 30_000
+    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"], timeout=rendered)
     expect(first.locator("pre.rendered").first).to_contain_text("<|im_start|>user")
     expect(first.locator("pre.rendered").first).to_contain_text("<|im_start|>assistant")
     expect(first.locator(".row-summary")).to_contain_text("chat template applied")
@@ -172,18 +174,20 @@ def test_the_dataset_page_renders_conversations_with_the_chosen_models_chat_temp
     expect(first.locator(".row-summary .badge")).to_have_count(1)
     page.fill("input[name=max_length]", "8192")
     page.locator("input[name=max_length]").dispatch_event("change")
-    expect(first.locator(".row-summary .badge")).to_have_count(0)
+    expect(first.locator(".row-summary .badge")).to_have_count(0, timeout=rendered)
     page.fill("input[name=max_length]", "64")
     page.locator("input[name=max_length]").dispatch_event("change")
     expect(first.locator(".row-summary .badge")).to_have_text(
-        ["prompt cut to max_prompt_length", "completion cut to fit max_length"]
+        ["prompt cut to max_prompt_length", "completion cut to fit max_length"], timeout=rendered
     )
     page.fill("input[name=max_length]", "")
     page.locator("input[name=max_length]").dispatch_event("change")
     page.get_by_role("button", name="Next →").click()
-    expect(page.locator('#rows article[data-row="5"] pre.rendered').first).to_contain_text("<|im_start|>")
+    expect(page.locator('#rows article[data-row="5"] pre.rendered').first).to_contain_text(
+        "<|im_start|>", timeout=rendered
+    )
     page.get_by_role("button", name="← Previous").click()
-    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"])
+    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"], timeout=rendered)
     no_horizontal_scroll(page)
     screenshot(page, "dashboard-dataset-rendered.png", tmp_path)
 

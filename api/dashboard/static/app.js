@@ -617,9 +617,11 @@ async function datasetPage(id) {
     .then((list) => models.append(...list.data.map((m) => h("option", { value: m.id }))))
     .catch(() => {});
   let offset = 0;
+  let latest = 0;
   const LIMIT = 5;
   async function load() {
     modelBox.hidden = mode.value !== "rendered";
+    const ticket = ++latest; // a slower, older answer must not replace a newer one
     try {
       let page;
       if (mode.value === "rendered") {
@@ -633,13 +635,14 @@ async function datasetPage(id) {
         const endpoint = mode.value === "examples" ? "examples" : "rows";
         page = await api(`/v1/datasets/${id}/${endpoint}?offset=${offset}&limit=${LIMIT}`);
       }
+      if (ticket !== latest) return;
       const body = (row) => (mode.value === "raw" ? h("pre", {}, JSON.stringify(row, null, 2)) : mode.value === "rendered" ? renderedView(row) : rowView(row));
       clear(rowsBox).append(...page.data.map((row, i) => h("article", { class: "card row-card", "data-row": offset + i }, h("div", { class: "muted" }, `row ${offset + i + 1}`), body(row))));
       info.textContent = `rows ${offset + 1}–${offset + page.data.length} of ${dataset.rows}`;
       prev.disabled = offset === 0;
       next.disabled = !page.has_more;
     } catch (err) {
-      clear(rowsBox).append(errorBox(err));
+      if (ticket === latest) clear(rowsBox).append(errorBox(err));
     }
   }
   prev.onclick = () => {
