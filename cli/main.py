@@ -1,5 +1,5 @@
 """The `alignd` app: serve, worker and migrate here; `keys` and `models` in their own modules; `datasets`,
-`jobs` and `checkpoints` talk to a running server through the client (cli/remote.py).
+`jobs`, `pipelines` and `checkpoints` talk to a running server through the client (cli/remote.py).
 
 Every command takes --data-dir (cli/data_dir.py).
 """
@@ -18,6 +18,7 @@ from cli.datasets import datasets_app
 from cli.jobs import jobs_app
 from cli.keys import keys_app
 from cli.models import models_app
+from cli.pipelines import pipelines_app
 from cli.plan import plan_command
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("plan")(plan_command)
 # Commands for a running server (through client/, over HTTP; --url/--api-key or ALIGND_URL/ALIGND_API_KEY):
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(pipelines_app, name="pipelines")
 app.add_typer(checkpoints_app, name="checkpoints")
 
 

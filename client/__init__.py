@@ -3,7 +3,7 @@
     from client import Client
     alignd = Client()          # ALIGND_URL / ALIGND_API_KEY, or Client(base_url, api_key=...)
 
-Resources: `alignd.datasets`, `alignd.reward_models`, `alignd.jobs`, `alignd.checkpoints`.
+Resources: `alignd.datasets`, `alignd.reward_models`, `alignd.jobs`, `alignd.pipelines`, `alignd.checkpoints`.
 Errors: one tree under `AlignError` (client/errors.py).
 """
 
@@ -40,6 +40,8 @@ from client.types import (
     Job,
     JobError,
     Metrics,
+    Pipeline,
+    PipelineStage,
     Progress,
     RewardModel,
     Scores,
@@ -71,6 +73,8 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "Pipeline",
+    "PipelineStage",
     "Progress",
     "RangeNotSatisfiableError",
     "RateLimitError",

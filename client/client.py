@@ -11,6 +11,7 @@ from client.checkpoints import Checkpoints
 from client.datasets import Datasets
 from client.errors import AlignError
 from client.jobs import Jobs
+from client.pipelines import Pipelines
 from client.reward_models import RewardModels
 from client.settings import ClientSettings
 from client.transport import RetryPolicy, Transport
@@ -55,6 +56,7 @@ class Client:
         self.datasets = Datasets(self._transport)
         self.reward_models = RewardModels(self._transport)
         self.jobs = Jobs(self._transport)
+        self.pipelines = Pipelines(self._transport)
         self.checkpoints = Checkpoints(self._transport)
 
     def ready(self) -> bool:

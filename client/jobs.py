@@ -30,6 +30,7 @@ class Jobs:
         algorithm: str,
         base_model: str,
         dataset_id: str,
+        models: builtins.list[str] | None = None,
         eval_dataset_id: str | None = None,
         reward_model_id: str | None = None,
         reward: list[dict[str, Any]] | None = None,
@@ -41,10 +42,14 @@ class Jobs:
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a job. An Idempotency-Key (a fresh uuid4 unless given) makes the retries safe: the
-        server answers a repeated key with the job the first request created."""
+        server answers a repeated key with the job the first request created.
+
+        `algorithm="evaluate"` scores `base_model` and the candidate `models` (MODEL_REFs) on the dataset
+        and trains nothing; `job.results` then maps each model to its metrics."""
         body = {
             "algorithm": algorithm,
             "base_model": base_model,
+            "models": models,
             "dataset_id": dataset_id,
             "eval_dataset_id": eval_dataset_id,
             "reward_model_id": reward_model_id,
@@ -73,6 +78,16 @@ class Jobs:
     def cancel(self, job_id: str) -> Job:
         """Cancel (idempotent): queued -> cancelled, running -> cancelling; ConflictError once finished."""
         return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/cancel", idempotent=True))
+
+    def pause(self, job_id: str) -> Job:
+        """Pause (idempotent): queued -> paused, running -> pausing -> paused (saved at the next step
+        boundary, the worker freed); ConflictError (job_not_pausable) once cancelling or finished."""
+        return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/pause", idempotent=True))
+
+    def resume(self, job_id: str) -> Job:
+        """Resume (idempotent): paused -> queued, continuing from its latest checkpoint on any worker;
+        ConflictError (job_not_resumable) while it is still pausing, or once cancelling or finished."""
+        return Job.model_validate(self._t.json("POST", f"/v1/jobs/{job_id}/resume", idempotent=True))
 
     def events(self, job_id: str, *, after: int = 0, page_size: int = 500) -> Iterator[Event]:
         """The events recorded so far with seq > `after`, in order (paged by seq)."""

@@ -86,18 +86,50 @@ class Job(APIObject):
     eval_dataset_id: str | None = None
     reward_model_id: str | None = None
     reward: list[dict[str, Any]] | None = None
+    models: list[str] | None = None
+    """evaluate: the candidates scored after base_model."""
     hyperparameters: dict[str, Any]
     lora: dict[str, Any] | None = None
     seed: int | None = None
     metadata: dict[str, Any] | None = None
     progress: Progress = Progress()
     metrics: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] | None = None
+    """evaluate: each scored model's MODEL_REF -> its eval/... metrics."""
     attempt: int = 0
     error: JobError | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
     output_checkpoint_id: str | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class PipelineStage(APIObject):
+    name: str
+    algorithm: str
+    status: str
+    """pending (waiting for its inputs), skipped (it will not run: see `reason`), or its job's status."""
+    job_id: str | None = None
+    depends_on: list[str] = []
+    reason: str | None = None
+
+
+class Pipeline(APIObject):
+    id: str
+    name: str | None = None
+    status: str
+    """running, cancelling, succeeded, failed or cancelled."""
+    metadata: dict[str, Any] | None = None
+    stages: list[PipelineStage]
+    error: JobError | None = None
+    output_checkpoint_id: str | None = None
+    """The last stage's output checkpoint, once the pipeline succeeded."""
+    created_at: datetime
+    finished_at: datetime | None = None
 
     @property
     def is_final(self) -> bool:

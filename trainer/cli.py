@@ -1,6 +1,7 @@
 """`python -m trainer run SPEC.json --output DIR [--resume CHECKPOINT_DIR] [--events FILE]` (DESIGN §7).
 
-Exit codes: 0 after a `done` event, 1 after an `error` event, 143 on SIGTERM (nothing more is saved).
+Exit codes: 0 after a `done` event, 1 after an `error` event, 143 on SIGTERM (nothing more is saved),
+75 after a `stopped` event (SIGUSR1: saved at a step boundary and stopped; trainer/signals.py).
 Every failure the user can fix ends in an `error` event whose message says what to change.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from trainer.config import DATASET_KIND, TrainSpec
+from trainer.config import DATASET_KIND, EvaluateConfig, TrainSpec
 
 # algorithm -> module with a `train(run)` function
 ALGORITHMS = {
@@ -41,9 +42,17 @@ def run_command(spec_path: str, output: str, resume: str | None, events_path: st
     from trainer.events import Events
     from trainer.models import ModelLoadError
     from trainer.run import Run, TrainError, make_accelerator
-    from trainer.signals import Terminated, install_sigterm_handler
+    from trainer.signals import (
+        STOPPED_EXIT_CODE,
+        Stopped,
+        Terminated,
+        clear_save_and_stop,
+        install_save_and_stop_handler,
+        install_sigterm_handler,
+    )
 
     install_sigterm_handler()
+    install_save_and_stop_handler()
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -60,6 +69,20 @@ def run_command(spec_path: str, output: str, resume: str | None, events_path: st
             config = spec.config()
         except ValidationError as exc:
             raise TrainError("invalid_hyperparameters", _validation_message(exc, "hyperparameters")) from exc
+        if isinstance(config, EvaluateConfig):  # scores models; no Run, no checkpoint
+            from trainer.evaluate import evaluate
+
+            if accelerator.num_processes > 1:
+                raise TrainError(
+                    "unsupported_configuration", "evaluate runs on one process; start it without accelerate launch"
+                )
+
+            events.log(
+                f"evaluate on {spec.train_file}, {accelerator.num_processes} process(es) on {accelerator.device.type}"
+            )
+            evaluate(spec, config, events, accelerator.device)
+            events.emit("done")
+            return 0
         if resume is not None and not Path(resume).is_dir():
             raise TrainError("invalid_resume", f"--resume {resume}: no such checkpoint folder")
         run = Run(
@@ -82,6 +105,11 @@ def run_command(spec_path: str, output: str, resume: str | None, events_path: st
     except Terminated:
         events.log("terminated by SIGTERM; nothing more saved", level="warning")
         return 143
+    except Stopped as stop:
+        saved = f"saved {stop.checkpoint}" if stop.checkpoint else "its latest checkpoint is already saved"
+        events.log(f"stopped on request at step {stop.step}; {saved}; --resume continues from it")
+        events.emit("stopped", step=stop.step, checkpoint=stop.checkpoint)
+        return STOPPED_EXIT_CODE
     except TrainError as exc:
         events.emit("error", code=exc.code, message=exc.message)
     except ModelLoadError as exc:
@@ -104,6 +132,7 @@ def run_command(spec_path: str, output: str, resume: str | None, events_path: st
             events.emit("error", code="internal_error", message=f"{type(exc).__name__}: {exc}")
     finally:
         events.close()
+        clear_save_and_stop()
     return 1
 
 

@@ -24,6 +24,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Algorithm = Literal["dpo", "reward", "sft", "grpo", "ppo"]
+"""The training algorithms."""
+JobAlgorithm = Literal[Algorithm, "evaluate"]
+"""What a job runs: a training algorithm, or `evaluate` (scores models on a dataset, trains nothing)."""
 
 # The dataset kind each algorithm trains on (see trainer.formats).
 DATASET_KIND: dict[str, str] = {
@@ -33,6 +36,8 @@ DATASET_KIND: dict[str, str] = {
     "grpo": "prompt",
     "ppo": "prompt",
 }
+EVALUATE_KINDS = ("preference", "prompt")
+"""`evaluate` scores preference pairs (no reward) or completions of prompts (with a reward)."""
 
 
 def _no_nul(value: str) -> str:
@@ -172,6 +177,8 @@ class SamplingConfig(_Config):
     """Sampling temperature."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus-sampling mass."""
+    generation_engine: Literal["cached", "generate"] = "cached"
+    """Sampler: cached (each prompt encoded once, finished rows dropped) or generate (Hugging Face generate)."""
 
 
 class GRPOConfig(CommonConfig, SamplingConfig):
@@ -286,6 +293,44 @@ class LoraConfig(_Config):
         return value
 
 
+class EvaluateConfig(SamplingConfig):
+    """Settings of an `evaluate` job (trainer.evaluate): how much data, how it is batched and, for
+    prompt datasets, how completions are generated (the generation names are GRPO's)."""
+
+    max_samples: int = Field(200, ge=1, le=10000)
+    """Rows of the dataset evaluated (the first ones in file order)."""
+    batch_size: int = Field(8, ge=1, le=1024)
+    """Pairs or prompts per forward pass / generate call (memory, not results)."""
+    max_length: int = Field(1024, ge=8, le=131072)
+    """Longest tokenized sequence (prompt + completion); completions are cut from the right."""
+    max_prompt_length: int = Field(512, ge=1, le=131072)
+    """Longest tokenized prompt; prompts are cut from the left so the end of the prompt survives."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision: auto uses bf16 on a GPU that supports it, else fp32."""
+    beta: float = Field(0.1, gt=0, le=100)
+    """Scale of the DPO implicit reward beta * (log pi - log pi_ref) of preference pairs (set it to the DPO job's)."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """DPO loss reported as eval/loss for causal models (ipo also length-normalises the implicit rewards)."""
+    num_generations: int = Field(1, ge=1, le=64)
+    """Completions generated per prompt (prompt datasets)."""
+    do_sample: bool = True
+    """Sample completions (temperature, top_p); false decodes greedily and needs num_generations 1."""
+    samples_per_model: int = Field(3, ge=0, le=32)
+    """`sample` events (prompt, completion, reward) emitted per model (prompt datasets)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        if not self.do_sample and self.num_generations > 1:
+            raise ValueError("greedy decoding (do_sample false) gives one completion per prompt: set num_generations 1")
+        return self
+
+
+JOB_CONFIGS: dict[str, type[CommonConfig] | type[EvaluateConfig]] = {**HYPERPARAMETERS, "evaluate": EvaluateConfig}
+"""The hyperparameter class of everything a job can run (the training algorithms and evaluate)."""
+
+
 # Reward components (grpo/ppo). A reward spec is a weighted list of these.
 
 
@@ -375,11 +420,20 @@ class RuleComponent(_Component):
 RewardComponent = Annotated[ModelComponent | RuleComponent, Field(discriminator="type")]
 
 
+class EvalModel(_Config):
+    """One model an `evaluate` spec scores."""
+
+    name: SafeStr = Field(min_length=1, max_length=500)
+    """Label of its results and events (the MODEL_REF in the service)."""
+    path: str = Field(min_length=1)
+    """Local Hugging Face folder (or a GGUF file)."""
+
+
 class TrainSpec(_Config):
     """What `python -m trainer run SPEC.json` reads (DESIGN §7). Paths are local."""
 
-    algorithm: Algorithm
-    """Which algorithm to run."""
+    algorithm: JobAlgorithm
+    """Which algorithm to run (or evaluate: score models, train nothing)."""
     base_model: str
     """Local Hugging Face folder (or a GGUF file) of the starting model."""
     train_file: str
@@ -387,7 +441,9 @@ class TrainSpec(_Config):
     eval_file: str | None = None
     """Local JSONL evaluation data of the same kind."""
     reward: list[RewardComponent] | None = None
-    """Reward components for grpo/ppo, with local model paths."""
+    """Reward components for grpo/ppo (and evaluate on prompts), with local model paths."""
+    models: list[EvalModel] | None = Field(None, max_length=64)
+    """evaluate only: the models scored, in order, the base model (the reference) first; default: the base model."""
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     """Algorithm hyperparameters; validated by the algorithm's config class."""
     lora: LoraConfig | None = None
@@ -401,7 +457,7 @@ class TrainSpec(_Config):
     trust_remote_code: bool = False
     """Let models with custom code (a config's auto_map) run it when they load; only for trusted models."""
 
-    def config(self) -> CommonConfig:
+    def config(self) -> CommonConfig | EvaluateConfig:
         """The validated hyperparameters of this spec's algorithm."""
         return parse_hyperparameters(self.algorithm, self.hyperparameters)
 
@@ -409,9 +465,13 @@ class TrainSpec(_Config):
     def _reward_for_online(self) -> TrainSpec:
         if self.algorithm in ("grpo", "ppo") and not self.reward:
             raise ValueError(f"{self.algorithm} needs a reward (a list of reward components)")
+        if self.models is not None and self.algorithm != "evaluate":
+            raise ValueError("models applies to evaluate only")
+        if self.models and self.models[0].path != self.base_model:
+            raise ValueError("models[0] must be the base model (the reference of the DPO implicit rewards)")
         return self
 
 
-def parse_hyperparameters(algorithm: str, values: dict[str, Any]) -> CommonConfig:
+def parse_hyperparameters(algorithm: str, values: dict[str, Any]) -> CommonConfig | EvaluateConfig:
     """Validate `values` with the algorithm's config class (raises pydantic.ValidationError)."""
-    return HYPERPARAMETERS[algorithm].model_validate(values)
+    return JOB_CONFIGS[algorithm].model_validate(values)

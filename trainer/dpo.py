@@ -7,7 +7,8 @@ Reference model:
 - `precompute_ref_logps` (default): the reference log-probs of every train/eval pair are computed once,
   before the first update, with the policy itself (it still equals the reference then; LoRA adapters
   are disabled for it). No reference model stays in memory; the values are kept in the checkpoint's
-  training state so a resumed run does not recompute them.
+  training state so a resumed run does not recompute them. On several processes each computes a
+  contiguous shard and one all-gather gives every process the whole table (`shared_reference_logps`).
 - otherwise with LoRA: the base model with adapters disabled, on the fly (no second copy);
 - otherwise: a second, frozen copy of the base model.
 
@@ -54,6 +55,24 @@ def reference_logps(
             rows.append(torch.stack(logps.float().chunk(2), dim=1).cpu())  # (b, 2)
     model.train(was_training)
     return torch.cat(rows) if rows else torch.zeros(0, 2)
+
+
+def shared_reference_logps(
+    run: Run, model: Any, features: list[PreferenceFeatures], pad_id: int, micro: int
+) -> torch.Tensor:
+    """reference_logps of every pair, each process computing 1/world of them; (N, 2) on every process."""
+    acc = run.accelerator
+    if not features:
+        return torch.zeros(0, 2)
+    bare = acc.unwrap_model(model)  # the bare model: LoRA's disable_adapter, and no DDP for a no-grad pass
+    if acc.num_processes == 1:
+        return reference_logps(bare, features, pad_id, micro, run.device)
+    per = -(-len(features) // acc.num_processes)  # ceil: shards of equal size for the gather, the last padded
+    start = acc.process_index * per
+    mine = reference_logps(bare, features[start : start + per], pad_id, micro, run.device)
+    padded = torch.zeros(per, 2)
+    padded[: len(mine)] = mine
+    return acc.gather(padded.to(run.device)).cpu()[: len(features)]
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -111,9 +130,10 @@ def train(run: Run) -> None:
     ref_eval: torch.Tensor | None = training.resumed.get("ref_eval")
     if config.precompute_ref_logps:
         if ref_train is None:
-            events.log(f"computing reference log-probs of {len(features) + len(eval_features)} pairs")
-            ref_train = reference_logps(model, features, pad_id, config.micro_batch, run.device)
-            ref_eval = reference_logps(model, eval_features, pad_id, config.micro_batch, run.device)
+            pairs, world = len(features) + len(eval_features), run.accelerator.num_processes
+            events.log(f"computing reference log-probs of {pairs} pairs, shared by {world} process(es)")
+            ref_train = shared_reference_logps(run, model, features, pad_id, config.micro_batch)
+            ref_eval = shared_reference_logps(run, model, eval_features, pad_id, config.micro_batch)
     elif spec.lora is None:
         ref_model = load_reference(run)
 

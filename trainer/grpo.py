@@ -20,7 +20,9 @@ Where this departs from the paper:
   mean is `loss_type="grpo"`.
 - Advantages use the unbiased std plus eps = 1e-4 (as TRL); `scale_rewards="none"` is Dr. GRPO.
 - Log-probs are of the temperature-scaled distribution the completions were sampled from.
-- One process only for now: several processes (accelerate launch) are refused with a clear error.
+- Several processes (accelerate launch) split each step's prompts, whole groups per process; rewards
+  are gathered so advantages and metrics cover the whole batch, and losses are divided by global
+  totals with gradients summed (trainer.online), so two processes compute what one would.
 - A resumed run regenerates its batch (the num_iterations reuse buffer is not checkpointed).
 """
 
@@ -42,6 +44,8 @@ from trainer.online import (
     Prompts,
     Rollout,
     batched_logprobs,
+    gather,
+    global_sum,
     load_reward,
     reference_name,
     reference_of,
@@ -49,6 +53,7 @@ from trainer.online import (
     sample_events,
     score,
     start_online,
+    sum_gradients,
 )
 from trainer.rewards import Reward
 from trainer.run import Run
@@ -86,12 +91,13 @@ class GRPOStep:
             step_metrics.update({"time/generation": 0.0, "time/scoring": 0.0, "time/logprobs": 0.0})
         t0 = time.perf_counter()
         loss_metrics = self.update(self.batch, updater)
+        sum_gradients(self.run, self.model)
         updater.step()
         data = self.batch.rollout
         return StepResult(
             {**loss_metrics, **step_metrics, "time/update": time.perf_counter() - t0},
-            samples=data.input_ids.shape[0],
-            tokens=int(data.attention_mask.sum().item()),
+            samples=int(global_sum(self.run, data.input_ids.shape[0])),
+            tokens=int(global_sum(self.run, data.attention_mask.sum().item())),
         )
 
     def generate(self, state: TrainState, step: int) -> Batch:
@@ -103,10 +109,16 @@ class GRPOStep:
         timings["time/generation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        rewards, parts = score(self.reward, picked, batch.completions, G)
-        advantages = group_advantages(rewards, G, config.scale_rewards).to(run.device)
+        local_rewards, local_parts = score(self.reward, picked, batch.completions, G)
+        # the whole batch's rewards (every process's share, in order): groups never span processes,
+        # but scale_rewards="batch" and the metrics need all of them
+        rewards = gather(run, local_rewards.to(run.device)).cpu()
+        parts = {name: gather(run, values.to(run.device)).cpu() for name, values in local_parts.items()}
+        first = run.accelerator.process_index * len(local_rewards)
+        all_advantages = group_advantages(rewards, G, config.scale_rewards)
+        advantages = all_advantages[first : first + len(local_rewards)].to(run.device)
         timings["time/scoring"] = time.perf_counter() - t0
-        if advantages.abs().max().item() == 0:
+        if all_advantages.abs().max().item() == 0:
             run.events.log(
                 f"step {step}: every completion got the same reward as the others of its group "
                 f"({rewards[0].item():g} for the first): all advantages are zero, so this step learns nothing. "
@@ -125,24 +137,31 @@ class GRPOStep:
         timings["time/logprobs"] = time.perf_counter() - t0
 
         grouped = rewards.view(-1, G)
+        lengths = gather(run, batch.completion_mask.sum(1).float())
+        clipped = gather(run, (~batch.has_eos).float())
         metrics = {
             "reward": rewards.mean().item(),
             "reward_std": grouped.std(dim=1).mean().item(),
             **{f"rewards/{name}": values.mean().item() for name, values in parts.items()},
             "frac_reward_zero_std": (grouped.std(dim=1) == 0).float().mean().item(),
-            "completions/mean_length": batch.completion_mask.sum(1).float().mean().item(),
-            "completions/clipped_ratio": (~batch.has_eos).float().mean().item(),
+            "completions/mean_length": lengths.mean().item(),
+            "completions/clipped_ratio": clipped.mean().item(),
             **timings,
         }
-        sample_events(run, step, picked, batch, rewards, parts)
+        sample_events(run, step, picked, batch, local_rewards, local_parts)
         return Batch(batch, advantages, old, ref, metrics)
 
     def update(self, batch: Batch, updater: Updater) -> dict[str, float]:
-        """4. clipped surrogate + beta * k3 KL, back-propagated over micro-batches; returns loss metrics."""
-        config, data = self.config, batch.rollout
-        rows = data.input_ids.shape[0]
-        parts = list(chunks(list(range(rows)), config.micro_batch_sequences))
-        num_tokens = float(data.completion_mask.sum().item())
+        """4. clipped surrogate + beta * k3 KL, back-propagated over micro-batches; returns loss metrics.
+
+        Denominators are the whole batch's over all processes, and each process's loss metrics are its
+        share of the batch's: they are summed over processes at the end.
+        """
+        config, data, run = self.config, batch.rollout, self.run
+        local_rows = data.input_ids.shape[0]
+        rows = local_rows * run.accelerator.num_processes
+        parts = list(chunks(list(range(local_rows)), config.micro_batch_sequences))
+        num_tokens = global_sum(run, float(data.completion_mask.sum().item()))
         sums = {"loss": 0.0, "kl": 0.0, "clip_ratio": 0.0}
         for part in parts:
             idx = torch.tensor(part, device=self.run.device)
@@ -164,7 +183,7 @@ class GRPOStep:
                 config.loss_type,
                 num_sequences=rows,
                 num_tokens=num_tokens,
-                accumulation_steps=len(parts),
+                accumulation_steps=len(parts) * run.accelerator.num_processes,
                 max_completion_length=config.max_new_tokens,
             )
             updater.backward(loss)
@@ -172,7 +191,7 @@ class GRPOStep:
             sums["clip_ratio"] += (clipped.float() * mask).sum().item() / max(num_tokens, 1.0)
         if config.beta == 0:
             del sums["kl"]
-        return sums
+        return {name: global_sum(run, value) for name, value in sums.items()}
 
 
 def train(run: Run) -> None:
@@ -187,5 +206,6 @@ def train(run: Run) -> None:
         f"grpo: {len(prompts)} prompts, {config.total_steps(len(prompts))} steps of {config.batch_size} prompts "
         f"x {config.num_generations} completions, reference: {reference_name(config.beta > 0, ref_model)}"
     )
-    step = GRPOStep(run, training.model, ref_model, tokenizer, prompts, reward)
+    # the bare policy: generation needs it, and gradients are summed by sum_gradients, not DDP
+    step = GRPOStep(run, model, ref_model, tokenizer, prompts, reward)
     train_loop(run, training, step, Checkpointer(run, training, tokenizer))

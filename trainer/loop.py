@@ -10,6 +10,8 @@ over micro-batches; online (GRPO, PPO) it rolls out, scores, computes advantages
 `updater.backward(loss)` and `updater.step()` (once, or once per PPO minibatch), which own the NaN
 check, gradient clipping and the optimizer step. The loop owns everything around the step: the
 schedule, the step counter, progress and metrics events, evaluation, and the periodic and final save.
+Between steps it also honours a save-and-stop request (SIGUSR1, trainer/signals.py): it saves the
+resumable checkpoint of the step boundary it stands at (unless that one is saved already) and stops.
 
 Multi-process (accelerate, offline algorithms): each step's examples are split across processes
 (`indices[rank::world]`), each process accumulates `config.accumulation_steps(world)` micro-batches,
@@ -31,6 +33,7 @@ import torch
 from trainer.checkpoints import Checkpointer, load_training_state
 from trainer.optim import build_optimizer, build_scheduler
 from trainer.run import Run, TrainError
+from trainer.signals import Stopped, save_and_stop_requested
 from trainer.state import TrainState, chunks, draw
 
 
@@ -127,8 +130,12 @@ def train_loop(
     total = config.total_steps(training.n_train)
     updater = Updater(run, training)
     started, first_step = time.perf_counter(), state.step
+    saved_at = state.step  # the step whose resumable checkpoint exists (the resume point; 0: none needed)
     training.model.train()
     while state.step < total:
+        if _asked_to_stop(run):
+            path = checkpointer.save("intermediate", state) if state.step != saved_at else None
+            raise Stopped(state.step, str(path.resolve()) if path else None)
         t0 = time.perf_counter()
         result = step_fn(state, updater)
         lr = float(training.scheduler.get_last_lr()[0])
@@ -162,10 +169,21 @@ def train_loop(
             evaluate(run, training, eval_fn)
         if config.save_every and state.step % config.save_every == 0 and state.step < total:
             checkpointer.save("intermediate", state)
+            saved_at = state.step
     if eval_fn is not None:
         evaluate(run, training, eval_fn)
     checkpointer.save("final", state)
     return state
+
+
+def _asked_to_stop(run: Run) -> bool:
+    """Whether a save-and-stop was asked for, agreed by every process (each gets the signal at its own time)."""
+    asked = save_and_stop_requested()
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return asked
+    flag = acc.reduce(torch.tensor([float(asked)], device=acc.device), reduction="sum")
+    return bool(flag.item() > 0)
 
 
 def evaluate(run: Run, training: Training, eval_fn: Callable[[], dict[str, float]]) -> None:

@@ -8,7 +8,12 @@
   (`reference_of`: a frozen copy, or the LoRA policy with its adapters disabled);
 - `sample` events, so a user can read what the model is learning.
 
-Both run on one process for now: several processes (accelerate launch) are refused with a clear error.
+Several processes (`accelerate launch`): every process draws the same step's prompts and takes a
+contiguous share of them (`local_share`), whole groups included; each completion row samples with a
+seed of its data position (trainer.generation.row_seed), so a completion does not depend on which
+process made it. The step functions run the bare (unwrapped) models, scale their losses by global
+totals (`global_sum`), sum the gradients over processes (`sum_gradients`) before each optimizer
+step, and gather rewards for advantages and metrics (`gather`). Only the main process writes events.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
 from trainer.config import GRPOConfig, PPOConfig
 from trainer.data import DataError, encode_prompt, read_dataset
 from trainer.formats import PromptExample
+from trainer.generation import generate_completions, row_seed
 from trainer.logprobs import completion_logprobs
 from trainer.models import policy_tokenizer
 from trainer.rewards import Reward, RewardError, build_reward
@@ -50,11 +55,13 @@ class Prompts:
 
 
 def start_online(run: Run) -> tuple[Any, Prompts]:
-    """What GRPO and PPO start from: one process, the seed, the policy's tokenizer and the encoded prompts."""
-    if run.accelerator.num_processes > 1:
+    """What GRPO and PPO start from: the seed, the policy's tokenizer and the encoded prompts."""
+    world = run.accelerator.num_processes
+    if run.config.batch_size % world:
         raise TrainError(
-            "unsupported_configuration",
-            f"{run.spec.algorithm} runs on one process for now; start it without accelerate launch (one GPU)",
+            "invalid_hyperparameters",
+            f"batch_size {run.config.batch_size} must be a multiple of the {world} processes "
+            "(each generates an equal share of the prompts)",
         )
     seed_everything(run.spec.seed)
     tokenizer = policy_tokenizer(run)
@@ -79,6 +86,8 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, T): 1 up to and including the first EOS
     has_eos: torch.Tensor  # (N,) bool
     completions: list[str]
+    sampler_logprobs: torch.Tensor | None = None
+    """(N, T) the engine's log-probs of the drawn tokens at the sampling temperature (0 after the mask)."""
 
     @property
     def prompt_width(self) -> int:
@@ -88,21 +97,33 @@ class Rollout:
 def sample(
     run: Run, state: TrainState, model: Any, tokenizer: Any, prompts: Prompts, num_generations: int
 ) -> tuple[list[PromptExample], Rollout]:
-    """Draw the step's batch_size prompts (advancing the data position) and sample their completions."""
+    """Draw the step's batch_size prompts (advancing the data position) and sample the completions of
+    this process's share of them."""
     config = run.config
     assert isinstance(config, GRPOConfig | PPOConfig)
+    start = state.consumed
     indices = draw(state, len(prompts), config.batch_size, run.spec.seed)
+    share = local_share(run, len(indices))
     batch = rollout(
         model,
         tokenizer,
-        [prompts.ids[i] for i in indices],
+        [prompts.ids[indices[j]] for j in share],
         num_generations=num_generations,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
         device=run.device,
+        seeds=[row_seed(run.spec.seed, start + j, g) for j in share for g in range(num_generations)],
+        engine=config.generation_engine,
     )
-    return [prompts.examples[i] for i in indices], batch
+    return [prompts.examples[indices[j]] for j in share], batch
+
+
+def local_share(run: Run, count: int) -> range:
+    """The positions in a step's batch of `count` prompts that this process generates (contiguous)."""
+    acc = run.accelerator
+    size = count // acc.num_processes
+    return range(acc.process_index * size, (acc.process_index + 1) * size)
 
 
 @torch.no_grad()
@@ -116,25 +137,37 @@ def rollout(
     temperature: float,
     top_p: float,
     device: torch.device,
+    seeds: Sequence[int] | None = None,
+    engine: str = "cached",
+    do_sample: bool = True,
 ) -> Rollout:
-    """Sample `num_generations` completions of every prompt in one batched `generate` call."""
+    """Sample `num_generations` completions of every prompt in one batched call of the generation engine.
+
+    `seeds` (one per completion row, see trainer.generation.row_seed) make each completion independent
+    of the batch it is generated in; `engine` is the config's generation_engine. Without `do_sample`
+    decoding is greedy (the evaluate job's option), as temperature 0 is.
+    """
+    if not do_sample:
+        temperature = 0.0
     stop_ids = eos_ids(tokenizer, model)
     prompt_ids, prompt_mask = left_pad(prompts, tokenizer.pad_token_id, device)  # (B, P)
-    generation = GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        num_return_sequences=num_generations,
-        eos_token_id=stop_ids,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     was_training = model.training
     model.eval()
-    sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=generation)
+    generated = generate_completions(
+        model,
+        prompt_ids,
+        prompt_mask,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_ids=stop_ids,
+        pad_id=tokenizer.pad_token_id,
+        seeds=seeds,
+        engine=engine,
+    )
     model.train(was_training)
-    completion_ids = sequences[:, prompt_ids.shape[1] :]  # (B * G, T)
+    completion_ids = generated.completion_ids  # (B * G, T)
     mask, has_eos = completion_mask(completion_ids, stop_ids)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
     texts = [
@@ -143,7 +176,8 @@ def rollout(
     ]
     input_ids = torch.cat([prompt_ids.repeat_interleave(num_generations, dim=0), completion_ids], dim=1)
     attention_mask = torch.cat([prompt_mask.repeat_interleave(num_generations, dim=0), mask], dim=1)
-    return Rollout(input_ids, attention_mask, completion_ids, mask, has_eos, texts)
+    sampler_logprobs = generated.logprobs * mask if generated.logprobs is not None else None
+    return Rollout(input_ids, attention_mask, completion_ids, mask, has_eos, texts, sampler_logprobs)
 
 
 def eos_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -252,3 +286,54 @@ def batched_logprobs(model: Any, batch: Rollout, rows: int, temperature: float) 
     ]
     model.train(was_training)
     return torch.cat(parts)
+
+
+# --- several processes ---------------------------------------------------------------------------
+
+
+def global_sum(run: Run, value: float) -> float:
+    """`value` summed over the processes (itself on one process)."""
+    if run.accelerator.num_processes == 1:
+        return value
+    return float(run.accelerator.reduce(torch.tensor([value], device=run.device), reduction="sum").item())
+
+
+def gather(run: Run, values: torch.Tensor) -> torch.Tensor:
+    """Every process's `values` (same shape on each) concatenated along dim 0 in process order."""
+    if run.accelerator.num_processes == 1:
+        return values
+    return run.accelerator.gather(values.contiguous())
+
+
+def reduce_metrics(run: Run, values: dict[str, float], summed: Sequence[str] = ()) -> dict[str, float]:
+    """Metrics over all processes: the mean of each process's value, or the sum for the `summed` names
+    (each process's share of a whole-batch quantity). Every process holds an equal share of the batch."""
+    acc = run.accelerator
+    if acc.num_processes == 1 or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=run.device)
+    total = acc.reduce(tensor, reduction="sum")
+    return {k: v if k in summed else v / acc.num_processes for k, v in zip(keys, total.tolist(), strict=True)}
+
+
+def sum_gradients(run: Run, *modules: Any) -> None:
+    """Sum every trainable parameter's gradient over the processes, in one all-reduce.
+
+    Each process's loss is its share of the global loss (divided by global totals), so the sum is the
+    gradient one process would get on the whole batch. The step functions run the bare models (PPO's
+    value head and the generation engines need them), so DDP's own hooks never fire.
+    """
+    if run.accelerator.num_processes == 1:
+        return
+    params = [p for module in modules for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()

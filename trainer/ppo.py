@@ -25,11 +25,15 @@ Departures / choices:
 - One optimizer step per minibatch; the learning-rate schedule advances once per rollout.
 - The adaptive KL controller (Ziegler et al. 2019, §2.2) updates kl_coef after every rollout from the
   mean summed KL per sequence; kl_coef is saved with the training state.
-- One process only for now (as GRPO).
+- Several processes (accelerate launch): each rolls out its share of the prompts; reward and advantage
+  whitening, minibatch token counts and metrics are taken over all processes and gradients are summed
+  (trainer.online), so with num_minibatches = 1 two processes compute what one would. With more
+  minibatches each process shuffles its own share into them: the same estimator, another partition.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -46,12 +50,15 @@ from trainer.online import (
     Prompts,
     Rollout,
     batched_logprobs,
+    global_sum,
     load_reward,
+    reduce_metrics,
     reference_of,
     sample,
     sample_events,
     score,
     start_online,
+    sum_gradients,
 )
 from trainer.rewards import Reward
 from trainer.run import Run, TrainError
@@ -70,6 +77,17 @@ class AdaptiveKLController:
             return
         proportional_error = min(max(current_kl / self.target - 1, -0.2), 0.2)
         self.value *= 1 + proportional_error * n_steps / self.horizon
+
+
+def whiten(run: Run, values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """trainer.losses.masked_whiten with the mean and variance of every process's masked values."""
+    if run.accelerator.num_processes == 1:
+        return masked_whiten(values, mask, shift_mean)
+    count = global_sum(run, mask.sum().item())
+    mean = global_sum(run, (values * mask).sum().item()) / max(count, 1.0)
+    var = global_sum(run, (((values - mean) ** 2) * mask).sum().item()) / max(count, 1.0)
+    whitened = (values - mean) / math.sqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
 
 
 def needs_reference(config: PPOConfig) -> bool:
@@ -224,11 +242,12 @@ class PPOStep:
             "completions/clipped_ratio": (~batch.has_eos).float().mean().item(),
             **timings,
         }
+        values = reduce_metrics(self.run, values, summed=("loss/policy", "loss/value"))
         values["loss"] = values["loss/policy"] + config.vf_coef * values["loss/value"]
-        rows = batch.input_ids.shape[0]
-        self.kl_ctl.update(mean_kl, rows)
+        rows = int(global_sum(self.run, batch.input_ids.shape[0]))
+        self.kl_ctl.update(values["objective/kl"], rows)
         sample_events(self.run, step, picked, batch, scores, parts)
-        return StepResult(values, samples=rows, tokens=int(batch.attention_mask.sum().item()))
+        return StepResult(values, samples=rows, tokens=int(global_sum(self.run, batch.attention_mask.sum().item())))
 
     def advantages(
         self, non_score_reward: torch.Tensor, scores: torch.Tensor, old_values: torch.Tensor, mask: torch.Tensor
@@ -240,9 +259,9 @@ class PPOStep:
         last = (mask.sum(dim=1) - 1).long()  # (N,)
         rewards[torch.arange(len(last), device=rewards.device), last] += scores
         if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+            rewards = whiten(self.run, rewards, mask, shift_mean=False) * mask
         advantages, returns = gae(rewards, old_values * mask, mask, config.gamma, config.lam)
-        return masked_whiten(advantages, mask) * mask, returns
+        return whiten(self.run, advantages, mask) * mask, returns
 
     @torch.no_grad()
     def rollout_values(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,13 +285,20 @@ class PPOStep:
         returns: torch.Tensor,
         updater: Updater,
     ) -> dict[str, list[float]]:
-        """Clipped policy + value losses: one optimizer step per minibatch, ppo_epochs passes over the rollout."""
-        config = self.config
+        """Clipped policy + value losses: one optimizer step per minibatch, ppo_epochs passes over the rollout.
+
+        Each process takes its share of every minibatch; losses are divided by the minibatch's tokens
+        over all processes, so "pg" and "vf" hold each minibatch's share of this process (summed later).
+        """
+        config, run = self.config, self.run
+        world = run.accelerator.num_processes
         stats: dict[str, list[float]] = {k: [] for k in self.STATS}
         for _ in range(config.ppo_epochs):
             order = torch.randperm(batch.input_ids.shape[0]).tolist()
-            for mb in chunks(order, config.minibatch_size):
-                mb_tokens = float(mask[mb].sum().item())
+            for mb in chunks(order, config.minibatch_size // world):
+                mb_tokens = global_sum(run, float(mask[mb].sum().item()))
+                stats["pg"].append(0.0)
+                stats["vf"].append(0.0)
                 for part in chunks(mb, config.micro_batch):
                     idx = torch.tensor(part, device=self.run.device)
                     m = mask[idx]
@@ -288,13 +314,14 @@ class PPOStep:
                     updater.backward(pg_loss + config.vf_coef * vf_loss)
                     share = len(part) / len(mb)
                     with torch.no_grad():
-                        stats["pg"].append(pg_loss.item())
-                        stats["vf"].append(vf_loss.item())
+                        stats["pg"][-1] += pg_loss.item()
+                        stats["vf"][-1] += vf_loss.item()
                         stats["pg_clip"].append(masked_mean(pg_clipped.float(), m).item() * share)
                         stats["vf_clip"].append(masked_mean(vf_clipped.float(), m).item() * share)
                         approxkl = 0.5 * masked_mean((logprobs - old_logprobs[idx]) ** 2, m)
                         stats["approxkl"].append(approxkl.item() * share)
                         stats["vpred"].append(masked_mean(vpred, m).item() * share)
+                sum_gradients(run, self.model, self.value_fn)
                 updater.step()
         return stats
 
@@ -303,6 +330,12 @@ def train(run: Run) -> None:
     config = run.config
     assert isinstance(config, PPOConfig)
     tokenizer, prompts = start_online(run)
+    if config.minibatch_size % run.accelerator.num_processes:
+        raise TrainError(
+            "invalid_hyperparameters",
+            f"a PPO minibatch (batch_size / num_minibatches = {config.minibatch_size}) must split evenly "
+            f"over the {run.accelerator.num_processes} processes",
+        )
     model = load_policy(run, tokenizer, "causal")
     value_fn = ValueFunction(config, run, model)
     training = start_training(run, nn.ModuleList([model, value_fn]), len(prompts))

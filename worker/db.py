@@ -26,5 +26,6 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
             # Worker sessions write (claims, heartbeats, events): on SQLite they take the write lock at
             # BEGIN, so the worker's and the API's event appends never interleave (api/core/db.py).
             engine = make_engine(key[1]).execution_options(**{WRITER: True})
-            _factories[key] = sessionmaker(engine, expire_on_commit=False)
+            # `settings` in info: what the life cycle's pipeline hook checks a new stage's job with.
+            _factories[key] = sessionmaker(engine, expire_on_commit=False, info={"settings": settings})
         return _factories[key]

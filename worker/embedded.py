@@ -5,8 +5,13 @@ SQLite broker, not a thread inside the API: a Celery worker wants the main threa
 handling, and a separate process keeps the API responsive while the worker relays events. The
 subprocess gets the API's Settings through ALIGND_* variables (paths resolved, so a relative
 `--data-dir` means the same folder), dies with its parent (parent-death signal), and stops with
-`EmbeddedWorker.stop()`: a warm shutdown first, then a cold one. A job cut short that way keeps
-its lease until it expires; the next start's reaper then resumes it from its last checkpoint.
+`EmbeddedWorker.stop()`: a warm shutdown first (SIGTERM to the worker's main process only, as
+`alignd worker` gets it from `docker stop`: its running job's trainer saves at its next step boundary,
+the job goes back to the queue and resumes from that step at the next start; worker/runner.py), then
+a cold one of the whole process group. Signalling the group at once would hit the pool processes too,
+and a pool process killed by SIGTERM takes its trainer down before it can save. A job cut short by
+the cold shutdown keeps its lease until it expires; the next start's reaper then resumes it from
+its last checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ from pathlib import Path
 from billiard.util import set_pdeathsig
 
 from api.core.settings import Settings
+from worker.runner import HANDBACK_GRACE_SECONDS
+
+WARM_STOP_SECONDS = HANDBACK_GRACE_SECONDS + 20.0
+"""How long a warm stop may take: the trainer's save at its step boundary, then the checkpoint's upload."""
 
 
 @dataclass
@@ -28,13 +37,17 @@ class EmbeddedWorker:
     process: subprocess.Popen[bytes]
     log_file: Path
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop the worker: SIGTERM (finish nothing new), then SIGQUIT, then SIGKILL of its group."""
-        for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGKILL):
+    def stop(self, grace: float = WARM_STOP_SECONDS) -> None:
+        """Stop the worker: SIGTERM to its main process (warm: the running job is saved and handed
+        back), then SIGQUIT (cold), then SIGKILL of its whole group, each after `grace` seconds."""
+        for sig, group in ((signal.SIGTERM, False), (signal.SIGQUIT, True), (signal.SIGKILL, True)):
             if self.process.poll() is not None:
                 return
             try:
-                os.killpg(self.process.pid, sig)
+                if group:
+                    os.killpg(self.process.pid, sig)
+                else:
+                    self.process.send_signal(sig)
                 self.process.wait(grace)
                 return
             except ProcessLookupError:

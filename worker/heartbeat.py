@@ -2,8 +2,8 @@
 
 Every `heartbeat_seconds` it pushes the job's lease `lease_seconds` into the future, if the attempt
 still owns the job. It only observes: it sets `cancel_requested` when the API moved the job to
-`cancelling` and `lost` when the job was taken away; the runner's loop acts on both (one place owns
-the trainer process).
+`cancelling`, `pause_requested` when it moved it to `pausing`, and `lost` when the job was taken away;
+the runner's loop acts on them (one place owns the trainer process).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Heartbeat:
         self.interval = interval
         self.lease = timedelta(seconds=lease_seconds)
         self.cancel_requested = threading.Event()
+        self.pause_requested = threading.Event()
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{attempt.job_id}", daemon=True)
@@ -47,6 +48,8 @@ class Heartbeat:
                 job.lease_expires_at = utcnow() + self.lease
                 if job.status == "cancelling":
                     self.cancel_requested.set()
+                elif job.status == "pausing":
+                    self.pause_requested.set()
         except LostJob:
             self.lost.set()
         except Exception:

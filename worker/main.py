@@ -33,6 +33,11 @@ def run_worker(settings: Settings, extra_args: list[str] | None = None) -> None:
         settings = settings.model_copy(update={"worker_gpus": count_gpus()})
     app = create_app(settings)
     signals.worker_process_init.connect(_install_handback_handler, weak=False)
+    # A pool without Celery's event loop (the kombu SQLAlchemy transport of the embedded worker) is
+    # "threaded", and billiard then points every catchable signal at its own exit handler right after
+    # worker_process_init (sigprotection): a hand-back would kill the pool process, its trainer
+    # unsaved. So the handler is installed again as each job starts.
+    signals.task_prerun.connect(_install_handback_handler, weak=False)
     signals.worker_shutting_down.connect(_hand_back_running_jobs, weak=False)
     reaper = ReaperThread(settings, sender(app, settings.queue), settings.resend_unclaimed_seconds)
     reaper.start()

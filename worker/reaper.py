@@ -8,6 +8,10 @@ presumed dead (killed, out of memory, machine gone), and the job life cycle deci
 - anything else goes back to `queued` (worker id and lease cleared; the next claim adds one to the
   attempt and resumes from the last checkpoint) and is sent to the broker again after the commit.
 
+It also repairs pipelines (`repair_pipelines`): a stage whose inputs have succeeded but which has no
+job yet gets one, and a stopped pipeline's live stages are cancelled; normally the job life cycle
+does both in the transaction that ends a stage, so this only finds work after a crash or a bug.
+
 It also sends again every queued job whose id never reached the broker (`enqueued_at` is NULL:
 the API's send failed, e.g. the broker was down at submit time), and every queued job that was
 sent more than `resend_unclaimed_seconds` ago and is still not claimed: the broker accepted the
@@ -45,6 +49,7 @@ from api.core.settings import Settings
 from api.core.storage import storage_from_url
 from api.jobs import lifecycle
 from api.jobs.models import Job
+from api.pipelines import advance
 from worker.db import session_factory
 
 logger = logging.getLogger(__name__)
@@ -81,6 +86,13 @@ def resend_unsent(session: Session, send: lifecycle.Send, unclaimed_after: float
     return lifecycle.enqueue(session, list(unsent), send)
 
 
+def repair_pipelines(session: Session, settings: Settings, send: lifecycle.Send) -> list[str]:
+    """Advance every unsettled pipeline (api/pipelines/advance.py `repair`): a stage whose inputs
+    succeeded but whose job is missing gets it, a stopped pipeline's live stages are cancelled.
+    Commits, then sends the new jobs; returns their ids."""
+    return lifecycle.enqueue(session, advance.repair(session, settings), send)
+
+
 def sweep_orphans(session: Session, settings: Settings) -> list[str]:
     """Delete the checkpoint archives without a row older than `orphan_grace_seconds`; returns their keys."""
     storage = storage_from_url(settings.resolved_storage_url, settings)
@@ -110,6 +122,7 @@ class ReaperThread(threading.Thread):
                 with sessions() as session:
                     reap_expired(session, self.send)
                     resend_unsent(session, self.send, self.unclaimed_after)
+                    repair_pipelines(session, self.settings, self.send)
             except Exception:
                 logger.exception("reaper pass failed; trying again in %ss", self.settings.reap_interval_seconds)
             if time.monotonic() >= next_sweep:

@@ -34,9 +34,10 @@ class UnresolvedReference(Exception):
 def build_spec(session: Session, job: Job, settings: Settings, storage: Storage, workdir: Path) -> TrainSpec:
     """The SPEC.json of `job`, with local paths only (datasets downloaded into `workdir`/data)."""
     train = _dataset(session, job, job.dataset_id)
+    base_model = resolve_model(session, job, job.base_model, settings, storage)
     spec: dict[str, Any] = {
         "algorithm": job.algorithm,
-        "base_model": resolve_model(session, job, job.base_model, settings, storage),
+        "base_model": base_model,
         "train_file": str(_download(storage, train, workdir)),
         "hyperparameters": job.hyperparameters,
         "lora": job.lora,
@@ -49,6 +50,9 @@ def build_spec(session: Session, job: Job, settings: Settings, storage: Storage,
         evaluation = _dataset(session, job, job.eval_dataset_id)
         spec["eval_file"] = str(_download(storage, evaluation, workdir))
         spec["dataset_sha256"]["eval"] = evaluation.sha256
+    if job.algorithm == "evaluate":  # every scored model, labelled with its MODEL_REF, the base model first
+        candidates = [(ref, resolve_model(session, job, ref, settings, storage)) for ref in job.models or []]
+        spec["models"] = [{"name": ref, "path": path} for ref, path in [(job.base_model, base_model), *candidates]]
     components = _reward_components(session, job)
     if components:
         spec["reward"] = [_resolve_component(session, job, c, settings, storage) for c in components]

@@ -7,12 +7,15 @@ if the reaper gave the job to someone else the relay raises `LostJob` and writes
 and `error` end the job through the life cycle (api/jobs/lifecycle.py).
 
 - progress   -> job.progress (step, total_steps, epoch, eta_seconds); not an event.
-- metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step.
+- metrics    -> a `metrics` event, job.metrics (latest value of each name), job.progress.step; an
+                evaluate job's metrics name their `model`, kept in the event and in job.results[model].
 - checkpoint -> the folder is archived into the artifact store (sha256), a Checkpoint row is added
                 (once per job/step/kind: a replayed checkpoint is not archived again) and a
                 `checkpoint` event records it.
 - log/sample -> `log` / `sample` events.
 - done       -> succeeded, output_checkpoint_id = the final checkpoint.
+- stopped    -> noted (`stopped_at`): the trainer saved at a step boundary on request and stopped
+                (trainer/signals.py); the runner then pauses the job or hands it back.
 - error      -> failed with the trainer's error code and message.
 
 Each batch also updates the job's telemetry for /metrics (last_step_at, steps_per_second,
@@ -101,6 +104,10 @@ class EventRelay:
     """'done' or 'error' once the trainer said so (the job row is final then)."""
     cancel_requested: bool = False
     """Seen status 'cancelling' while relaying."""
+    pause_requested: bool = False
+    """Seen status 'pausing' while relaying."""
+    stopped_at: int | None = None
+    """The step the trainer saved and stopped at on request (its `stopped` event), once it did."""
     reporters: Reporters = field(default_factory=Reporters)
     """Experiment trackers fed with what each batch committed (worker/integrations.py)."""
     _offset: int = 0
@@ -136,10 +143,19 @@ class EventRelay:
 
     def _bookkeeping(self) -> tuple[Any, ...]:
         samples = None if self._recorded_samples is None else dict(self._recorded_samples)
-        return dict(self.recorded_steps), samples, dict(self._sample_index), self.terminal, self.cancel_requested
+        return (
+            dict(self.recorded_steps),
+            samples,
+            dict(self._sample_index),
+            self.terminal,
+            self.cancel_requested,
+            self.pause_requested,
+            self.stopped_at,
+        )
 
     def _restore(self, state: tuple[Any, ...]) -> None:
-        steps, self._recorded_samples, self._sample_index, self.terminal, self.cancel_requested = state
+        steps, self._recorded_samples, self._sample_index, self.terminal, *flags = state
+        self.cancel_requested, self.pause_requested, self.stopped_at = flags
         self.recorded_steps = steps
 
     def _read_new_lines(self) -> list[bytes]:
@@ -171,6 +187,8 @@ class EventRelay:
                     break
             if job.status == "cancelling":
                 self.cancel_requested = True
+            elif job.status == "pausing":
+                self.pause_requested = True
             self._telemetry(job, events, step_before)
         for method, args in self._to_report:  # committed: now the trackers may see it
             getattr(self.reporters, method)(*args)
@@ -222,7 +240,14 @@ class EventRelay:
             return
         for name in values:
             self.recorded_steps[name] = step
-        append_events(session, job, [("metrics", {"step": step, "values": values})])
+        data: dict[str, Any] = {"step": step, "values": values}
+        if isinstance(event.get("model"), str):  # an evaluate job's metrics of one model: its results too
+            data["model"] = event["model"]
+            job.results = {
+                **(job.results or {}),
+                event["model"]: {**(job.results or {}).get(event["model"], {}), **values},
+            }
+        append_events(session, job, [("metrics", data)])
         self._to_report.append(("metrics", (step, values)))
         job.metrics = {**(job.metrics or {}), **values}
         progress = job.progress or {}
@@ -271,6 +296,9 @@ class EventRelay:
         job.output_checkpoint_id = final.id if final else None
         lifecycle.transition(session, job, "succeeded")
 
+    def _on_stopped(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
+        self.stopped_at = int(event["step"])
+
     def _on_error(self, session: Session, job: Job, event: dict[str, Any], _: Stored | None) -> None:
         self.terminal = "error"
         code = str(event.get("code") or "training_error")
@@ -286,6 +314,7 @@ _HANDLERS: dict[str, _Handler] = {
     "log": EventRelay._on_log,
     "sample": EventRelay._on_sample,
     "done": EventRelay._on_done,
+    "stopped": EventRelay._on_stopped,
     "error": EventRelay._on_error,
 }
 

@@ -16,19 +16,27 @@
    The job's experiment trackers (W&B, MLflow: worker/integrations.py) are started here; one that
    cannot be used fails the job with `integration_unavailable` before the trainer starts.
 4. Loop until the trainer exits: relay its events (worker/relay.py, which feeds the trackers), watch the heartbeat
-   (worker/heartbeat.py) for a cancel request or a lost lease. On cancel: SIGTERM the trainer,
+   (worker/heartbeat.py) for a cancel or pause request or a lost lease. On cancel: SIGTERM the trainer,
    SIGKILL it after CANCEL_GRACE_SECONDS, relay what it wrote, mark the job cancelled; its
-   checkpoints stay. A trainer that exits without `done` or `error` fails the job with a sentence
-   and the last lines of its output. Every final status is set through the life cycle.
+   checkpoints stay. On pause (the job is `pausing`): SAVE_AND_STOP_SIGNAL to the trainer, which
+   saves a resumable checkpoint at its next step boundary and exits (trainer/signals.py); the relay
+   uploads that checkpoint as any periodic one, then the job becomes `paused` and this worker is free.
+   A resume queues it again and the next claim continues from that checkpoint (step 2). A trainer
+   that reaches its last step first just succeeds. A trainer that exits without `done`, `error` or
+   `stopped` fails the job with a sentence and the last lines of its output. Every status change
+   goes through the life cycle.
 5. Remove the attempt's local checkpoint and dataset copies (the store has them); SPEC.json,
    events.jsonl and trainer.log stay in the attempt folder for debugging.
 
 A warm shutdown of the worker (SIGTERM) hands the running job back at once rather than waiting for
 it to finish (hours): the worker's main process forwards HANDBACK_SIGNAL to its pool processes
-(worker/main.py), the runner's loop then stops the trainer (SIGTERM: the trainer stops at once and
-saves nothing more, so the job resumes from its last checkpoint), relays what it wrote and moves the
-job back to `queued` through the life cycle (`hand_back`, the attempt counted), and sends it to the
-broker, so another worker resumes it within seconds instead of after the lease expires. A cold
+(worker/main.py), the runner's loop then asks the trainer to save and stop (SAVE_AND_STOP_SIGNAL, as
+a pause does) and waits up to HANDBACK_GRACE_SECONDS for it; a trainer whose step does not end in
+time is stopped without saving (SIGTERM, then SIGKILL), so the job resumes from its last periodic
+checkpoint. The runner relays what the trainer wrote (uploading the checkpoint it saved), moves the
+job back to `queued` through the life cycle (`hand_back`; an attempt that saved at its step boundary
+lost nothing and is given back, otherwise it counts) and sends it to the broker, so another worker
+resumes it within seconds, from the step it saved at, instead of after the lease expires. A cold
 shutdown (SIGQUIT, or SIGKILL) takes the trainer down with it, and the job resumes elsewhere once
 its lease expires.
 """
@@ -59,6 +67,7 @@ from api.core.storage import Storage, StorageUnavailable, storage_from_url
 from api.jobs import lifecycle
 from api.jobs.events import append_events
 from api.jobs.models import Job
+from api.pipelines.advance import unsent_jobs
 from worker.attempt import Attempt, LostJob, claim, lock_owned_job
 from worker.db import session_factory
 from worker.heartbeat import Heartbeat
@@ -73,7 +82,12 @@ CANCEL_GRACE_SECONDS = 30.0
 EXIT_AFTER_DONE_SECONDS = 60.0
 STDERR_TAIL_LINES = 20
 HANDBACK_GRACE_SECONDS = 10.0
-"""How long a trainer stopped for a hand-back may take to exit before it is killed."""
+"""How long a trainer asked to save and stop for a hand-back may take to exit before it is killed."""
+SAVE_AND_STOP_SIGNAL = signal.SIGUSR1
+"""Asks the trainer to save at its next step boundary and stop (trainer/signals.py)."""
+SAVE_AND_STOP_RESEND_SECONDS = 2.0
+"""The save-and-stop signal is sent again this often until the trainer exits: the trainer ignores it
+until it has installed its handler (spawn_trainer), so one sent while it starts is not lost for good."""
 
 HANDBACK_SIGNAL = signal.SIGUSR2
 """Sent by the worker's main process to its pool processes on a warm shutdown (worker/main.py)."""
@@ -101,8 +115,11 @@ def run_job(job_id: str, settings: Settings, send: Callable[[str], None] | None 
     try:
         storage = storage_from_url(settings.resolved_storage_url, settings)
         outcome = _run_attempt(attempt, sessions, storage, settings, reporters)
-        if outcome == "handed_back":
-            _hand_back(sessions, attempt, send)
+        if outcome in ("handed_back", "handed_back_saved"):
+            _hand_back(sessions, attempt, send, saved=outcome == "handed_back_saved")
+        elif send is not None:  # a pipeline stage's success queued the next stages: send them now
+            with sessions() as session:
+                lifecycle.enqueue(session, unsent_jobs(session, job_id), send)
     except LostJob as exc:
         logger.warning("job %s was taken away from this worker: %s", job_id, exc)
     except UnresolvedReference as exc:
@@ -145,6 +162,10 @@ def _run_attempt(
         if HANDBACK.is_set():  # shut down while preparing: no trainer to stop
             _remove_model_copies(attempt)
             return "handed_back"
+        if heartbeat.pause_requested.is_set():  # paused while preparing: nothing trained, nothing to save
+            _remove_model_copies(attempt)
+            _pause(sessions, attempt, None)
+            return "paused"
         with sessions() as session:  # experiment trackers: fail fast, before any training
             reporters.start(session.get_one(Job, attempt.job_id), settings)
         events_file = attempt.workdir / "events.jsonl"
@@ -160,6 +181,8 @@ def _run_attempt(
             _remove_model_copies(attempt)
     if outcome == "cancelled":
         _conclude(sessions, attempt, "cancelled")
+    elif outcome == "paused":
+        _pause(sessions, attempt, relay.stopped_at)
     elif outcome == "crashed":
         _fail(sessions, attempt, "trainer_crashed", crash_message(trainer.returncode, log_file))
     return outcome
@@ -239,11 +262,17 @@ def spawn_trainer(
 
 def _die_with_parent() -> None:
     set_pdeathsig(signal.SIGKILL)
+    # Ignored until the trainer installs its handler: a launcher (accelerate launch) that does not
+    # know it survives it, and a save-and-stop sent while the trainer starts does not kill it.
+    signal.signal(SAVE_AND_STOP_SIGNAL, signal.SIG_IGN)
 
 
 def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: Heartbeat) -> str:
-    """Relay until the trainer exits; returns 'finished', 'cancelled', 'crashed' or 'handed_back'."""
+    """Relay until the trainer exits; returns 'finished', 'cancelled', 'paused', 'crashed',
+    'handed_back' or 'handed_back_saved' (the trainer saved at a step boundary first)."""
     done_at: float | None = None
+    save_and_stop = SaveAndStop(trainer)
+    handback_deadline: float | None = None
     while True:
         relay.pump()
         if heartbeat.lost.is_set():
@@ -256,14 +285,37 @@ def _supervise(trainer: subprocess.Popen[bytes], relay: EventRelay, heartbeat: H
             stop_trainer(trainer)
             relay.pump()
             return "finished" if relay.terminal else "cancelled"
-        elif HANDBACK.is_set():  # warm shutdown: stop now, keep what was relayed, give the job back
-            stop_trainer(trainer, HANDBACK_GRACE_SECONDS)
-            relay.pump()
-            return "finished" if relay.terminal else "handed_back"
+        elif HANDBACK.is_set():  # warm shutdown: save at the step boundary if it comes in time, give the job back
+            handback_deadline = handback_deadline or time.monotonic() + HANDBACK_GRACE_SECONDS
+            save_and_stop.ask()
+            if trainer.poll() is not None or time.monotonic() > handback_deadline:
+                stop_trainer(trainer, HANDBACK_GRACE_SECONDS)
+                relay.pump()
+                if relay.terminal:
+                    return "finished"
+                return "handed_back_saved" if relay.stopped_at is not None else "handed_back"
         elif trainer.poll() is not None:
             relay.pump()
-            return "finished" if relay.terminal else "crashed"
+            if relay.terminal:
+                return "finished"
+            return "paused" if relay.stopped_at is not None else "crashed"
+        elif heartbeat.pause_requested.is_set() or relay.pause_requested:
+            save_and_stop.ask()  # the trainer saves at its next step boundary and exits (handled above)
         time.sleep(POLL_SECONDS)
+
+
+class SaveAndStop:
+    """Asks a trainer to save at its next step boundary and stop, again every SAVE_AND_STOP_RESEND_SECONDS."""
+
+    def __init__(self, trainer: subprocess.Popen[bytes]) -> None:
+        self.trainer = trainer
+        self.sent_at: float | None = None
+
+    def ask(self) -> None:
+        now = time.monotonic()
+        if self.sent_at is None or now - self.sent_at >= SAVE_AND_STOP_RESEND_SECONDS:
+            _signal_group(self.trainer, SAVE_AND_STOP_SIGNAL)
+            self.sent_at = now
 
 
 def stop_trainer(trainer: subprocess.Popen[bytes], grace: float = CANCEL_GRACE_SECONDS) -> None:
@@ -310,11 +362,22 @@ def _conclude(sessions: sessionmaker[Session], attempt: Attempt, status: str) ->
         lifecycle.transition(session, lock_owned_job(session, attempt), status)
 
 
-def _hand_back(sessions: sessionmaker[Session], attempt: Attempt, send: Callable[[str], None] | None) -> None:
-    """Give the job back to the queue (warm shutdown) and send it, so another worker resumes it now."""
+def _pause(sessions: sessionmaker[Session], attempt: Attempt, step: int | None) -> None:
+    """pausing -> paused: the trainer saved the checkpoint of `step` (uploaded by the relay) and stopped."""
+    with sessions() as session, session.begin():
+        lifecycle.paused(session, lock_owned_job(session, attempt), step)
+    logger.info("job %s: paused at step %s", attempt.job_id, step)
+
+
+def _hand_back(
+    sessions: sessionmaker[Session], attempt: Attempt, send: Callable[[str], None] | None, *, saved: bool = False
+) -> None:
+    """Give the job back to the queue (warm shutdown) and send it, so another worker resumes it now.
+    `saved`: the trainer saved at its step boundary first, so the attempt lost nothing and is given back."""
     with sessions() as session:
         with session.begin():
-            status = lifecycle.hand_back(session, lock_owned_job(session, attempt), "the worker is shutting down")
+            job = lock_owned_job(session, attempt)
+            status = lifecycle.hand_back(session, job, "the worker is shutting down", saved=saved)
         if status == "queued" and send is not None:
             lifecycle.enqueue(session, [attempt.job_id], send)
     logger.info("job %s: handed back on shutdown; now %s", attempt.job_id, status)

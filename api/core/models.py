@@ -5,6 +5,18 @@ from api.checkpoints.models import Checkpoint
 from api.core.db import Base
 from api.datasets.models import Dataset
 from api.jobs.models import Job, JobEvent
+from api.pipelines.models import Pipeline, PipelineStage
 from api.reward_models.models import RewardModel
 
-__all__ = ["ApiKey", "Base", "Checkpoint", "Dataset", "Job", "JobEvent", "RewardModel", "Tenant"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Checkpoint",
+    "Dataset",
+    "Job",
+    "JobEvent",
+    "Pipeline",
+    "PipelineStage",
+    "RewardModel",
+    "Tenant",
+]

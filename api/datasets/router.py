@@ -215,7 +215,11 @@ def _example(row: Any, fmt: str) -> dict[str, Any]:
         return {"error": {"field": exc.field, "message": exc.message}}
 
 
-@router.delete("/{dataset_id}", status_code=204, responses={409: {"description": "a live job uses it"}})
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={409: {"description": "a live job, or a pipeline stage not yet started, uses it"}},
+)
 def delete_dataset(dataset_id: str, session: SessionDep, storage: StorageDep, tenant: TenantDep) -> Response:
     """Delete a dataset (409 while a queued or running job uses it)."""
     service.delete_dataset(session, storage, tenant.id, dataset_id)

@@ -490,7 +490,8 @@ def _lines_from_start(storage: Storage, key: str, offset: int, limit: int) -> It
 
 
 def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_id: str) -> None:
-    """Remove the file and hide the dataset; 409 while a queued or running job uses it."""
+    """Remove the file and hide the dataset; 409 while a queued or running job, or a pipeline stage
+    not yet started, uses it."""
     dataset = get_dataset(session, tenant_id, dataset_id, for_update=True)
     live = session.scalars(
         select(Job.id)
@@ -503,6 +504,15 @@ def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_i
     if live is not None:
         session.rollback()
         raise DatasetInUse(f"dataset {dataset_id} is used by job {live}, which is not finished; cancel it first")
+    from api.pipelines.service import pipeline_waiting_for  # pipelines build on datasets, not the reverse
+
+    waiting = pipeline_waiting_for(session, tenant_id, dataset.id)
+    if waiting is not None:
+        session.rollback()
+        raise DatasetInUse(
+            f"dataset {dataset_id} is used by a stage of pipeline {waiting} that has not started yet; "
+            "cancel the pipeline first"
+        )
     dataset.deleted_at = utcnow()
     session.commit()
     storage.delete(dataset.storage_key)

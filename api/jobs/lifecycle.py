@@ -4,18 +4,29 @@
     queued --cancel--> cancelled
     running --cancel--> cancelling --> cancelled (or failed, when stopping the trainer broke)
     running --lease expired--> queued (the next claim adds one to the attempt) | failed (max_attempts)
+    running --pause--> pausing --> paused (the trainer saved at a step boundary) --resume--> queued
+    queued --pause--> paused (at once: nothing runs, nothing to save)
+    pausing --> succeeded | failed (the run ended before its next step boundary) | cancelling
+    pausing --lease expired / worker shut down--> paused (resumed from the last checkpoint)
+    paused --cancel--> cancelled
+
+Pausing does not use up `max_attempts`: the attempt a worker ends by pausing is given back
+(`max_attempts` + 1) when the job reaches `paused`, so a job paused and resumed any number of times
+still has all its retries for real failures. An attempt cut short by a dead worker while pausing
+counts, as any other lost attempt does.
 
 `TRANSITIONS` is the table of allowed moves. Every status change goes through it: `transition` (and
 `claim`, its one conditional-UPDATE form) refuses a move the table lacks, stamps `started_at` on the
 first run and `finished_at` on a final status, records a failure's error, releases the lease where
 the job leaves a worker, and appends exactly one `status` event. The caller holds the row lock
-(api.jobs.events.lock_job) and commits. To add a status (pausing/paused, DESIGN §5), add its row to
-`TRANSITIONS` and, where it applies, to `ON_CANCEL`, `ON_LEASE_EXPIRY` or `HELD_STATUSES`.
+(api.jobs.events.lock_job) and commits. To add a status, add its row to `TRANSITIONS` and, where it
+applies, to `ON_CANCEL`, `ON_PAUSE`, `ON_LEASE_EXPIRY` or `HELD_STATUSES`.
 
 Enqueue-after-commit: `enqueue` commits the session first, then sends each job id and marks it sent
 (`enqueued_at`). So a worker that receives an id always finds the row, and the row stays the truth
 when a send fails: the job stays queued with `enqueued_at` NULL and a worker's reaper sends it again.
-The API (create), the reaper (requeued and unsent jobs) and nothing else call it.
+The API (create, resume), the reaper (requeued and unsent jobs), the runner (a job handed back on
+shutdown) and nothing else call it.
 """
 
 from __future__ import annotations
@@ -41,9 +52,11 @@ Send = Callable[[str], None]
 
 TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        "queued": frozenset({"running", "cancelled"}),
-        "running": frozenset({"succeeded", "failed", "cancelled", "cancelling", "queued"}),
+        "queued": frozenset({"running", "cancelled", "paused"}),
+        "running": frozenset({"succeeded", "failed", "cancelled", "cancelling", "queued", "pausing"}),
         "cancelling": frozenset({"cancelled", "failed"}),
+        "pausing": frozenset({"paused", "succeeded", "failed", "cancelling"}),
+        "paused": frozenset({"queued", "cancelled"}),
         "succeeded": frozenset(),
         "failed": frozenset(),
         "cancelled": frozenset(),
@@ -51,15 +64,28 @@ TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 """status -> the statuses a job may move to from it. A final status has no way out."""
 
-ON_CANCEL: Mapping[str, str] = MappingProxyType({"queued": "cancelled", "running": "cancelling"})
-"""What a user's cancel does to a job in each status (a running job is stopped by its worker)."""
+ON_CANCEL: Mapping[str, str] = MappingProxyType(
+    {"queued": "cancelled", "paused": "cancelled", "running": "cancelling", "pausing": "cancelling"}
+)
+"""What a user's cancel does to a job in each status (a job on a worker is stopped by its worker)."""
 
 ALREADY_CANCELLED = ("cancelling", "cancelled")
 """Statuses where a cancel is under way or done: cancelling again changes nothing."""
 
-ON_LEASE_EXPIRY: Mapping[str, str] = MappingProxyType({"running": "queued", "cancelling": "cancelled"})
+ON_PAUSE: Mapping[str, str] = MappingProxyType({"queued": "paused", "running": "pausing"})
+"""What a user's pause does to a job in each status (a running job is saved and stopped by its worker)."""
+
+ALREADY_PAUSED = ("pausing", "paused")
+"""Statuses where a pause is under way or done: pausing again changes nothing."""
+
+ALREADY_RESUMED = ("queued", "running")
+"""Statuses a resume has nothing to do in (a repeated resume finds the job queued or running again)."""
+
+ON_LEASE_EXPIRY: Mapping[str, str] = MappingProxyType(
+    {"running": "queued", "cancelling": "cancelled", "pausing": "paused"}
+)
 """Where a job goes when its worker stopped renewing the lease (`queued` becomes `failed` once the
-job used all its attempts)."""
+job used all its attempts; a pausing job is paused: its resume continues from the last checkpoint)."""
 
 HELD_STATUSES = tuple(ON_LEASE_EXPIRY)
 """Statuses in which a worker holds the job under a lease (heartbeat, reaper, ownership checks)."""
@@ -144,13 +170,14 @@ def request_cancel(session: Session, job: Job, reason: str) -> bool:
 
 def expire_lease(session: Session, job: Job) -> str:
     """A locked held job whose worker stopped renewing its lease: cancelling -> cancelled (nobody
-    is left to stop), running -> queued (resumed by the next claim), or failed once all attempts
-    are used. The worker is released either way. Returns the new status."""
+    is left to stop), pausing -> paused (a resume continues from the last checkpoint), running ->
+    queued (resumed by the next claim), or failed once all attempts are used. The worker is
+    released either way. Returns the new status."""
     dead_worker, job.worker_id = job.worker_id, None
     target = ON_LEASE_EXPIRY.get(job.status)
     if target is None:
         raise ForbiddenTransition(job.id, job.status, "queued")
-    if target == "cancelled":
+    if target in ("cancelled", "paused"):
         transition(session, job, target, reason="the worker running the job stopped responding")
     elif job.attempt >= job.max_attempts:
         step = (job.progress or {}).get("step")
@@ -167,14 +194,20 @@ def expire_lease(session: Session, job: Job) -> str:
     return job.status
 
 
-def hand_back(session: Session, job: Job, reason: str) -> str:
+def hand_back(session: Session, job: Job, reason: str, *, saved: bool = False) -> str:
     """A worker that is shutting down (warm) returns its locked held job at once instead of letting
-    the lease expire: running -> queued (the attempt counts, as on lease expiry: the next claim
-    resumes from the last checkpoint), or failed when that was its last attempt; cancelling ->
-    cancelled. The caller sends a requeued job (`enqueue`). Returns the new status."""
+    the lease expire: running -> queued (the next claim resumes from the last checkpoint), or failed
+    when that was its last attempt; cancelling -> cancelled; pausing -> paused. The attempt counts,
+    as on lease expiry, unless `saved`: the trainer saved a checkpoint at the step boundary it
+    stopped at, so nothing was lost and the attempt is given back (as a pause's is). The caller
+    sends a requeued job (`enqueue`). Returns the new status."""
     worker, job.worker_id = job.worker_id, None
+    if saved:
+        job.max_attempts += 1
     if job.status == "cancelling":
         transition(session, job, "cancelled", reason=reason)
+    elif job.status == "pausing":  # the user asked for a pause: keep it (resumed from the last checkpoint)
+        transition(session, job, "paused", reason=reason)
     elif job.attempt >= job.max_attempts:
         message = (
             f"The worker running the last of this job's {job.max_attempts} attempts stopped ({reason})"
@@ -182,8 +215,40 @@ def hand_back(session: Session, job: Job, reason: str) -> str:
         )
         fail(session, job, "worker_shutdown", message)
     else:
-        transition(session, job, "queued", reason=reason, attempt=job.attempt, worker_id=worker)
+        transition(session, job, "queued", reason=reason, attempt=job.attempt, worker_id=worker, saved=saved)
     return job.status
+
+
+def request_pause(session: Session, job: Job) -> bool:
+    """Apply a user's pause to a locked job (see ON_PAUSE). False when a pause is already under way
+    or done; raises ForbiddenTransition for a job that cannot be paused (cancelling or final)."""
+    if job.status in ALREADY_PAUSED:
+        return False
+    target = ON_PAUSE.get(job.status)
+    if target is None:
+        raise ForbiddenTransition(job.id, job.status, "paused")
+    transition(session, job, target, reason="paused by the user")
+    return True
+
+
+def paused(session: Session, job: Job, step: int | None) -> JobEvent:
+    """pausing -> paused for a locked job whose trainer saved the checkpoint of `step` (None: nothing
+    new was trained since the last checkpoint) and stopped. The worker is released and the attempt
+    it ends is given back, so pausing never uses up `max_attempts`."""
+    job.max_attempts += 1
+    return transition(session, job, "paused", reason="paused at a step boundary", step=step)
+
+
+def resume(session: Session, job: Job) -> bool:
+    """A user's resume of a locked job: paused -> queued (the caller sends it with `enqueue`; the next
+    claim continues from the latest checkpoint). False when the job is queued or running already;
+    raises ForbiddenTransition for any other status (pausing: resume once it is paused)."""
+    if job.status in ALREADY_RESUMED:
+        return False
+    if job.status != "paused":
+        raise ForbiddenTransition(job.id, job.status, "queued")
+    transition(session, job, "queued", reason="resumed by the user")
+    return True
 
 
 def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
@@ -215,7 +280,7 @@ def _entered(
         job.started_at = now
     if job.status == "running" and previous == "queued":  # a new attempt: the stuck-job clock restarts
         job.last_step_at, job.steps_per_second, job.relay_lag_seconds = now, None, None
-    if job.status == "queued":  # back from a worker: the next claim starts a new attempt
+    if job.status in ("queued", "paused"):  # off its worker: the next claim starts a new attempt
         job.worker_id = None
         job.lease_expires_at = None
         job.enqueued_at = None
@@ -225,4 +290,10 @@ def _entered(
     if error is not None:
         job.error_code, job.error_message = error
         data = {**data, "error": {"code": error[0], "message": error[1]}}
-    return append_events(session, job, [("status", {"status": job.status, "previous": previous, **data})])[0]
+    event = append_events(session, job, [("status", {"status": job.status, "previous": previous, **data})])[0]
+    if job.status in FINAL_STATUSES:
+        # A pipeline stage's end starts, skips or settles the stages after it in this same transaction.
+        from api.pipelines.advance import stage_finished  # pipelines build on the life cycle, not the reverse
+
+        stage_finished(session, job)
+    return event

@@ -7,7 +7,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from api.core.db import Base, utcnow
 from api.core.ids import new_id
 
-LIVE_STATUSES = ("queued", "running", "cancelling")
+LIVE_STATUSES = ("queued", "running", "cancelling", "pausing", "paused")
+"""Statuses of jobs that may still train (a paused one resumes): what they use must stay."""
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 
@@ -62,6 +63,10 @@ class Job(Base):
     last_step_at: Mapped[datetime | None]
     steps_per_second: Mapped[float | None] = mapped_column(Double)
     relay_lag_seconds: Mapped[float | None] = mapped_column(Double)
+    # evaluate jobs: the candidate MODEL_REFs scored besides base_model, and {model ref: {metric: value}}
+    # of every model scored so far (the relay fills it from the trainer's per-model metrics events).
+    models: Mapped[list[Any] | None]
+    results: Mapped[dict[str, Any] | None]
 
 
 class JobEvent(Base):

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, read, list, cancel, events (paged and SSE), metrics series, checkpoints."""
+"""/v1/jobs: submit, read, list, cancel, pause, resume, events (paged and SSE), metrics series, checkpoints."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from api.deps import SessionDep, SettingsDep, TenantDep
 from api.jobs import service
 from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
 from api.jobs.stream import event_stream
-from trainer.config import HYPERPARAMETERS, Algorithm
+from trainer.config import JOB_CONFIGS, JobAlgorithm
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 hyperparameters_router = APIRouter(prefix="/hyperparameters", tags=["jobs"])
@@ -41,7 +41,7 @@ def create_job(
     tenant: TenantDep,
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JobPublic:
-    """Submit a training job."""
+    """Submit a training or evaluation job."""
     job, created = service.create_job(session, settings, tenant.id, body, idempotency_key)
     if not created:
         response.status_code = 200
@@ -55,7 +55,7 @@ def list_jobs(
     limit: LimitQuery = 20,
     after: AfterQuery = None,
     status: JobStatus | None = None,
-    algorithm: Algorithm | None = None,
+    algorithm: JobAlgorithm | None = None,
 ) -> Page[JobPublic]:
     """List jobs, newest first."""
     items, has_more = service.list_jobs(
@@ -78,6 +78,30 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Cancel a queued or running job."""
     return JobPublic.of(service.cancel_job(session, tenant.id, job_id))
+
+
+@router.post(
+    "/{job_id}/pause",
+    responses={
+        200: {"description": "queued -> paused at once; running -> pausing (saved at the next step boundary)."},
+        409: {"description": "job_not_pausable: the job is being cancelled or already finished."},
+    },
+)
+def pause_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Pause a queued or running job (idempotent)."""
+    return JobPublic.of(service.pause_job(session, tenant.id, job_id))
+
+
+@router.post(
+    "/{job_id}/resume",
+    responses={
+        200: {"description": "paused -> queued: continues from its latest checkpoint on any worker."},
+        409: {"description": "job_not_resumable: the job is still pausing, being cancelled or finished."},
+    },
+)
+def resume_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Resume a paused job (idempotent)."""
+    return JobPublic.of(service.resume_job(session, tenant.id, job_id))
 
 
 @router.get("/{job_id}/events")
@@ -137,7 +161,7 @@ def list_checkpoints(job_id: str, session: SessionDep, tenant: TenantDep) -> Pag
 
 
 @hyperparameters_router.get("/{algorithm}/schema")
-def hyperparameters_schema(algorithm: Algorithm, tenant: TenantDep) -> dict[str, Any]:
+def hyperparameters_schema(algorithm: JobAlgorithm, tenant: TenantDep) -> dict[str, Any]:
     """The JSON schema of an algorithm's `hyperparameters` (the config class job create validates them with:
     defaults, bounds, descriptions); the dashboard builds its job form from it and JobCreate's schema."""
-    return HYPERPARAMETERS[algorithm].model_json_schema()
+    return JOB_CONFIGS[algorithm].model_json_schema()

@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.core.validation import Metadata, RequestModel, SafeStr
-from trainer.config import Algorithm, LoraConfig, RewardComponent
+from trainer.config import JobAlgorithm, LoraConfig, RewardComponent
 
-JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "cancelling", "pausing", "paused", "succeeded", "failed", "cancelled"]
 
 
 TrackerName = Annotated[SafeStr, Field(min_length=1, max_length=128)]
@@ -54,20 +54,30 @@ class Integration(RequestModel):
         return self
 
 
+MAX_EVALUATED_MODELS = 8
+"""Candidates an evaluate job scores besides its base model."""
+
+ModelRef = Annotated[SafeStr, Field(min_length=1, max_length=500)]
+
+
 class JobCreate(RequestModel):
-    algorithm: Algorithm
-    """dpo, reward or sft (offline); grpo or ppo (online, need a reward)."""
+    algorithm: JobAlgorithm
+    """dpo, reward or sft (offline); grpo or ppo (online, need a reward); evaluate (scores models, trains nothing)."""
     base_model: SafeStr = Field(min_length=1, max_length=500)
-    """MODEL_REF: a name from GET /v1/models, a hub id (org/name), job:<id> or checkpoint:<id>."""
+    """MODEL_REF: a name from GET /v1/models, a hub id (org/name), job:<id> or checkpoint:<id>. For evaluate:
+    the first model scored and the reference of the DPO implicit rewards."""
+    models: list[ModelRef] | None = Field(None, max_length=MAX_EVALUATED_MODELS)
+    """evaluate only: up to 8 more MODEL_REFs scored after base_model (job:<id>, checkpoint:<id>, model names)."""
     dataset_id: SafeStr = Field(max_length=100)
-    """Training data; its kind must fit the algorithm (preference: dpo/reward, prompt: grpo/ppo, sft: sft)."""
+    """Training data; its kind must fit the algorithm (preference: dpo/reward, prompt: grpo/ppo, sft: sft;
+    evaluate: preference pairs, or prompts with a reward)."""
     eval_dataset_id: SafeStr | None = Field(None, max_length=100)
     """Held-out data of the same kind, evaluated every eval_every steps and at the end (dpo, reward and sft
     only: grpo and ppo do not evaluate, and refuse it)."""
     reward_model_id: SafeStr | None = Field(None, max_length=100)
-    """A reward-model spec (POST /v1/reward-models) for grpo/ppo."""
+    """A reward-model spec (POST /v1/reward-models) for grpo/ppo, and for evaluate on a prompt dataset."""
     reward: list[RewardComponent] | None = None
-    """Inline reward components for grpo/ppo, instead of reward_model_id."""
+    """Inline reward components for grpo/ppo (and evaluate on prompts), instead of reward_model_id."""
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     """Overrides of the algorithm's defaults (see the trainer's config classes); validated and filled in."""
     lora: LoraConfig | None = None
@@ -112,6 +122,8 @@ class JobPublic(BaseModel):
     eval_dataset_id: str | None
     reward_model_id: str | None
     reward: list[dict[str, Any]] | None
+    models: list[str] | None
+    """evaluate: the candidates scored after base_model."""
     hyperparameters: dict[str, Any]
     """With every default filled in."""
     lora: dict[str, Any] | None
@@ -121,6 +133,8 @@ class JobPublic(BaseModel):
     progress: Progress
     metrics: dict[str, Any]
     """Latest value of each metric."""
+    results: dict[str, dict[str, Any]] | None
+    """evaluate: each scored model's MODEL_REF -> its eval/... metrics; null for training."""
     attempt: int
     error: JobError | None
     created_at: datetime
@@ -140,6 +154,7 @@ class JobPublic(BaseModel):
             eval_dataset_id=job.eval_dataset_id,
             reward_model_id=job.reward_model_id,
             reward=job.reward,
+            models=job.models,
             hyperparameters=job.hyperparameters,
             lora=job.lora,
             seed=job.seed,
@@ -147,6 +162,7 @@ class JobPublic(BaseModel):
             integrations=job.integrations,
             progress=Progress.model_validate(job.progress or {}),
             metrics=job.metrics or {},
+            results=job.results,
             attempt=job.attempt,
             error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
             created_at=job.created_at,

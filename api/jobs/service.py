@@ -1,8 +1,8 @@
-"""Jobs: create (checking everything checkable first), read, list, cancel, events and metrics.
+"""Jobs: create (checking everything checkable first), read, list, cancel, pause, resume, events, metrics.
 
-Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create commits the
-job row and its first status event, then sends the id (enqueue-after-commit); cancel asks the life
-cycle what a cancel does to the job's status.
+Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create and resume
+commit the job row and its status event, then send the id (enqueue-after-commit); cancel and pause
+ask the life cycle what they do to the job's status.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
-from api.jobs import lifecycle
+from api.jobs import evaluation, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
 from api.models_dir import references
 from api.reward_models.models import RewardModel
-from trainer.config import DATASET_KIND, ModelComponent, RewardComponent, parse_hyperparameters
+from trainer.config import DATASET_KIND, EVALUATE_KINDS, ModelComponent, RewardComponent, parse_hyperparameters
 
 ONLINE = ("grpo", "ppo")
 KIND_NOUN = {"preference": "preference pairs", "prompt": "prompts", "sft": "SFT rows"}
@@ -42,6 +42,14 @@ class JobFinished(Conflict):
     code = "job_finished"
 
 
+class JobNotPausable(Conflict):
+    code = "job_not_pausable"
+
+
+class JobNotResumable(Conflict):
+    code = "job_not_resumable"
+
+
 def create_job(
     session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None
 ) -> tuple[Job, bool]:
@@ -50,52 +58,7 @@ def create_job(
         existing = _by_idempotency_key(session, tenant_id, idempotency_key)
         if existing is not None:
             return existing, False
-    try:
-        hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
-    except ValidationError as exc:
-        raise invalid_from_pydantic(exc, "hyperparameters") from exc
-    if body.eval_dataset_id is not None and body.algorithm in ONLINE:
-        raise InvalidRequest(
-            f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
-            "dpo, reward and sft only",
-            param="eval_dataset_id",
-        )
-    needed = DATASET_KIND[body.algorithm]
-    _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
-    if body.eval_dataset_id is not None:
-        _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
-    reward = _check_reward(session, settings, tenant_id, body)
-    references.check(session, settings, tenant_id, body.base_model, "base_model")
-    if settings.worker_gpu_memory_gb is not None:  # opt-in: refuse what cannot fit the workers' GPUs
-        from api.plan.service import check_job_fits
-
-        stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
-        components = reward if reward is not None else (stored.components if stored is not None else None)
-        check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components)
-
-    job = Job(
-        id=new_id("job"),
-        tenant_id=tenant_id,
-        name=body.name,
-        algorithm=body.algorithm,
-        status="queued",
-        base_model=body.base_model.strip(),
-        dataset_id=body.dataset_id,
-        eval_dataset_id=body.eval_dataset_id,
-        reward_model_id=body.reward_model_id,
-        reward=reward,
-        hyperparameters=hyperparameters,
-        lora=body.lora.model_dump(mode="json") if body.lora else None,
-        seed=body.seed,
-        job_metadata=body.metadata,
-        integrations=[i.model_dump(mode="json", exclude_none=True) for i in body.integrations]
-        if body.integrations
-        else None,
-        idempotency_key=idempotency_key,
-        max_attempts=settings.max_attempts,
-        attempt=0,
-        last_event_seq=0,
-    )
+    job = prepare_job(session, settings, tenant_id, body, idempotency_key)
     lifecycle.submit(session, job)
     try:
         session.commit()
@@ -112,13 +75,78 @@ def create_job(
     return job, True
 
 
+def prepare_job(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None = None
+) -> Job:
+    """Check everything checkable about a job request and build its row, not yet added to the session
+    (create_job submits it; a pipeline (api/pipelines) builds its stages' jobs with it too)."""
+    try:
+        hyperparameters = parse_hyperparameters(body.algorithm, body.hyperparameters).model_dump(mode="json")
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc, "hyperparameters") from exc
+    evaluate = body.algorithm == "evaluate"
+    if body.models is not None and not evaluate:
+        raise InvalidRequest("models applies to evaluate only (the candidates it scores)", param="models")
+    if evaluate:
+        evaluation.check_options(body)
+    if body.eval_dataset_id is not None and body.algorithm in ONLINE:
+        raise InvalidRequest(
+            f"{body.algorithm} does not evaluate on a held-out dataset (yet): eval_dataset_id applies to "
+            "dpo, reward and sft only",
+            param="eval_dataset_id",
+        )
+    needed = EVALUATE_KINDS if evaluate else (DATASET_KIND[body.algorithm],)
+    kind = _check_dataset(session, tenant_id, body.dataset_id, "dataset_id", body.algorithm, needed)
+    if body.eval_dataset_id is not None:
+        _check_dataset(session, tenant_id, body.eval_dataset_id, "eval_dataset_id", body.algorithm, needed)
+    reward = _check_reward(
+        session, settings, tenant_id, body, wants_reward=body.algorithm in ONLINE or kind == "prompt"
+    )
+    references.check(session, settings, tenant_id, body.base_model, "base_model")
+    models = evaluation.check_models(session, settings, tenant_id, body)
+    if settings.worker_gpu_memory_gb is not None and not evaluate:  # opt-in: refuse what cannot fit the workers' GPUs
+        from api.plan.service import check_job_fits
+
+        stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
+        components = reward if reward is not None else (stored.components if stored is not None else None)
+        check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components)
+
+    return Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        name=body.name,
+        algorithm=body.algorithm,
+        status="queued",
+        base_model=body.base_model.strip(),
+        dataset_id=body.dataset_id,
+        eval_dataset_id=body.eval_dataset_id,
+        reward_model_id=body.reward_model_id,
+        reward=reward,
+        models=models,
+        hyperparameters=hyperparameters,
+        lora=body.lora.model_dump(mode="json") if body.lora else None,
+        seed=body.seed,
+        job_metadata=body.metadata,
+        integrations=[i.model_dump(mode="json", exclude_none=True) for i in body.integrations]
+        if body.integrations
+        else None,
+        idempotency_key=idempotency_key,
+        max_attempts=settings.max_attempts,
+        attempt=0,
+        last_event_seq=0,
+    )
+
+
 def _by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
     return session.execute(
         select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
     ).scalar_one_or_none()
 
 
-def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: str) -> None:
+def _check_dataset(
+    session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: tuple[str, ...]
+) -> str:
+    """The dataset's kind, once it is this tenant's and of a kind in `needed`."""
     # Locked until the job is committed, so a concurrent DELETE of the dataset either waits and then
     # sees this job as live (409), or wins and this check sees the dataset gone.
     dataset = session.execute(
@@ -128,20 +156,31 @@ def _check_dataset(session: Session, tenant_id: str, dataset_id: str, param: str
     ).scalar_one_or_none()
     if dataset is None:
         raise InvalidRequest(f"no dataset {dataset_id!r}", param=param)
-    if dataset.kind != needed:
+    if dataset.kind not in needed:
+        nouns = " or ".join(KIND_NOUN[k] for k in needed)
+        kinds = " or ".join(needed)
         raise InvalidRequest(
-            f"{dataset.kind} dataset ({dataset.format} format) given to {algorithm}, which needs {KIND_NOUN[needed]} "
-            f"(a {needed} dataset)",
+            f"{dataset.kind} dataset ({dataset.format} format) given to {algorithm}, which needs {nouns} "
+            f"(a {kinds} dataset)",
             param=param,
         )
+    return dataset.kind
 
 
-def _check_reward(session: Session, settings: Settings, tenant_id: str, body: JobCreate) -> list[dict[str, Any]] | None:
+def _check_reward(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, *, wants_reward: bool
+) -> list[dict[str, Any]] | None:
     has_reward = body.reward_model_id is not None or body.reward is not None
-    if body.algorithm not in ONLINE:
+    if not wants_reward:
         if has_reward:
             param = "reward_model_id" if body.reward_model_id is not None else "reward"
-            raise InvalidRequest(f"a reward applies to grpo and ppo only, not {body.algorithm}", param=param)
+            if body.algorithm == "evaluate":
+                message = (
+                    "evaluating preference pairs needs no reward (a reward scores completions of a prompt dataset)"
+                )
+            else:
+                message = f"a reward applies to grpo and ppo (and evaluate on prompts) only, not {body.algorithm}"
+            raise InvalidRequest(message, param=param)
         return None
     if body.reward_model_id is not None and body.reward is not None:
         raise InvalidRequest("give reward_model_id or an inline reward, not both", param="reward")
@@ -151,9 +190,8 @@ def _check_reward(session: Session, settings: Settings, tenant_id: str, body: Jo
             raise InvalidRequest(f"no reward model {body.reward_model_id!r}", param="reward_model_id")
         return None
     if not body.reward:
-        raise InvalidRequest(
-            f"{body.algorithm} needs a reward: give reward_model_id or inline reward components", param="reward"
-        )
+        what = "evaluate on a prompt dataset" if body.algorithm == "evaluate" else body.algorithm
+        raise InvalidRequest(f"{what} needs a reward: give reward_model_id or inline reward components", param="reward")
     check_components(session, settings, tenant_id, body.reward, "reward")
     return [c.model_dump(mode="json", exclude_none=True) for c in body.reward]
 
@@ -212,6 +250,44 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
         return get_job(session, tenant_id, job_id)
     session.commit()
     return job
+
+
+def pause_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """queued -> paused at once; running -> pausing (the worker saves at the next step boundary); idempotent."""
+    get_job(session, tenant_id, job_id)
+    job = lock_job(session, job_id)
+    try:
+        changed = lifecycle.request_pause(session, job)
+    except lifecycle.ForbiddenTransition:
+        status = job.status
+        session.rollback()
+        raise JobNotPausable(
+            f"job {job_id} is {status}; only queued or running jobs can be paused"
+            + (" (it is being cancelled)" if status == "cancelling" else "")
+        ) from None
+    if not changed:
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
+    session.commit()
+    return job
+
+
+def resume_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    """paused -> queued, sent to the broker after the commit; a queued or running job is returned as it is."""
+    get_job(session, tenant_id, job_id)
+    job = lock_job(session, job_id)
+    try:
+        changed = lifecycle.resume(session, job)
+    except lifecycle.ForbiddenTransition:
+        status = job.status
+        session.rollback()
+        hint = "wait until it is paused, then resume it" if status == "pausing" else "only paused jobs can be resumed"
+        raise JobNotResumable(f"job {job_id} is {status}; {hint}") from None
+    if not changed:
+        session.rollback()
+        return get_job(session, tenant_id, job_id)
+    lifecycle.enqueue(session, [job.id], send_job)
+    return get_job(session, tenant_id, job_id)
 
 
 def list_events(session: Session, job: Job, *, after: int, limit: int) -> tuple[list[JobEvent], bool]:

@@ -177,16 +177,22 @@ def cancel_job(fine_tuning_job_id: str, session: SessionDep, tenant: TenantDep) 
     return service.job_view(service.cancel_job(session, tenant.id, fine_tuning_job_id))
 
 
-@jobs_router.post("/{fine_tuning_job_id}/pause", responses={409: {"description": "alignd cannot pause jobs yet"}})
+@jobs_router.post(
+    "/{fine_tuning_job_id}/pause",
+    responses={409: {"description": "job_not_pausable: the job is being cancelled or already finished"}},
+)
 def pause_job(fine_tuning_job_id: str, session: SessionDep, tenant: TenantDep) -> FineTuningJob:
-    """Not supported yet: alignd cannot pause a job (409 pause_not_supported)."""
-    service.refuse_pause(session, tenant.id, fine_tuning_job_id, "pause")
+    """Pause a queued or running job (shows as running until it is saved and paused)."""
+    return service.job_view(service.pause_job(session, tenant.id, fine_tuning_job_id))
 
 
-@jobs_router.post("/{fine_tuning_job_id}/resume", responses={409: {"description": "alignd cannot pause jobs yet"}})
+@jobs_router.post(
+    "/{fine_tuning_job_id}/resume",
+    responses={409: {"description": "job_not_resumable: the job is still pausing, being cancelled or finished"}},
+)
 def resume_job(fine_tuning_job_id: str, session: SessionDep, tenant: TenantDep) -> FineTuningJob:
-    """Not supported yet: alignd cannot pause a job (409 pause_not_supported)."""
-    service.refuse_pause(session, tenant.id, fine_tuning_job_id, "resume")
+    """Resume a paused job from its latest checkpoint."""
+    return service.job_view(service.resume_job(session, tenant.id, fine_tuning_job_id))
 
 
 @jobs_router.get("/{fine_tuning_job_id}/events")

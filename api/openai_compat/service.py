@@ -3,7 +3,8 @@
 Nothing is stored twice. A fine-tuning job is created by translating the request into a `JobCreate`
 and handing it to api.jobs.service.create_job (so every check of a native job applies, and its
 errors come back with OpenAI's parameter names); reading one renders the job row as OpenAI's object.
-Status changes go through the job life cycle as for native jobs (cancel is api.jobs.service.cancel_job).
+Status changes go through the job life cycle as for native jobs (cancel, pause and resume are
+api.jobs.service's).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import math
 import secrets
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
-from api.core.errors import AlignError, Conflict, InvalidRequest
+from api.core.errors import AlignError, InvalidRequest
 from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.datasets.models import Dataset
@@ -55,15 +56,13 @@ STATUS = {
     "succeeded": "succeeded",
     "failed": "failed",
     "cancelled": "cancelled",
+    # OpenAI has no "pausing": the trainer runs on to its next step boundary, so the job shows as
+    # running until it is saved and paused (a client that sees "paused" can resume at once).
     "pausing": "running",
     "paused": "paused",
 }
 OURS = {"n_epochs": "num_epochs", "batch_size": "batch_size", "beta": "beta"}
 THEIRS = {v: k for k, v in OURS.items()} | {"learning_rate": "learning_rate_multiplier"}
-
-
-class PauseNotSupported(Conflict):
-    code = "pause_not_supported"
 
 
 class NoOpenAIView(InvalidRequest):
@@ -288,13 +287,14 @@ def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return jobs.cancel_job(session, tenant_id, job_id)
 
 
-def refuse_pause(session: Session, tenant_id: str, job_id: str, action: str) -> NoReturn:
-    job = get_job(session, tenant_id, job_id)
-    raise PauseNotSupported(
-        f"{action} is not supported yet: alignd cannot pause a job (job {job.id} is {job.status}); "
-        "cancel it instead, or let it finish",
-        param="fine_tuning_job_id",
-    )
+def pause_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    get_job(session, tenant_id, job_id)
+    return jobs.pause_job(session, tenant_id, job_id)
+
+
+def resume_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    get_job(session, tenant_id, job_id)
+    return jobs.resume_job(session, tenant_id, job_id)
 
 
 # ---- events and checkpoints ----------------------------------------------------------------------
@@ -333,9 +333,13 @@ def event_view(job: Job, event: JobEvent) -> FineTuningJobEvent:
             "succeeded": "The job has successfully completed",
             "cancelling": "Job cancellation requested",
             "cancelled": "Job cancelled",
+            "pausing": "Job pause requested",
+            "paused": "Job paused",
         }.get(str(status), f"Job {status}")
         if status == "failed":
             level, message = "error", f"Job failed: {error.get('message') or data.get('reason') or 'see the job error'}"
+        elif status == "queued" and data.get("previous") == "paused":
+            message = "Job resumed"
         elif status == "queued" and data.get("previous") == "running":
             level, message = "warn", f"Job requeued: {data.get('reason', 'the worker was lost')}"
     elif event.type == "metrics":

@@ -153,7 +153,7 @@ class DatabaseCollector(Collector):
             ).where(Job.status.in_(HELD_STATUSES))
         ).all()
         yield GaugeMetricFamily(
-            "alignd_running_attempts", "Jobs a worker holds now (running or cancelling).", value=len(held)
+            "alignd_running_attempts", "Jobs a worker holds now (running, cancelling or pausing).", value=len(held)
         )
         yield from _per_job_gauges(held, now)
 

@@ -26,3 +26,8 @@ def pairs(client: TestClient, auth: dict[str, str]) -> str:
 @pytest.fixture
 def prompts(client: TestClient, auth: dict[str, str]) -> str:
     return upload_ok(client, auth, real_lines("gsm8k-train.jsonl", 20), "gsm8k.jsonl")["id"]
+
+
+@pytest.fixture
+def sft_rows(client: TestClient, auth: dict[str, str]) -> str:
+    return upload_ok(client, auth, real_lines("alpaca-en-demo.jsonl", 20), "alpaca.jsonl")["id"]

@@ -306,6 +306,80 @@ def test_cancelling_a_finished_job_is_409(
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json()["status"] == final
 
 
+# ---- pause and resume ---------------------------------------------------------------------------
+
+
+def statuses_of(client: TestClient, auth: dict[str, str], job_id: str) -> list[str]:
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=auth).json()["data"]
+    return [e["data"]["status"] for e in events if e["type"] == "status"]
+
+
+def test_pause_of_a_queued_job_pauses_at_once_and_resume_queues_and_sends_it_again(
+    client: TestClient, auth: dict[str, str], session: Session, model: str, pairs: str
+) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()
+    for _ in range(2):  # idempotent
+        paused = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth)
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert session.get_one(Job, job["id"]).enqueued_at is None  # a stale delivery finds it paused
+    for _ in range(2):
+        resumed = client.post(f"/v1/jobs/{job['id']}/resume", headers=auth)
+        assert resumed.status_code == 200 and resumed.json()["status"] == "queued"
+    session.expire_all()
+    assert session.get_one(Job, job["id"]).enqueued_at is not None  # sent to the broker after the commit
+    assert statuses_of(client, auth, job["id"]) == ["queued", "paused", "queued"]
+    assert [j["id"] for j in client.get("/v1/jobs", headers=auth, params={"status": "queued"}).json()["data"]] == [
+        job["id"]
+    ]
+
+
+def test_pause_of_a_running_job_asks_the_worker_and_resume_waits_until_it_is_paused(
+    client: TestClient, auth: dict[str, str], session: Session, model: str, pairs: str
+) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()
+    set_job_status(session, job["id"], "running")
+    resp = client.post(f"/v1/jobs/{job['id']}/pause", headers=auth)
+    assert resp.status_code == 200 and resp.json()["status"] == "pausing"
+    assert client.post(f"/v1/jobs/{job['id']}/pause", headers=auth).json()["status"] == "pausing"
+    error = assert_error(client.post(f"/v1/jobs/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    assert "wait until it is paused" in error["message"]
+    assert client.get("/v1/jobs", headers=auth, params={"status": "pausing"}).json()["data"][0]["id"] == job["id"]
+    assert statuses_of(client, auth, job["id"]) == ["queued", "running", "pausing"]
+
+
+def test_cancel_of_a_paused_job_cancels_it_at_once(
+    client: TestClient, auth: dict[str, str], model: str, pairs: str
+) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()
+    client.post(f"/v1/jobs/{job['id']}/pause", headers=auth)
+    resp = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    assert statuses_of(client, auth, job["id"]) == ["queued", "paused", "cancelled"]
+    assert_error(client.post(f"/v1/jobs/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+
+
+@pytest.mark.parametrize("status", ["cancelling", "succeeded", "failed"])
+def test_pausing_a_cancelling_or_finished_job_is_409_and_changes_nothing(
+    client: TestClient, auth: dict[str, str], session: Session, model: str, pairs: str, status: str
+) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()
+    set_job_status(session, job["id"], "running")
+    set_job_status(session, job["id"], status)
+    error = assert_error(client.post(f"/v1/jobs/{job['id']}/pause", headers=auth), 409, "job_not_pausable")
+    assert status in error["message"]
+    assert_error(client.post(f"/v1/jobs/{job['id']}/resume", headers=auth), 409, "job_not_resumable")
+    assert statuses_of(client, auth, job["id"]) == ["queued", "running", status]
+
+
+def test_another_tenants_job_cannot_be_paused_or_resumed(
+    client: TestClient, auth: dict[str, str], other_auth: dict[str, str], model: str, pairs: str
+) -> None:
+    job = client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()
+    for action in ("pause", "resume"):
+        assert_error(client.post(f"/v1/jobs/{job['id']}/{action}", headers=other_auth), 404)
+    assert statuses_of(client, auth, job["id"]) == ["queued"]
+
+
 # ---- events, stream, metrics, checkpoints --------------------------------------------------------
 
 

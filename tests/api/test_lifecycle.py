@@ -185,7 +185,7 @@ def test_a_job_handed_back_on_shutdown_is_queued_at_once_with_its_attempt_counte
     assert job.worker_id is None and job.lease_expires_at is None and job.enqueued_at is None and job.attempt == 1
     assert events(session, job.id)[-1].data == {
         "status": "queued", "previous": "running", "reason": "the worker is shutting down",
-        "attempt": 1, "worker_id": "w1",
+        "attempt": 1, "worker_id": "w1", "saved": False,
     }  # fmt: skip
     assert lifecycle.claim(session, job.id, "w2", lease_seconds=60).attempt == 2  # type: ignore[union-attr]
 
@@ -196,6 +196,18 @@ def test_a_job_handed_back_on_its_last_attempt_fails_saying_why(session: Session
     assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
     assert lifecycle.hand_back(session, lock_job(session, job.id), "the worker is shutting down") == "failed"
     assert job.error_code == "worker_shutdown" and "the worker is shutting down" in (job.error_message or "")
+
+
+def test_a_job_handed_back_after_its_trainer_saved_gets_its_attempt_back_even_on_its_last(
+    session: Session, new_job: Job
+) -> None:
+    job = lock_job(session, new_job.id)
+    job.max_attempts = 1
+    assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
+    assert (
+        lifecycle.hand_back(session, lock_job(session, job.id), "the worker is shutting down", saved=True) == "queued"
+    )
+    assert (job.attempt, job.max_attempts) == (1, 2) and events(session, job.id)[-1].data["saved"] is True
 
 
 def test_a_cancelling_job_handed_back_is_cancelled(session: Session, new_job: Job) -> None:
@@ -234,6 +246,88 @@ def test_a_finished_job_cannot_be_cancelled(session: Session, new_job: Job, fina
     job = job_in(session, new_job, final)
     with pytest.raises(ForbiddenTransition):
         lifecycle.request_cancel(session, job, reason="too late")
+
+
+# ---- pause and resume ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("current", "result"), [("queued", "paused"), ("running", "pausing")])
+def test_a_pause_stops_a_queued_job_at_once_and_asks_a_running_one_and_is_idempotent(
+    session: Session, new_job: Job, current: str, result: str
+) -> None:
+    job = job_in(session, new_job, current)
+    assert lifecycle.request_pause(session, job) is True
+    assert job.status == result
+    seq = job.last_event_seq
+    assert lifecycle.request_pause(session, job) is False
+    assert job.last_event_seq == seq
+    assert events(session, job.id)[-1].data == {"status": result, "previous": current, "reason": "paused by the user"}
+
+
+@pytest.mark.parametrize("current", ["cancelling", "succeeded", "failed", "cancelled"])
+def test_a_cancelling_or_finished_job_cannot_be_paused(session: Session, new_job: Job, current: str) -> None:
+    job = job_in(session, new_job, current)
+    with pytest.raises(ForbiddenTransition):
+        lifecycle.request_pause(session, job)
+
+
+def test_a_paused_attempt_is_given_back_so_pauses_never_use_up_max_attempts(session: Session, new_job: Job) -> None:
+    job = lock_job(session, new_job.id)
+    job.max_attempts = 1
+    for n in (1, 2, 3):  # three pauses of a job allowed one attempt
+        assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
+        assert lifecycle.request_pause(session, job) is True
+        lifecycle.paused(session, job, step=10 * n)
+        assert (job.status, job.worker_id, job.lease_expires_at) == ("paused", None, None)
+        assert lifecycle.resume(session, job) is True
+    assert (job.attempt, job.max_attempts) == (3, 4)
+    assert lifecycle.claim(session, job.id, "w1", lease_seconds=60) is not None
+    # the worker dies on the one real attempt the job has: it fails as before
+    assert lifecycle.expire_lease(session, lock_job(session, job.id)) == "failed"
+    paused_events = [e.data for e in events(session, job.id) if e.data.get("status") == "paused"]
+    assert paused_events[0] == {
+        "status": "paused",
+        "previous": "pausing",
+        "reason": "paused at a step boundary",
+        "step": 10,
+    }
+
+
+def test_a_resume_queues_a_paused_job_and_is_idempotent_but_waits_for_a_pausing_one(
+    session: Session, new_job: Job
+) -> None:
+    job = job_in(session, new_job, "running")
+    lifecycle.request_pause(session, job)
+    with pytest.raises(ForbiddenTransition):
+        lifecycle.resume(session, job)  # pausing: the trainer is saving; resume once it is paused
+    lifecycle.paused(session, job, step=3)
+    assert lifecycle.resume(session, job) is True
+    assert (job.status, job.enqueued_at) == ("queued", None)
+    assert events(session, job.id)[-1].data == {
+        "status": "queued",
+        "previous": "paused",
+        "reason": "resumed by the user",
+    }
+    assert lifecycle.resume(session, job) is False
+
+
+@pytest.mark.parametrize(("current", "result"), [("paused", "cancelled"), ("pausing", "cancelling")])
+def test_a_cancel_ends_a_paused_job_at_once_and_asks_a_pausing_one(
+    session: Session, new_job: Job, current: str, result: str
+) -> None:
+    job = job_in(session, new_job, current)
+    assert lifecycle.request_cancel(session, job, reason="cancelled by the user") is True
+    assert job.status == result
+
+
+def test_a_pausing_job_whose_worker_died_or_shut_down_is_paused_not_requeued(session: Session, new_job: Job) -> None:
+    for end in (lifecycle.expire_lease, lambda s, j: lifecycle.hand_back(s, j, "the worker is shutting down")):
+        assert lifecycle.claim(session, new_job.id, "w1", lease_seconds=60) is not None
+        job = lock_job(session, new_job.id)
+        lifecycle.request_pause(session, job)
+        assert end(session, job) == "paused"
+        assert job.worker_id is None and job.lease_expires_at is None
+        lifecycle.resume(session, job)
 
 
 # ---- enqueue after commit -----------------------------------------------------------------------

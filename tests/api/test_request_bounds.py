@@ -19,7 +19,7 @@ from api.core.validation import DB_INT_MAX
 from api.reward_models.models import RewardModel
 from tests.api.helpers import assert_error, assert_no_dataset_stored, real_lines, upload, upload_ok
 from tests.api.test_jobs import dpo, job_count
-from trainer.config import HYPERPARAMETERS, LoraConfig, ModelComponent, RuleComponent
+from trainer.config import JOB_CONFIGS, LoraConfig, ModelComponent, RuleComponent
 
 TOO_BIG = 10**20  # overflowed the database driver (a 500) before integers were bounded
 
@@ -175,7 +175,7 @@ def test_a_dataset_row_offset_beyond_a_bigint_is_422(client: TestClient, auth: d
 
 
 def test_every_integer_a_client_sends_in_a_body_has_an_upper_bound_a_bigint_holds() -> None:
-    models = [*HYPERPARAMETERS.values(), LoraConfig, ModelComponent, RuleComponent]
+    models = [*JOB_CONFIGS.values(), LoraConfig, ModelComponent, RuleComponent]
     for config in models:
         for name, prop in config.model_json_schema()["properties"].items():
             for option in prop.get("anyOf", [prop]):

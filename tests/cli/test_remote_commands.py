@@ -4,6 +4,7 @@ default; tests/live.py), in process through typer's CliRunner: they talk HTTP th
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,24 @@ def test_jobs_watch_follows_to_the_end_and_exits_0_succeeded_1_failed_2_cancelle
     assert ok(alignd(live_alignd, "jobs", "cancel", running)).stdout.split()[1] in ("cancelling", "cancelled")
     cancelled = alignd(live_alignd, "jobs", "watch", running)
     assert cancelled.exit_code == 2 and f"{running} cancelled" in cancelled.stdout
+
+
+def test_jobs_pause_and_resume_print_the_new_status(live_alignd: LiveServer, dataset_id: str) -> None:
+    args = ["jobs", "create", "--algorithm", "dpo", "--base-model", live_alignd.model, "--dataset", dataset_id]
+    job_id = str(json.loads(ok(alignd(live_alignd, *args, "--hp", "max_steps=100000", "--json")).stdout)["id"])
+    ok(alignd(live_alignd, "jobs", "cancel", job_id))  # settles it before the pause (a cancelled job cannot pause)
+    refused = alignd(live_alignd, "jobs", "pause", job_id)
+    assert refused.exit_code != 0 and "job_not_pausable" in refused.output
+
+    job_id = str(json.loads(ok(alignd(live_alignd, *args, "--hp", "max_steps=100000", "--json")).stdout)["id"])
+    assert ok(alignd(live_alignd, "jobs", "pause", job_id)).stdout.split()[1] in ("paused", "pausing")
+    deadline = time.monotonic() + 60
+    while (status := json.loads(ok(alignd(live_alignd, "jobs", "get", job_id, "--json")).stdout)["status"]) != "paused":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    resumed = json.loads(ok(alignd(live_alignd, "jobs", "resume", job_id, "--json")).stdout)
+    assert resumed["id"] == job_id and resumed["status"] in ("queued", "running")
+    ok(alignd(live_alignd, "jobs", "cancel", job_id))
 
 
 def test_checkpoints_list_and_download_with_extract(live_alignd: LiveServer, dataset_id: str, tmp_path: Path) -> None:

@@ -181,6 +181,35 @@ def test_cancel_stops_a_running_job_and_a_finished_job_answers_conflict(
     assert finished.value.code == "job_finished" and finished.value.status_code == 409
 
 
+def test_pause_saves_and_frees_a_running_job_and_resume_continues_it_from_the_saved_step(
+    server: LiveServer, alignd: Client, dataset: Dataset
+) -> None:
+    job = submit(alignd, server, dataset, max_steps=100_000, save_every=100_000)
+    wait_for_status(alignd, job.id, "running")
+    while alignd.jobs.get(job.id).progress.step < 2:
+        time.sleep(0.1)
+
+    assert alignd.jobs.pause(job.id).status in ("pausing", "paused")
+    paused = wait_for_status(alignd, job.id, "paused")
+    assert alignd.jobs.pause(job.id).status == "paused"  # idempotent
+    (saved,) = alignd.jobs.checkpoints(job.id)
+    assert saved.kind == "intermediate" and saved.step == paused.progress.step
+
+    assert alignd.jobs.resume(job.id).status in ("queued", "running")
+    wait_for_status(alignd, job.id, "running")
+    deadline = time.monotonic() + 60
+    while not any(
+        f"resuming from the checkpoint of step {saved.step}" in str(e.data) for e in alignd.jobs.events(job.id)
+    ):
+        assert time.monotonic() < deadline, "the resumed attempt did not start from the saved step"
+        time.sleep(0.2)
+    assert alignd.jobs.cancel(job.id).status in ("cancelling", "cancelled")
+    assert alignd.jobs.wait(job.id, timeout=60, poll_interval=0.2).status == "cancelled"
+    with pytest.raises(ConflictError) as cancelled:
+        alignd.jobs.resume(job.id)
+    assert cancelled.value.code == "job_not_resumable" and cancelled.value.status_code == 409
+
+
 def test_a_failed_job_says_why(server: LiveServer, alignd: Client, dataset: Dataset) -> None:
     job = alignd.jobs.create(
         algorithm="dpo", base_model=server.failing_model or "", dataset_id=dataset.id, hyperparameters=HYPERPARAMETERS

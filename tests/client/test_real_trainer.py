@@ -59,3 +59,31 @@ def test_upload_submit_watch_and_download_a_model_that_from_pretrained_loads(
         name for (name, p), q in zip(tuned.named_parameters(), base.parameters(), strict=True) if not torch.equal(p, q)
     ]
     assert changed, "the downloaded weights are the base model's"
+
+
+def test_an_sft_then_dpo_pipeline_trains_dpo_on_the_sft_output(real_server: LiveServer, tmp_path: Path) -> None:
+    from tests.api.helpers import real_lines
+
+    pairs, rows = tmp_path / "pairs.jsonl", tmp_path / "sft.jsonl"
+    pairs.write_bytes(short_preference_pairs(8))
+    rows.write_bytes(real_lines("alpaca-en-demo.jsonl", 8))
+    short = {"max_steps": 2, "batch_size": 2, "max_length": 128, "max_prompt_length": 96}
+    with Client(real_server.url, api_key=real_server.key) as alignd:
+        sft_data = alignd.datasets.upload(rows, name="sft")
+        dpo_data = alignd.datasets.upload(pairs, name="pairs")
+        pipeline = alignd.pipelines.create(
+            name="sft-dpo",
+            stages=[
+                {"name": "sft", "job": {"algorithm": "sft", "base_model": real_server.model,
+                                        "dataset_id": sft_data.id, "hyperparameters": short}},
+                {"name": "dpo", "job": {"algorithm": "dpo", "base_model": "stage:sft",
+                                        "dataset_id": dpo_data.id, "hyperparameters": short}},
+            ],
+        )  # fmt: skip
+        done = alignd.pipelines.wait(pipeline.id, timeout=300, poll_interval=1)
+        sft, dpo = (alignd.jobs.get(stage.job_id or "") for stage in done.stages)
+
+    assert done.status == "succeeded", (done, sft.error, dpo.error)
+    assert dpo.base_model == f"job:{sft.id}" and dpo.started_at and sft.finished_at
+    assert dpo.started_at >= sft.finished_at
+    assert done.output_checkpoint_id == dpo.output_checkpoint_id is not None

@@ -4,7 +4,8 @@ It trains nothing. Per step (sleeping `FAKE_STEP_SECONDS`) it emits progress and
 real trainer names them (loss, learning_rate, grad_norm, tokens_per_second; DPO rewards/margins and
 rewards/accuracies with eval/ twins; GRPO reward, rewards/<component>, kl, clip_ratio,
 completions/mean_length) and, for grpo/ppo, `sample` events with prompts from the training file. The
-final checkpoint is a folder with a config.json.
+final checkpoint is a folder with a config.json. SIGUSR1 (pause) stops it at the next step boundary
+with a `stopped` event, as the real trainer does (trainer/signals.py); a resumed run starts over.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,6 +35,8 @@ def main() -> int:
     delay = float(os.environ.get("FAKE_STEP_SECONDS", "0.3"))
     prompts = [json.loads(line) for line in Path(spec["train_file"]).read_text().splitlines() if line.strip()]
     components = [c.get("name") or c.get("rule") or "model" for c in spec.get("reward") or []]
+    asked: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))
 
     with open(args.events, "a") as events:
 
@@ -42,6 +46,9 @@ def main() -> int:
 
         emit(type="log", level="info", message=f"fake {algorithm} trainer: {total} steps")
         for step in range(1, total + 1):
+            if asked:
+                emit(type="stopped", step=step - 1, checkpoint=None)
+                return 75
             # A long run (>= 100 steps) idles after step 10, so cancelling it does not coincide with a
             # relayed event: on SQLite two processes appending events to one job at once can collide
             # on the event seq (the row lock is a no-op there), which would make the cancel test flaky.

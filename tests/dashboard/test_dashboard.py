@@ -275,7 +275,9 @@ def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_ch
     assert listed["reward"][0]["name"] == "brevity"
 
 
-def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its_page(page: Page, live: Live) -> None:
+def test_a_dpo_job_draws_margins_with_their_eval_twins_is_paused_resumed_and_cancelled_from_its_page(
+    page: Page, live: Live
+) -> None:
     dataset = api_upload(live, live.key, "pairs.jsonl", short_preference_pairs(12))
     headers = {"Authorization": f"Bearer {live.key}"}
     body = {
@@ -294,6 +296,13 @@ def test_a_dpo_job_draws_margins_with_their_eval_twins_and_is_cancelled_from_its
     expect(page.locator('figure[data-chart="DPO reward accuracy"]')).to_be_visible()
     expect(page.locator("#samples")).to_be_hidden()
     expect(page.locator(".toolbar .progress")).to_contain_text("10/400", timeout=30_000)  # idle from here
+    expect(page.locator("#resume")).to_be_hidden()
+    page.locator("#pause").click()
+    expect(page.locator(".badge[data-status=paused]").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#pause")).to_be_hidden()
+    page.locator("#resume").click()
+    expect(page.locator(".badge[data-status=running]").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#resume")).to_be_hidden()
     page.on("dialog", lambda dialog: dialog.accept())
     page.locator("#cancel").click()
     expect(page.locator(".badge[data-status=cancelled]").first).to_be_visible(timeout=30_000)
@@ -403,3 +412,21 @@ def test_the_sse_reader_splits_events_across_chunks_and_line_endings(page: Page,
     assert events["seen"]["headers"]["Last-Event-ID"] == "7"
     assert events["seen"]["headers"]["Accept"] == "text/event-stream"
     assert "key" not in events["seen"]["url"] and "token" not in events["seen"]["url"]
+
+
+def test_the_pipelines_list_shows_each_stage_with_its_status_and_job(page: Page, live: Live) -> None:
+    dataset = api_upload(live, live.key, "pairs.jsonl", short_preference_pairs(8))
+    job = {"algorithm": "dpo", "dataset_id": dataset["id"], "hyperparameters": {"max_steps": 2}}
+    first, second = {**job, "base_model": "tiny"}, {**job, "base_model": "stage:first"}
+    body = {"name": "two dpo stages", "stages": [{"name": "first", "job": first}, {"name": "second", "job": second}]}
+    created = httpx.post(f"{live.url}/v1/pipelines", headers={"Authorization": f"Bearer {live.key}"}, json=body)
+    assert created.status_code == 201, created.text
+    sign_in(page, live.key)
+    page.goto("/#/pipelines")
+    row = page.locator(f"tr[data-pipeline='{created.json()['id']}']")
+    expect(row).to_contain_text("two dpo stages")
+    expect(row.locator("[data-stage=second] .badge")).to_have_text("succeeded", timeout=60_000)
+    expect(row.locator("td").nth(1).locator(".badge")).to_have_text("succeeded")
+    row.locator("[data-stage=first] a").click()
+    expect(page).to_have_url(re.compile(r"#/jobs/job_"))
+    no_horizontal_scroll(page)

@@ -178,3 +178,49 @@ def _embedded_workers_of(data_dir: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+@pytest.mark.slow
+def test_stopping_alignd_serve_mid_job_saves_at_the_step_boundary_and_the_next_start_resumes_from_it(
+    tiny_model_dir: Path, run_alignd, tmp_path: Path
+) -> None:
+    env = clean_environment()
+    data_dir = tmp_path / "alignd-data"
+    alignd("models", "add", "tiny", str(tiny_model_dir), "--data-dir", str(data_dir), env=env)
+    key = alignd("keys", "create", "--tenant", "acme", "--data-dir", str(data_dir), env=env).strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    total = 24
+
+    def serve() -> tuple[Any, httpx.Client]:
+        port = free_port()
+        service = run_alignd("serve", "--data-dir", str(data_dir), "--port", str(port), env=env)
+        service.wait_for_log("Uvicorn running", timeout=120)
+        return service, httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60)
+
+    first, http = serve()
+    with http:
+        files = {"file": ("pairs.jsonl", short_preference_pairs(), "application/jsonl")}
+        dataset = http.post("/v1/datasets", files=files).json()
+        body = {"algorithm": "dpo", "base_model": "tiny", "dataset_id": dataset["id"],
+                "hyperparameters": {**HYPERPARAMETERS, "max_steps": total, "save_every": 1000}}  # fmt: skip
+        job_id = http.post("/v1/jobs", json=body).json()["id"]
+        deadline = time.monotonic() + 240
+        while http.get(f"/v1/jobs/{job_id}").json()["progress"]["step"] < 3:
+            assert time.monotonic() < deadline, "the job did not reach step 3"
+            time.sleep(0.3)
+    assert first.stop() == 128 + signal.SIGTERM  # uvicorn stops, then the embedded worker (warm: it saves)
+
+    second, http = serve()
+    with http:
+        events = _follow_events(http, headers, job_id, timeout=240)
+        checkpoints = http.get(f"/v1/jobs/{job_id}/checkpoints").json()["data"]
+    second.stop()
+    saved = [c for c in checkpoints if c["kind"] == "intermediate"]
+    assert len(saved) == 1 and 3 <= saved[0]["step"] < total  # no periodic one: the shutdown's save
+    statuses = [e["data"] for e in events if e["type"] == "status"]
+    assert [s["status"] for s in statuses] == ["queued", "running", "queued", "running", "succeeded"]
+    assert statuses[2]["reason"] == "the worker is shutting down" and statuses[2]["saved"] is True
+    logs = [e["data"]["message"] for e in events if e["type"] == "log"]
+    assert f"attempt 2: resuming from the checkpoint of step {saved[0]['step']}" in logs
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert [e["data"]["step"] for e in events if e["type"] == "metrics"] == list(range(1, total + 1))

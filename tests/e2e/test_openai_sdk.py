@@ -53,6 +53,17 @@ def test_the_openai_sdk_fine_tunes_on_the_embedded_default_and_the_model_downloa
         )
         other = client.fine_tuning.jobs.create(model="tiny", training_file=file.id, method={"type": "dpo"})
         assert client.fine_tuning.jobs.cancel(other.id).status == "cancelled"
+        with pytest.raises(openai.ConflictError) as not_pausable:
+            client.fine_tuning.jobs.pause(other.id)
+        assert not_pausable.value.code == "job_not_pausable"
+
+        # Paused at once if still queued, or at its next step boundary (shown as running until then).
+        assert client.fine_tuning.jobs.pause(job.id).status in ("paused", "running")
+        deadline = time.monotonic() + 300
+        while (job := client.fine_tuning.jobs.retrieve(job.id)).status != "paused":
+            assert time.monotonic() < deadline and job.status in ("queued", "running"), f"job {job.status}"
+            time.sleep(0.5)
+        assert client.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
 
         deadline = time.monotonic() + 300
         while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed", "cancelled"):
@@ -64,7 +75,7 @@ def test_the_openai_sdk_fine_tunes_on_the_embedded_default_and_the_model_downloa
         assert events[0].message == "The job has successfully completed"
         assert [e.data["step"] for e in events if e.type == "metrics"] == [2, 1]  # type: ignore[index]
 
-        (checkpoint,) = client.fine_tuning.jobs.checkpoints.list(job.id)
+        checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0]  # the final one (a pause may add one)
         assert checkpoint.step_number == 2 and checkpoint.metrics.train_loss is not None
         assert [j.id for j in client.fine_tuning.jobs.list(limit=1)] == [other.id, job.id]
 

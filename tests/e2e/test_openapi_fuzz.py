@@ -7,7 +7,7 @@ schemathesis' checks: no 5xx, the status code, content type, headers and body ar
 declares, invalid data is refused, the API key is not ignored.
 
 The server is seeded (a dataset of each kind, a reward model, a finished job with events, metrics and a
-checkpoint), and path parameters (and a job's dataset_id, eval_dataset_id, reward_model_id) are drawn
+checkpoint, a pipeline), and path parameters (and a job's dataset_id, eval_dataset_id, reward_model_id) are drawn
 either by schemathesis or from those seeded ids, so the id-based endpoints reach real objects and not
 only the 404 path; DELETE gets objects of its own, so the others stay findable. A second tenant's key is
 fuzzed where ids are sent too: for it, the first tenant's objects must never be found or used.
@@ -123,7 +123,15 @@ def _valid_core(body: dict[str, Any]) -> dict[str, Any] | None:
     if "algorithm" in body and "dataset_id" in body:  # POST /v1/jobs
         pairs = SEEDS.ids["dataset_id"][0]
         return {"algorithm": "dpo", "base_model": MODEL, "dataset_id": pairs, "eval_dataset_id": None}
+    if "stages" in body:  # POST /v1/pipelines
+        return {"stages": _two_stages()}
     return None
+
+
+def _two_stages() -> list[dict[str, Any]]:
+    """A valid pipeline: DPO on the seeded pairs, then DPO again on its output."""
+    job = {"algorithm": "dpo", "dataset_id": SEEDS.ids["dataset_id"][0]}
+    return [{"name": "a", "job": {**job, "base_model": MODEL}}, {"name": "b", "job": {**job, "base_model": "stage:a"}}]
 
 
 @SCHEMA.hook
@@ -275,6 +283,10 @@ def _seed(url: str, headers: dict[str, str]) -> None:
         "reward_model_id": reward_model_ids,
         "checkpoint_id": [checkpoint_id],
     }
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as http:
+        resp = http.post("/v1/pipelines", json={"name": "seeded", "stages": _two_stages()})
+        assert resp.status_code == 201, resp.text
+    SEEDS.ids["pipeline_id"] = [resp.json()["id"]]
 
 
 @pytest.fixture(scope="module")

@@ -100,7 +100,7 @@ def test_log_probs_of_a_left_padded_row_equal_those_of_the_row_alone(tiny: Path)
     torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-5)
 
 
-def test_rollout_samples_g_completions_per_prompt_in_one_generate_call(tiny: Path) -> None:
+def test_the_generate_engine_samples_g_completions_per_prompt_in_one_generate_call(tiny: Path) -> None:
     tokenizer, model = load_tokenizer(str(tiny)), load_model(str(tiny))
     calls = []
     generate = model.generate
@@ -121,6 +121,7 @@ def test_rollout_samples_g_completions_per_prompt_in_one_generate_call(tiny: Pat
         temperature=1.0,
         top_p=1.0,
         device=torch.device("cpu"),
+        engine="generate",
     )
     assert calls == [torch.Size([2, len(prompts[1])])]
     assert batch.completion_ids.shape[0] == 6 and len(batch.completions) == 6

@@ -4,6 +4,8 @@ It trains nothing: it checks that the worker materialised the training file (its
 dataset's), counts steps, sleeping `FAKE_STEP_SECONDS` per step, and behaves as the spec's
 base_model folder's name asks: "crash" dies with a traceback and no error event, "error" reports an error event.
 Checkpoints are folders with a `training_state/step` file, which `--resume` reads back.
+SIGUSR1 saves at the next step boundary and stops, as the real trainer does (trainer/signals.py):
+a checkpoint of that step (unless saved already), a `stopped` event, exit code 75.
 
 Knobs for the fault tests (environment variables, all optional):
 - FAKE_SAMPLES: `sample` events per step (with `step`, like the online trainers' samples);
@@ -17,6 +19,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +44,8 @@ def main() -> int:
     if os.environ.get("FAKE_PID_DIR"):
         (Path(os.environ["FAKE_PID_DIR"]) / f"{os.getpid()}.pid").write_text(args.spec)
     start = int((Path(args.resume) / "training_state" / "step").read_text()) if args.resume else 0
+    asked: list[int] = []
+    signal.signal(signal.SIGUSR1, lambda signum, frame: asked.append(signum))
 
     with open(args.events, "a") as events:
 
@@ -60,7 +65,17 @@ def main() -> int:
             emit(type="error", code="invalid_data", message="dataset row 3: 'chosen' is empty")
             return 1
         emit(type="log", level="info", message=f"starting at step {start}")
+        saved = start
         for step in range(start + 1, total + 1):
+            if asked:  # at the boundary before `step`
+                done = step - 1
+                folder = (
+                    save(output / "checkpoints" / f"step-{done:08d}", done, payload=payload) if done > saved else None
+                )
+                if folder is not None:
+                    emit(type="checkpoint", step=done, path=str(folder), metrics={"loss": 1.0 / done})
+                emit(type="stopped", step=done, checkpoint=str(folder) if folder else None)
+                return 75
             time.sleep(delay)
             emit(type="progress", step=step, total_steps=total, epoch=step / total, eta_seconds=(total - step) * delay)
             emit(type="metrics", step=step, values={"loss": 1.0 / step})
@@ -69,6 +84,7 @@ def main() -> int:
             if save_every and step % save_every == 0 and step < total:
                 folder = save(output / "checkpoints" / f"step-{step:08d}", step, payload=payload)
                 emit(type="checkpoint", step=step, path=str(folder), metrics={"loss": 1.0 / step})
+                saved = step
         final = save(output / "final", total, state=False, payload=payload)
         emit(type="checkpoint", step=total, kind="final", path=str(final), metrics={"loss": 1.0 / total})
         emit(type="done")

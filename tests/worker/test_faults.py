@@ -244,14 +244,14 @@ def test_a_trainer_killed_alone_fails_its_job_with_the_signal_named_and_the_work
 # --- warm shutdown ---------------------------------------------------------------------------------
 
 
-def test_a_worker_sent_sigterm_hands_its_job_back_and_another_worker_resumes_it_within_seconds(
+def test_a_worker_sent_sigterm_saves_at_the_step_boundary_and_another_worker_resumes_from_that_step_within_seconds(
     start_worker: StartWorker, submit: Callable[..., str], db: sessionmaker[Session], storage: Storage,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     # A lease of a minute: a job that waited for its lease to expire could not finish in time.
     workers = start_workers(start_worker, 2, ALIGND_LEASE_SECONDS="60")
-    job_id = submit(max_steps=60)
-    wait_for(lambda: checkpoints_of(db, job_id), 60, "a first checkpoint")
+    job_id = submit(max_steps=60, save_every=50)  # no periodic checkpoint before the shutdown
+    wait_for(lambda: (job_row(db, job_id).progress or {}).get("step", 0) >= 3, 60, "step 3")
     first = owner(workers, db, job_id)
 
     first.terminate()
@@ -264,10 +264,31 @@ def test_a_worker_sent_sigterm_hands_its_job_back_and_another_worker_resumes_it_
     assert claimed_after < 10, claimed_after
     assert statuses(db, job_id) == ["queued", "running", "queued", "running", "succeeded"]
     handed_back = [e.data for e in events_of(db, job_id) if e.type == "status" and e.data["status"] == "queued"][1]
-    assert handed_back["reason"] == "the worker is shutting down"
+    assert handed_back["reason"] == "the worker is shutting down" and handed_back["saved"] is True
+    saved = checkpoints_of(db, job_id)[0]
+    assert saved.kind == "intermediate" and 3 <= saved.step < 50
+    logs = [e.data["message"] for e in events_of(db, job_id) if e.type == "log"]
+    assert f"attempt 2: resuming from the checkpoint of step {saved.step}" in logs
+    assert job.max_attempts == 4  # nothing was lost: the attempt is given back
     running = [e.data for e in events_of(db, job_id) if e.type == "status" and e.data["status"] == "running"]
     assert running[0]["worker_id"] != running[1]["worker_id"] and first.runs(job) is False
     assert_job_is_whole(db, storage, job_id, total=60)
+
+
+def test_a_worker_sent_sigterm_mid_step_longer_than_the_grace_hands_its_job_back_without_saving(
+    start_worker: StartWorker, submit: Callable[..., str], db: sessionmaker[Session], storage: Storage,
+) -> None:  # fmt: skip
+    (worker,) = start_workers(start_worker, 1, ALIGND_LEASE_SECONDS="60", FAKE_STEP_SECONDS="30")
+    job_id = submit(max_steps=4, save_every=1)
+    wait_for(lambda: job_row(db, job_id).status == "running" and trainer_pids(job_id), 60, "the trainer to start")
+
+    worker.terminate()
+    assert worker.process.wait(40) == 0
+    job = job_row(db, job_id)
+    assert job.status == "queued" and job.attempt == 1 and job.max_attempts == 3  # the attempt counts
+    handed_back = [e.data for e in events_of(db, job_id) if e.type == "status"][-1]
+    assert handed_back["saved"] is False and not checkpoints_of(db, job_id)
+    assert not trainer_pids(job_id)
 
 
 # --- Postgres and Redis restarted --------------------------------------------------------------------

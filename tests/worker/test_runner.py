@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.core.settings import Settings
 from api.core.storage import Storage
+from api.jobs import lifecycle
+from api.jobs.events import lock_job
 from tests.hub_cache import cached_hub_model
 from tests.worker.conftest import add_dataset, add_job, checkpoints_of, events_of, job_row, request_cancel, wait_for
 from worker import runner
@@ -169,3 +171,60 @@ def test_the_trainer_runs_under_accelerate_launch_when_a_job_spans_several_gpus(
     command = runner.trainer_command(spec, out, events, Path("/w/resume"), several)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "4", "--module", "trainer"]
     assert command == [*launch, *args, "--resume", "/w/resume"]
+
+
+def request_pause(db: sessionmaker[Session], job_id: str) -> None:
+    """What the API's pause does to a running job."""
+    with db() as session, session.begin():
+        lifecycle.request_pause(session, lock_job(session, job_id))
+
+
+def resume(db: sessionmaker[Session], job_id: str) -> None:
+    """What the API's resume does to a paused job (run_job is then called directly, without a broker)."""
+    with db() as session, session.begin():
+        assert lifecycle.resume(session, lock_job(session, job_id))
+
+
+def test_pausing_a_running_job_saves_at_the_step_boundary_frees_the_worker_and_resume_continues_from_there(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKE_STEP_SECONDS", "0.2")
+    job_id = queued_job(hyperparameters={"max_steps": 40, "save_every": 100})  # no periodic checkpoint
+    thread = threading.Thread(target=run_job, args=(job_id, worker_settings))
+    thread.start()
+    wait_for(lambda: (job_row(db, job_id).progress or {}).get("step", 0) >= 3, 60, "step 3")
+    request_pause(db, job_id)
+    thread.join(60)
+    assert not thread.is_alive(), "the worker is free once the job is paused"
+
+    job = job_row(db, job_id)
+    assert (job.status, job.worker_id, job.lease_expires_at, job.max_attempts) == ("paused", None, None, 4)
+    (checkpoint,) = checkpoints_of(db, job_id)
+    paused = events_of(db, job_id)[-1].data
+    assert paused == {"status": "paused", "previous": "pausing", "reason": "paused at a step boundary",
+                      "step": checkpoint.step}  # fmt: skip
+    assert checkpoint.kind == "intermediate" and 3 <= checkpoint.step < 40
+    assert max(e.data["step"] for e in events_of(db, job_id) if e.type == "metrics") == checkpoint.step
+
+    resume(db, job_id)
+    run_job(job_id, worker_settings)
+    job = job_row(db, job_id)
+    assert job.status == "succeeded" and job.attempt == 2
+    logs = [e.data["message"] for e in events_of(db, job_id) if e.type == "log"]
+    assert f"attempt 2: resuming from the checkpoint of step {checkpoint.step}" in logs
+    steps = [e.data["step"] for e in events_of(db, job_id) if e.type == "metrics"]
+    assert steps == list(range(1, 41))  # gap-free, no step twice
+    statuses = [e.data["status"] for e in events_of(db, job_id) if e.type == "status"]
+    assert statuses == ["queued", "running", "pausing", "paused", "queued", "running", "succeeded"]
+
+
+def test_a_job_paused_while_queued_is_not_run_until_resumed(
+    fake_trainer: None, queued_job, db: sessionmaker[Session], worker_settings: Settings
+) -> None:
+    job_id = queued_job(hyperparameters={"max_steps": 3})
+    request_pause(db, job_id)
+    run_job(job_id, worker_settings)  # a delivery sent before the pause
+    assert job_row(db, job_id).status == "paused" and not events_of(db, job_id)[-1].data.get("worker_id")
+    resume(db, job_id)
+    run_job(job_id, worker_settings)
+    assert job_row(db, job_id).status == "succeeded"

@@ -131,7 +131,7 @@ function signIn() {
 // ---------------------------------------------------------------- jobs
 
 function jobsList() {
-  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["queued", "running", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
+  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["queued", "running", "pausing", "paused", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
   const algorithm = h("select", { name: "algorithm" }, h("option", { value: "" }, "any algorithm"), ...Object.keys(KIND).map((a) => h("option", { value: a }, a)));
   const table = pagedTable({
     columns: ["Job", "Algorithm", "Status", "Progress", "Base model", "Created"],
@@ -217,7 +217,22 @@ async function jobPage(id) {
         clear(errorSlot).append(errorBox(err));
       }
     };
-    clear(header).append(h("h1", {}, job.name || job.id), statusBadge(job.status), progressBar(job.progress), cancel);
+    // Pause: queued -> paused at once, running -> pausing (saved at the next step boundary); resume a paused one.
+    const pause = h("button", { type: "button", id: "pause", hidden: !["queued", "running"].includes(job.status) }, "Pause");
+    const resume = h("button", { type: "button", id: "resume", hidden: job.status !== "paused" }, "Resume");
+    for (const [button, action] of [[pause, "pause"], [resume, "resume"]]) {
+      button.onclick = async () => {
+        button.disabled = true;
+        try {
+          job = await api(`/v1/jobs/${id}/${action}`, { method: "POST" });
+          renderHeader();
+        } catch (err) {
+          button.disabled = false;
+          clear(errorSlot).append(errorBox(err));
+        }
+      };
+    }
+    clear(header).append(h("h1", {}, job.name || job.id), statusBadge(job.status), progressBar(job.progress), pause, resume, cancel);
     const items = [
       ["id", job.id],
       ["algorithm", job.algorithm],
@@ -670,6 +685,50 @@ async function datasetPage(id) {
   load();
 }
 
+// ---------------------------------------------------------------- pipelines
+
+function pipelinesList() {
+  const status = h("select", { name: "status" }, h("option", { value: "" }, "any status"), ...["running", "cancelling", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s }, s)));
+  const stageCell = (stage) =>
+    h(
+      "span",
+      { class: "stage", "data-stage": stage.name, title: stage.reason || "" },
+      stage.job_id ? h("a", { href: `#/jobs/${stage.job_id}` }, stage.name) : stage.name,
+      " ",
+      statusBadge(stage.status),
+    );
+  const table = pagedTable({
+    columns: ["Pipeline", "Status", "Stages", "Output", "Created"],
+    empty: "No pipelines yet (POST /v1/pipelines, or alignd pipelines create FILE).",
+    fetchPage: (after) => {
+      const q = new URLSearchParams({ limit: "25" });
+      if (after) q.set("after", after);
+      if (status.value) q.set("status", status.value);
+      return api(`/v1/pipelines?${q}`);
+    },
+    rowOf: (p) =>
+      h(
+        "tr",
+        { "data-pipeline": p.id },
+        h("td", {}, p.name || p.id, p.name ? h("div", { class: "muted mono" }, p.id) : ""),
+        h("td", {}, statusBadge(p.status), p.error ? h("div", { class: "muted" }, p.error.message) : ""),
+        h("td", {}, ...p.stages.flatMap((stage, i) => (i ? [" → ", stageCell(stage)] : [stageCell(stage)]))),
+        h("td", { class: "mono" }, p.output_checkpoint_id || ""),
+        h("td", {}, when(p.created_at)),
+      ),
+  });
+  status.onchange = () => table.load();
+  view.append(h("div", { class: "toolbar" }, h("h1", {}, "Pipelines"), status), table.root);
+  let timer = null;
+  const tick = async () => {
+    const page = await table.load();
+    const live = page && page.data.some((p) => !FINAL.has(p.status));
+    timer = setTimeout(tick, live ? 3000 : 15000);
+  };
+  tick();
+  onLeave(() => clearTimeout(timer));
+}
+
 // ---------------------------------------------------------------- routing
 
 async function route() {
@@ -686,6 +745,7 @@ async function route() {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === (parts[1] === "new" ? "new" : parts[0])));
   if (parts[0] === "datasets" && parts[1]) await datasetPage(decodeURIComponent(parts[1]));
   else if (parts[0] === "datasets") datasetsList();
+  else if (parts[0] === "pipelines") pipelinesList();
   else if (parts[0] === "jobs" && parts[1] === "new") await newJob();
   else if (parts[0] === "jobs" && parts[1]) await jobPage(decodeURIComponent(parts[1]));
   else jobsList();
