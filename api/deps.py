@@ -15,9 +15,13 @@ from api.core.db import session_scope
 from api.core.settings import Settings, get_settings
 from api.core.storage import Storage, get_storage
 
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
 
-def _session() -> Iterator[Session]:
-    yield from session_scope()
+
+def _session(request: Request) -> Iterator[Session]:
+    # Requests that may change something are writers: on SQLite their transactions take the write lock
+    # when they begin (api/core/db.py); reads never wait for it.
+    yield from session_scope(writer=request.method not in READ_METHODS)
 
 
 SessionDep = Annotated[Session, Depends(_session)]
@@ -34,7 +38,12 @@ def _tenant(
     session: SessionDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
-    return authenticate(session, request.headers.get("authorization"))
+    tenant = authenticate(session, request.headers.get("authorization"))
+    if request.method not in READ_METHODS:
+        # End this transaction: the route may stream a large upload before its next query, and on SQLite
+        # a writer's transaction holds the write lock (api/core/db.py). Reads keep theirs (one checkout).
+        session.commit()
+    return tenant
 
 
 TenantDep = Annotated[Tenant, Depends(_tenant)]

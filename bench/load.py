@@ -1,8 +1,9 @@
 """`make load`: many tenants submitting, listing and streaming at once against the real API on Postgres.
 
 A bounded script (every phase has a deadline): it starts its own Postgres and Redis (tests/services.py),
-migrates, starts the API (uvicorn, `--api-processes` processes) and `--workers` real `alignd worker`
-processes running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
+migrates, starts the API (uvicorn, `--api-processes` processes) and real `alignd worker` processes with
+`--workers` job slots in all (one process per slot, or `--worker-processes` processes sharing them),
+running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
 
 - `--tenants` tenants each upload a dataset, then submit `--jobs` jobs in all, concurrently;
 - `--streams` clients follow jobs' SSE event streams to their end;
@@ -46,6 +47,8 @@ class Stats:
         self.errors_5xx = 0
         self.transport_errors = 0
         self.job_get_ms: list[float] = []
+        self.load_average: list[float] = []
+        """The machine's 1-minute load average, sampled every 5 s of the load phase."""
 
     def record(self, response: httpx.Response) -> None:
         self.requests += 1
@@ -66,8 +69,12 @@ def start_processes(
     api += ["--workers", str(args.api_processes), "--log-level", "warning"]
     with open(root / "api.log", "wb") as log:
         procs.append(subprocess.Popen(api, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-    for i in range(args.workers):
-        worker_env = {**env, "ALIGND_WORKER_ID": f"load-{i}"}
+    # --workers job slots over --worker-processes `alignd worker` processes (each gets an equal share of
+    # slots as fake GPUs, so its Celery pool runs that many jobs at once).
+    processes = min(args.worker_processes or args.workers, args.workers)
+    for i in range(processes):
+        slots = args.workers // processes + (i < args.workers % processes)
+        worker_env = {**env, "ALIGND_WORKER_ID": f"load-{i}", "ALIGND_WORKER_GPUS": str(slots)}
         with open(root / f"worker-{i}.log", "wb") as log:
             procs.append(
                 subprocess.Popen(
@@ -199,6 +206,7 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                     r = await call("GET", f"/v1/jobs/{job_id}", headers=_auth(key))
                     if r.status_code == 200 and r.json()["status"] in FINAL:
                         finished[job_id] = r.json()["status"]
+                stats.load_average.append(os.getloadavg()[0])
                 print(f"{time.strftime('%H:%M:%S')} {len(finished)}/{len(jobs)} jobs final", file=sys.stderr)
                 await asyncio.sleep(5)
 
@@ -234,6 +242,8 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
         "jobs_per_minute": round(len(finished) / (total_seconds / 60), 1),
+        "load_average_mean": round(statistics.fmean(stats.load_average), 1) if stats.load_average else None,
+        "load_average_max": round(max(stats.load_average), 1) if stats.load_average else None,
     }
 
 
@@ -251,7 +261,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tenants", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=20, help="jobs run at once (worker job slots)")
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=0,
+        help="`alignd worker` processes the slots are spread over (0: one per slot, as in a fleet of 1-GPU "
+        "workers; 1: one worker process with --workers slots, which leaves a small machine's CPUs to the API)",
+    )
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.05)
@@ -277,7 +294,6 @@ def main() -> int:
             "ALIGND_STORAGE_URL": f"file://{root / 'artifacts'}",
             "ALIGND_MODELS_DIR": str(root / "models"),
             "ALIGND_HUB_CACHE_DIR": str(root / "hub-cache"),
-            "ALIGND_WORKER_GPUS": "0",
             "ALIGND_HEARTBEAT_SECONDS": "5",
             "ALIGND_LEASE_SECONDS": "60",
             "ALIGND_REAP_INTERVAL_SECONDS": "10",

@@ -24,12 +24,12 @@ def keys_create(
 ) -> None:
     """Create an API key; it is printed once, alone on the last line."""
     from api.auth.service import create_key
-    from api.core.db import get_sessionmaker
+    from api.core.db import get_writer_sessionmaker
 
     settings = settings_for(data_dir)
     if settings.resolved_database_url.startswith("sqlite"):
         upgrade_database(settings)
-    with get_sessionmaker()() as session:
+    with get_writer_sessionmaker()() as session:
         row, key = create_key(session, tenant)
         typer.echo(f"created an API key for tenant {row.name} ({row.id}); it is shown only this once:")
     typer.echo(key)
@@ -42,10 +42,10 @@ def keys_list(
 ) -> None:
     """List API keys (id, prefix, tenant, created, revoked); never the keys themselves."""
     from api.auth.service import TenantNotFound, list_keys
-    from api.core.db import get_sessionmaker
+    from api.core.db import get_writer_sessionmaker
 
     _open_database(data_dir)
-    with get_sessionmaker()() as session:
+    with get_writer_sessionmaker()() as session:
         try:
             keys = list_keys(session, tenant)
         except TenantNotFound as exc:
@@ -66,10 +66,10 @@ def keys_revoke(
 ) -> None:
     """Revoke an API key; its next request is refused (401)."""
     from api.auth.service import KeyNotFound, revoke_key
-    from api.core.db import get_sessionmaker
+    from api.core.db import get_writer_sessionmaker
 
     _open_database(data_dir)
-    with get_sessionmaker()() as session:
+    with get_writer_sessionmaker()() as session:
         try:
             key = revoke_key(session, key_id)
         except KeyNotFound as exc:

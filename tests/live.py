@@ -1,7 +1,7 @@
 """A live alignd for the client and CLI tests: `alignd serve` on a real port, in two flavours.
 
 - "postgres": `alignd serve --no-worker` on a fresh Postgres database with Redis as the broker, and
-  a real Celery worker process (`tests/client/fake_worker.py`) whose trainer is the fake one from
+  a real Celery worker process (`tests/worker/fake_worker.py`) whose trainer is the fake one from
   tests/worker, so a job takes about a second.
 - "embedded": the embedded default (nothing configured but a data directory: SQLite database and
   broker) served by `alignd serve --no-worker`, with the same fake-trainer worker process in the
@@ -157,7 +157,7 @@ def live_server(
         _wait("alignd serve", lambda: _ready(url), processes, logs)
         if fake_worker:
             logs.append(root / "worker.log")
-            processes.append(_start([sys.executable, "-m", "tests.client.fake_worker"], env, logs[-1]))
+            processes.append(_start([sys.executable, "-m", "tests.worker.fake_worker"], env, logs[-1]))
         worker_log = logs[-1] if fake_worker else data_dir / "worker.log"
         _wait("the worker", lambda: worker_log.exists() and b" ready." in worker_log.read_bytes(), processes, logs)
         yield LiveServer(flavour, url, keys.stdout.strip().splitlines()[-1], data_dir, model, failing, logs)

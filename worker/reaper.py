@@ -22,6 +22,11 @@ and the claim takes it once. Both go through the life cycle's
 `enqueue` (commit, send, mark sent); a duplicate delivery is harmless because claiming is one
 conditional UPDATE.
 
+Every `orphan_sweep_seconds` it also deletes checkpoint archives that no checkpoint row names and that
+are older than `orphan_grace_seconds` (api/checkpoints/service.py `sweep_orphan_archives`): a worker
+killed between uploading an archive and writing its row leaves one behind, and nothing else would
+ever remove it. Concurrent sweeps are harmless (deleting a deleted key is not an error).
+
 Every worker runs the reaper in a small thread (`ReaperThread`, started by run_worker) rather than
 under celery beat: there is no extra process to deploy and no single point whose death stops the
 reaping. Concurrent reapers are safe: each job is re-checked under its row lock (SKIP LOCKED on
@@ -32,13 +37,16 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api.checkpoints.service import sweep_orphan_archives
 from api.core.db import utcnow
 from api.core.settings import Settings
+from api.core.storage import storage_from_url
 from api.jobs import lifecycle
 from api.jobs.models import Job
 from api.pipelines import advance
@@ -85,8 +93,19 @@ def repair_pipelines(session: Session, settings: Settings, send: lifecycle.Send)
     return lifecycle.enqueue(session, advance.repair(session, settings), send)
 
 
+def sweep_orphans(session: Session, settings: Settings) -> list[str]:
+    """Delete the checkpoint archives without a row older than `orphan_grace_seconds`; returns their keys."""
+    storage = storage_from_url(settings.resolved_storage_url, settings)
+    cutoff = utcnow() - timedelta(seconds=settings.orphan_grace_seconds)
+    deleted = sweep_orphan_archives(session, storage, cutoff)
+    if deleted:
+        logger.info("deleted %d checkpoint archives that no checkpoint names: %s", len(deleted), deleted)
+    return deleted
+
+
 class ReaperThread(threading.Thread):
-    """Runs reap_expired and resend_unsent every `reap_interval_seconds` until stopped."""
+    """Runs reap_expired and resend_unsent every `reap_interval_seconds`, and sweep_orphans every
+    `orphan_sweep_seconds` (the first at start-up), until stopped."""
 
     def __init__(self, settings: Settings, send: lifecycle.Send, unclaimed_after: float | None = None) -> None:
         super().__init__(name="alignd-reaper", daemon=True)
@@ -97,6 +116,7 @@ class ReaperThread(threading.Thread):
 
     def run(self) -> None:
         sessions = session_factory(self.settings)
+        next_sweep = time.monotonic()
         while True:  # a pass at start-up too: a restarted worker picks up what its predecessor left
             try:
                 with sessions() as session:
@@ -105,6 +125,15 @@ class ReaperThread(threading.Thread):
                     repair_pipelines(session, self.settings, self.send)
             except Exception:
                 logger.exception("reaper pass failed; trying again in %ss", self.settings.reap_interval_seconds)
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.orphan_sweep_seconds
+                try:
+                    with sessions() as session:
+                        sweep_orphans(session, self.settings)
+                except Exception:
+                    logger.exception(
+                        "orphan archive sweep failed; trying again in %ss", self.settings.orphan_sweep_seconds
+                    )
             if self._stop_event.wait(self.settings.reap_interval_seconds):
                 return
 

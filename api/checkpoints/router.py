@@ -42,6 +42,7 @@ def download_checkpoint(
 ) -> StreamingResponse:
     """Download a checkpoint archive."""
     checkpoint = service.get_checkpoint(session, tenant.id, checkpoint_id)
+    session.close()  # hold no connection while the archive streams
     size = storage.size(checkpoint.storage_key)
     headers = {
         "Accept-Ranges": "bytes",

@@ -1,14 +1,18 @@
-"""Checkpoints: read access and byte ranges of their archives (the worker writes them)."""
+"""Checkpoints: read access and byte ranges of their archives (the worker writes them), and the sweep of
+archives no row names."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
+from itertools import islice
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.errors import AlignError, NotFound
+from api.core.storage import Storage
 
 
 class CheckpointNotFound(NotFound):
@@ -65,3 +69,27 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or (last and int(last) < start):
         raise RangeNotSatisfiable(f"range {header!r} is outside the {size}-byte archive", size)
     return start, min(end, size - 1)
+
+
+ARCHIVES = "checkpoints"
+"""Where the worker stores checkpoint archives: checkpoints/<job id>/step-<step>-<kind>.tar."""
+
+
+def sweep_orphan_archives(session: Session, storage: Storage, written_before: datetime) -> list[str]:
+    """Delete every object under checkpoints/ written before `written_before` that no checkpoint row names.
+
+    Such an archive was uploaded by a worker that died before it wrote the row (killed between the two
+    on the job's last attempt), or its row went with a deleted job, or it is the temporary file of an
+    upload that never finished. Nothing can ever download it. `written_before` leaves a grace period for
+    a worker between its upload and its row. Returns the keys deleted.
+    """
+    old = (listed.key for listed in storage.list_objects(ARCHIVES) if listed.modified_at < written_before)
+    deleted = []
+    while batch := list(islice(old, 500)):
+        named = set(session.scalars(select(Checkpoint.storage_key).where(Checkpoint.storage_key.in_(batch))))
+        for key in batch:
+            if key not in named:
+                storage.delete(key)
+                deleted.append(key)
+    session.rollback()  # end the read transaction; nothing was written
+    return deleted

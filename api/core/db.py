@@ -52,18 +52,34 @@ class Base(DeclarativeBase):
     }
 
 
+WRITER = "alignd_writer"
+"""Execution option of an engine whose transactions write (SQLite: they BEGIN IMMEDIATE; see make_engine)."""
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
-            # WAL lets the API read while the embedded worker writes events.
+            # WAL lets other connections read while one writes.
             cur = conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+            conn.isolation_level = None  # pysqlite emits no BEGIN of its own; _begin does
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # SQLAlchemy's pysqlite recipe ("Serializable isolation / Savepoints / Transactional DDL").
+            # SELECT ... FOR UPDATE is a no-op on SQLite, so two processes appending events to one job
+            # (the API's cancel, the worker's relay) would both read last_event_seq: the same seq twice,
+            # or "database is locked" when the stale snapshot tries to write. A writer's transaction
+            # begins IMMEDIATE, taking the write lock before its first read, so writers run one after
+            # another (each waits up to busy_timeout). Readers stay DEFERRED: under WAL they never wait,
+            # and a reader holding a transaction open does not stop writers.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITER) else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
@@ -76,10 +92,17 @@ def get_engine() -> Engine:
 
 @lru_cache
 def get_sessionmaker() -> sessionmaker[Session]:
+    """Sessions for reading (they may write too, but on SQLite without the write lock held from the start)."""
     return sessionmaker(get_engine(), expire_on_commit=False)
 
 
-def session_scope() -> Iterator[Session]:
+@lru_cache
+def get_writer_sessionmaker() -> sessionmaker[Session]:
+    """Sessions whose transactions write: on SQLite each takes the write lock when it begins."""
+    return sessionmaker(get_engine().execution_options(**{WRITER: True}), expire_on_commit=False)
+
+
+def session_scope(writer: bool = False) -> Iterator[Session]:
     """A session per request (FastAPI dependency) or per unit of worker work."""
-    with get_sessionmaker()() as session:
+    with (get_writer_sessionmaker() if writer else get_sessionmaker())() as session:
         yield session

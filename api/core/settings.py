@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     """How often a worker looks for jobs with expired leases."""
     resend_unclaimed_seconds: float = Field(600.0, gt=0)
     """A queued job sent this long ago and still not claimed is sent again (the broker lost it)."""
+    orphan_sweep_seconds: float = Field(3600.0, gt=0)
+    """How often a worker deletes checkpoint archives that no checkpoint row names (worker/reaper.py)."""
+    orphan_grace_seconds: float = Field(3600.0, ge=60)
+    """An archive without a row is deleted only once it is this old (a worker writes its row right after)."""
     max_attempts: int = Field(3, ge=1)
     """Attempts before a job whose worker keeps dying is failed."""
     queue: str = "alignd"

@@ -22,6 +22,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -38,6 +39,13 @@ class Stored:
     key: str
     bytes: int
     sha256: str
+
+
+@dataclass(frozen=True)
+class Listed:
+    key: str
+    modified_at: datetime
+    """When the object was last written (UTC)."""
 
 
 class StorageUnavailable(AlignError):
@@ -76,6 +84,10 @@ class Storage(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; a missing key is not an error."""
+        ...
+
+    def list_objects(self, prefix: str) -> Iterator[Listed]:
+        """Every object under the folder `prefix` (any depth), with when it was written."""
         ...
 
     def download_to(self, key: str, target: Path) -> Path:
@@ -150,6 +162,17 @@ class FileStorage:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def list_objects(self, prefix: str) -> Iterator[Listed]:
+        """Includes the temporary `.part` files of writes that never finished (their writer died)."""
+        root = self.root.resolve()
+        for path in sorted(self._path(prefix).rglob("*")):
+            try:
+                if path.is_file():
+                    modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                    yield Listed(path.relative_to(root).as_posix(), modified)
+            except FileNotFoundError:  # deleted since the walk saw it
+                continue
 
     def download_to(self, key: str, target: Path) -> Path:
         """A hard link where the store shares the filesystem (no copy of a large dataset), else a copy."""
@@ -324,6 +347,17 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def list_objects(self, prefix: str) -> Iterator[Listed]:
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        args = {"Bucket": self.bucket, "Prefix": self._key(prefix).rstrip("/") + "/"}
+        while True:
+            page = self._call("list", prefix, self.client.list_objects_v2, **args)
+            for item in page.get("Contents", []):
+                yield Listed(item["Key"][strip:], item["LastModified"].astimezone(UTC))
+            if not page.get("IsTruncated"):
+                return
+            args["ContinuationToken"] = page["NextContinuationToken"]
 
     def download_to(self, key: str, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""/v1/datasets: upload (multipart, streamed), pre-flight validate, list, get, preview rows (as stored and as
-the trainer parses them), delete."""
+"""/v1/datasets: upload (multipart, streamed), pre-flight validate, list, get, preview rows (as stored, as
+the trainer parses them, and as it renders them for a model), delete."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 from api.core.errors import InvalidRequest
 from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
 from api.core.uploads import stream_multipart
-from api.datasets import service
-from api.datasets.schemas import DatasetExamples, DatasetPublic, DatasetRows, DatasetValidation
+from api.datasets import preview, service
+from api.datasets.schemas import DatasetExamples, DatasetPreview, DatasetPublic, DatasetRows, DatasetValidation
 from api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from trainer.config import CommonConfig
 from trainer.formats import RowError, parse_row
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -159,6 +160,52 @@ def preview_examples(
     rows, has_more = service.preview_rows(storage, dataset, offset=offset, limit=limit)
     examples = [_example(row, dataset.format) for row in rows]
     return DatasetExamples(data=examples, offset=offset, has_more=has_more)
+
+
+@router.get(
+    "/{dataset_id}/preview",
+    responses={
+        503: {"description": "`preview_busy`: the server's scoring/preview slots are all in use; retry later."},
+        504: {"description": "`preview_timeout`: rendering ran past ALIGND_SCORE_TIMEOUT_SECONDS and was stopped."},
+    },
+)
+async def preview_rendered(
+    dataset_id: str,
+    session: SessionDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    model: Annotated[str, Query(min_length=1, max_length=500, description="MODEL_REF whose tokenizer renders")],
+    offset: Annotated[int, Query(ge=0, le=service.MAX_ROWS)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    max_length: Annotated[int, Query(ge=8, le=131072)] = CommonConfig.model_fields["max_length"].default,
+    max_prompt_length: Annotated[int, Query(ge=1, le=131072)] = CommonConfig.model_fields["max_prompt_length"].default,
+) -> DatasetPreview:
+    """Preview rows as the trainer renders them for a model: chat template, token counts, truncation."""
+    task, has_more = await run_in_threadpool(
+        service.preview_task,
+        session,
+        storage,
+        settings,
+        tenant.id,
+        dataset_id,
+        model,
+        offset=offset,
+        limit=limit,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+    )
+    rows = await preview.render_rows(task, settings)
+    return DatasetPreview.model_validate(
+        {
+            "model": model,
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "data": rows,
+            "offset": offset,
+            "has_more": has_more,
+        }
+    )
 
 
 def _example(row: Any, fmt: str) -> dict[str, Any]:

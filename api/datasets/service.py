@@ -47,7 +47,9 @@ from api.core.pagination import page_query
 from api.core.settings import Settings
 from api.core.storage import Storage
 from api.datasets.models import Dataset
+from api.datasets.preview import PreviewTask
 from api.jobs.models import LIVE_STATUSES, Job
+from api.models_dir import references
 from trainer.formats import FORMATS, RowError, detect_format, parse_row
 
 MAX_DETAILS = 100
@@ -515,3 +517,29 @@ def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_i
     session.commit()
     storage.delete(dataset.storage_key)
     storage.delete(index_key(dataset.storage_key))
+
+
+def preview_task(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    tenant_id: str,
+    dataset_id: str,
+    model: str,
+    *,
+    offset: int,
+    limit: int,
+    max_length: int,
+    max_prompt_length: int,
+) -> tuple[PreviewTask, bool]:
+    """What the preview child needs (the dataset's rows, the model checked for this tenant), and has_more."""
+    if max_prompt_length >= max_length:
+        raise InvalidRequest("max_prompt_length must be smaller than max_length", param="max_prompt_length")
+    try:
+        dataset = get_dataset(session, tenant_id, dataset_id)
+        source = references.check(session, settings, tenant_id, model, "model")
+        fmt = dataset.format
+    finally:
+        session.close()  # rendering takes a while; hold no connection meanwhile
+    rows, has_more = preview_rows(storage, dataset, offset=offset, limit=limit)
+    return PreviewTask(source, rows, fmt, max_length, max_prompt_length), has_more

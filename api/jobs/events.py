@@ -2,9 +2,10 @@
 
 Both the API and the worker append through `append_events`: status events through the job life
 cycle (api/jobs/lifecycle.py, the only place that changes a job's status), relayed trainer events
-through worker/relay.py. It locks the job row (SELECT ... FOR UPDATE on Postgres;
-SQLite serialises writers anyway), so seqs are gap-free and strictly increasing per job even with
-several writers. The caller commits.
+through worker/relay.py. It locks the job row (SELECT ... FOR UPDATE on Postgres; on SQLite, where
+that is a no-op, a writer's transaction begins IMMEDIATE and so holds the database's write lock from its
+start, see api/core/db.py), so seqs are gap-free and strictly increasing per job even with several writers in
+several processes. The caller commits.
 """
 
 from __future__ import annotations

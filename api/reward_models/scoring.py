@@ -1,25 +1,20 @@
-"""Scoring off the API's event loop: one child process per score request, with a deadline.
+"""Scoring off the API's event loop: one child process per score request, with a deadline (api/core/forked.py).
 
 The child is forked from a forkserver that has already imported the trainer's reward code, so it
 starts in milliseconds; it makes the reward's models local (hub cache, checkpoint cache), builds
 the reward exactly as a grpo/ppo job would and scores. The API process only waits on a pipe, so a
 slow or hostile reward cannot stall other requests, and the models it loads never enter the API
 process. Past `score_timeout_seconds` the child is killed (504 `score_timeout`); at most
-`max_concurrent_scores` children run at once per API process (503 `scoring_busy`, Retry-After).
+`max_concurrent_scores` children (scoring and dataset previews together) run at once per API process
+(503 `scoring_busy`, Retry-After).
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from dataclasses import dataclass, field
-from functools import cache
-from multiprocessing.connection import Connection
-from multiprocessing.context import ForkServerContext
 from typing import Any
 
-import anyio
-from anyio.to_thread import run_sync
-
+from api.core import forked
 from api.core.errors import AlignError, InvalidRequest
 from api.core.settings import Settings
 from api.models_dir import references
@@ -63,24 +58,9 @@ class ScoreTask:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-class _Slots:
-    """Scoring children running in this process; touched only from the event loop, so no lock."""
-
-    running = 0
-
-
 async def score(task: ScoreTask, settings: Settings) -> Scores:
     """Score in a child process; 503 when `max_concurrent_scores` are running, 504 past the deadline."""
-    if _Slots.running >= settings.max_concurrent_scores:
-        raise ScoringBusy(
-            f"{_Slots.running} scoring requests are running on this server (ALIGND_MAX_CONCURRENT_SCORES); "
-            "retry in a few seconds"
-        )
-    _Slots.running += 1
-    try:
-        outcome = await _in_child(task, settings)
-    finally:
-        _Slots.running -= 1
+    outcome = await forked.run_in_child(_score_here, (task, settings), settings, busy=_busy, timeout=_timeout)
     match outcome:
         case ("ok", scores):
             return scores
@@ -93,57 +73,17 @@ async def score(task: ScoreTask, settings: Settings) -> Scores:
     raise RuntimeError(f"the scoring process failed: {outcome[1]}")
 
 
-async def _in_child(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:
-    context = await run_sync(_forkserver)  # outside the deadline: the first call imports torch there
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(writer, task, settings), daemon=True, name="alignd-score")
-    try:
-        with anyio.fail_after(settings.score_timeout_seconds):
-            await run_sync(process.start)
-            writer.close()
-            await anyio.wait_readable(reader.fileno())
-        try:
-            outcome: tuple[Any, ...] = reader.recv()
-        except EOFError:
-            outcome = ("error", f"it exited without an answer (exit code {process.exitcode})")
-        return outcome
-    except TimeoutError:
-        raise ScoreTimeout(
-            f"scoring took longer than {settings.score_timeout_seconds:g} s (ALIGND_SCORE_TIMEOUT_SECONDS) and was "
-            "stopped; score fewer or shorter completions, or use a smaller reward model"
-        ) from None
-    finally:
-        reader.close()
-        writer.close()
-        if process.pid is not None:
-            if process.is_alive():
-                process.kill()  # past its deadline, or the client went away
-            with anyio.CancelScope(shield=True):
-                await run_sync(process.join)
+def _busy(running: int) -> ScoringBusy:
+    return ScoringBusy(
+        f"{running} scoring requests are running on this server (ALIGND_MAX_CONCURRENT_SCORES); retry in a few seconds"
+    )
 
 
-@cache
-def _forkserver() -> ForkServerContext:
-    """The forkserver context, with the server started and its imports done (a first child has run)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["trainer.rewards", __name__])
-    first = context.Process(target=_ready, daemon=True, name="alignd-score-warmup")
-    first.start()
-    first.join()
-    return context
-
-
-def _ready() -> None:
-    """A first child: forking it waits until the forkserver has imported the trainer."""
-
-
-def _child(conn: Connection, task: ScoreTask, settings: Settings) -> None:
-    try:
-        outcome = _score_here(task, settings)
-    except Exception as exc:  # reported to the API process, which logs it and answers 500
-        outcome = ("error", f"{type(exc).__name__}: {exc}")
-    conn.send(outcome)
-    conn.close()
+def _timeout(seconds: float) -> ScoreTimeout:
+    return ScoreTimeout(
+        f"scoring took longer than {seconds:g} s (ALIGND_SCORE_TIMEOUT_SECONDS) and was "
+        "stopped; score fewer or shorter completions, or use a smaller reward model"
+    )
 
 
 def _score_here(task: ScoreTask, settings: Settings) -> tuple[Any, ...]:

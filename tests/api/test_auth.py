@@ -24,11 +24,18 @@ V1_ROUTES = [
     ("GET", "/v1/datasets/ds_x"),
     ("GET", "/v1/datasets/ds_x/rows"),
     ("GET", "/v1/datasets/ds_x/examples"),
+    ("GET", "/v1/datasets/ds_x/preview"),
     ("DELETE", "/v1/datasets/ds_x"),
     ("GET", "/v1/jobs"),
     ("POST", "/v1/jobs"),
     ("GET", "/v1/jobs/job_x"),
     ("POST", "/v1/jobs/job_x/cancel"),
+    ("POST", "/v1/jobs/job_x/pause"),
+    ("POST", "/v1/jobs/job_x/resume"),
+    ("GET", "/v1/pipelines"),
+    ("POST", "/v1/pipelines"),
+    ("GET", "/v1/pipelines/pl_x"),
+    ("POST", "/v1/pipelines/pl_x/cancel"),
     ("GET", "/v1/jobs/job_x/events"),
     ("GET", "/v1/jobs/job_x/events/stream"),
     ("GET", "/v1/jobs/job_x/metrics"),
@@ -66,7 +73,7 @@ def test_every_v1_route_is_in_the_list_above(client: TestClient) -> None:
     listed = {(m, p.replace("ds_x", "{dataset_id}").replace("job_x", "{job_id}")) for m, p in V1_ROUTES}
     listed = {(m, p.replace("ckpt_x", "{checkpoint_id}").replace("rm_x", "{reward_model_id}")) for m, p in listed}
     listed = {(m, p.replace("file_x", "{file_id}").replace("ftj_x", "{fine_tuning_job_id}")) for m, p in listed}
-    listed = {(m, p.replace("/dpo/", "/{algorithm}/")) for m, p in listed}
+    listed = {(m, p.replace("/dpo/", "/{algorithm}/").replace("pl_x", "{pipeline_id}")) for m, p in listed}
     assert declared == listed
 
 

@@ -19,8 +19,10 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.conftest import ALIGND, alignd, clean_environment
 from tests.services import free_port
+from tests.tiny import build_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
+FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -39,7 +41,8 @@ def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    """`alignd serve --no-worker` plus `python -m tests.dashboard.fake_worker` on one data dir."""
+    """`alignd serve --no-worker` plus `python -m tests.worker.fake_worker` running tests/dashboard/fake_trainer.py,
+    on one data dir."""
     base = tmp_path_factory.mktemp("dashboard")
     data_dir = base / "data"
     model = base / "tiny"
@@ -47,6 +50,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     (model / "config.json").write_text('{"model_type": "fake"}')
     env = {**clean_environment(), "PYTHONUNBUFFERED": "1", "FAKE_STEP_SECONDS": "0.25"}
     alignd("models", "add", "tiny", str(model), "--data-dir", str(data_dir), env=env)
+    chat = base / "tiny-chat"  # a real tokenizer with a chat template, for the rendered dataset preview
+    build_tiny_tokenizer(chat)
+    (chat / "config.json").write_text('{"model_type": "llama"}')
+    alignd("models", "add", "tiny-chat", str(chat), "--data-dir", str(data_dir), env=env)
     key = alignd("keys", "create", "--tenant", "acme", "--data-dir", str(data_dir), env=env).strip().splitlines()[-1]
     other = alignd("keys", "create", "--tenant", "rival", "--data-dir", str(data_dir), env=env)
     other_key = other.strip().splitlines()[-1]
@@ -54,7 +61,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     serve_log, worker_log = base / "serve.log", base / "worker.log"
     serve = _start([ALIGND, "serve", "--data-dir", str(data_dir), "--port", str(port), "--no-worker"], env, serve_log)
     worker = _start(
-        [sys.executable, "-m", "tests.dashboard.fake_worker"], {**env, "ALIGND_DATA_DIR": str(data_dir)}, worker_log
+        [sys.executable, "-m", "tests.worker.fake_worker"],
+        {**env, "ALIGND_DATA_DIR": str(data_dir), "FAKE_TRAINER": str(FAKE_TRAINER)},
+        worker_log,
     )
     url = f"http://127.0.0.1:{port}"
     try:

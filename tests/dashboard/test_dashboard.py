@@ -144,6 +144,54 @@ def test_a_refused_upload_lists_its_line_errors_and_a_valid_one_uploads_and_prev
     screenshot(page, "dashboard-dataset-preview.png", tmp_path)
 
 
+def test_the_dataset_page_renders_conversations_with_the_chosen_models_chat_template(
+    page: Page, live: Live, tmp_path: Path
+) -> None:
+    lines = shared_data("orca-dpo-pairs.openai-dpo.jsonl").read_bytes().splitlines(keepends=True)[:6]
+    dataset = api_upload(live, live.key, "orca-dpo-pairs.jsonl", b"".join(lines))
+    sign_in(page, live.key)
+    page.goto(f"/#/datasets/{dataset['id']}")
+    expect(page.locator('#rows article[data-row="0"]')).to_be_visible()
+    expect(page.locator("input[name=model]")).to_be_hidden()
+    page.select_option("select[name=view]", "rendered")
+    expect(page.locator("#rows")).to_contain_text("Pick the base model")
+    # A model without a tokenizer: the API's 422 is shown, nothing breaks.
+    page.fill("input[name=model]", "tiny")
+    page.locator("input[name=model]").dispatch_event("change")
+    # The first preview starts the server's forkserver (imports torch): seconds on a busy machine.
+    expect(page.locator("#rows .error")).to_contain_text("tokenizer", timeout=90_000)
+    page.fill("input[name=model]", "tiny-chat")
+    page.locator("input[name=model]").dispatch_event("change")
+    first = page.locator('#rows article[data-row="0"]')
+    # Each preview forks a child that loads the tokenizer: a few seconds when the machine is busy.
+    rendered = 30_000
+    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"], timeout=rendered)
+    expect(first.locator("pre.rendered").first).to_contain_text("<|im_start|>user")
+    expect(first.locator("pre.rendered").first).to_contain_text("<|im_start|>assistant")
+    expect(first.locator(".row-summary")).to_contain_text("chat template applied")
+    expect(first.locator(".tokens").first).to_contain_text(re.compile(r"^\d+ tokens$"))
+    # One token per byte: this row's ~2,600 bytes are cut at the default max_length 1024, not at 8192.
+    expect(first.locator(".row-summary .badge")).to_have_count(1)
+    page.fill("input[name=max_length]", "8192")
+    page.locator("input[name=max_length]").dispatch_event("change")
+    expect(first.locator(".row-summary .badge")).to_have_count(0, timeout=rendered)
+    page.fill("input[name=max_length]", "64")
+    page.locator("input[name=max_length]").dispatch_event("change")
+    expect(first.locator(".row-summary .badge")).to_have_text(
+        ["prompt cut to max_prompt_length", "completion cut to fit max_length"], timeout=rendered
+    )
+    page.fill("input[name=max_length]", "")
+    page.locator("input[name=max_length]").dispatch_event("change")
+    page.get_by_role("button", name="Next →").click()
+    expect(page.locator('#rows article[data-row="5"] pre.rendered').first).to_contain_text(
+        "<|im_start|>", timeout=rendered
+    )
+    page.get_by_role("button", name="← Previous").click()
+    expect(first.locator(".key")).to_have_text(["prompt", "chosen", "rejected"], timeout=rendered)
+    no_horizontal_scroll(page)
+    screenshot(page, "dashboard-dataset-rendered.png", tmp_path)
+
+
 def test_a_grpo_job_from_the_form_charts_live_shows_samples_and_downloads_its_checkpoint(
     page: Page, live: Live, tmp_path: Path
 ) -> None:

@@ -1,6 +1,9 @@
-"""`alignd worker` running tests/worker/fake_trainer.py instead of the trainer: a real worker process, fast.
+"""`alignd worker` running a fake trainer instead of the trainer: a real worker process, fast.
 
-Started as `python -m tests.worker.fake_worker` from the repository root (start_worker(fake_trainer=True)).
+The one fake worker of the test suite: the worker tests (start_worker(fake_trainer=True)), the client,
+CLI and dashboard tests (tests/live.py, tests/dashboard/conftest.py) and bench/load.py start it as
+`python -m tests.worker.fake_worker` from the repository root, with the ALIGND_* environment of the
+server under test.
 The replacement is made before Celery forks its pool processes, so they inherit it.
 
 Fault tests widen the windows they kill the worker in with delays (seconds, environment variables):
@@ -23,7 +26,9 @@ from typing import Any
 from api.core.settings import Settings
 from worker import celery_app, main, relay, runner
 
-FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
+FAKE_TRAINER = Path(os.environ.get("FAKE_TRAINER") or Path(__file__).with_name("fake_trainer.py"))
+"""The stand-in trainer: tests/worker/fake_trainer.py (the protocol, resume, faults), or the script
+FAKE_TRAINER names (tests/dashboard/fake_trainer.py: every algorithm's metrics and samples)."""
 _real_command = runner.trainer_command
 
 

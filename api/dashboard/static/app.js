@@ -587,6 +587,24 @@ function rowView(row) {
   return h("div", { class: "row-view" }, ...Object.entries(row).filter(([, v]) => v !== null).map(([k, v]) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), valueView(v))));
 }
 
+/** A row rendered for a model (GET /v1/datasets/{id}/preview): the texts the trainer tokenises, with token counts. */
+function renderedView(row) {
+  if (row.error) return h("div", { class: "error" }, row.error.field ? `${row.error.field}: ${row.error.message}` : row.error.message);
+  const texts = ["prompt", "chosen", "rejected", "completion"].filter((k) => row[k] !== null && row[k] !== undefined);
+  const cut = [row.prompt_truncated && "prompt cut to max_prompt_length", row.completion_truncated && "completion cut to fit max_length"].filter(Boolean);
+  return h(
+    "div",
+    { class: "row-view" },
+    ...texts.map((k) => h("div", { class: "row-field" }, h("div", { class: "key" }, k), h("div", {}, h("pre", { class: "rendered" }, row[k]), h("div", { class: "muted tokens" }, `${row.tokens[k]} tokens`)))),
+    h(
+      "div",
+      { class: "row-summary muted" },
+      `${row.total_tokens} tokens in all · ${row.templated ? "chat template applied" : "no chat template (plain text)"}`,
+      ...cut.map((c) => h("span", { class: "badge failed" }, c)),
+    ),
+  );
+}
+
 async function datasetPage(id) {
   let dataset;
   try {
@@ -603,21 +621,44 @@ async function datasetPage(id) {
     "select",
     { name: "view" },
     h("option", { value: "examples" }, "as the trainer parses them"),
+    h("option", { value: "rendered" }, "as the trainer renders them for a model"),
     h("option", { value: "rows" }, "as stored"),
     h("option", { value: "raw" }, "raw JSON"),
   );
+  const models = h("datalist", { id: "dl-preview-models" });
+  const model = h("input", { name: "model", list: "dl-preview-models", placeholder: "base model (MODEL_REF)", autocomplete: "off" });
+  const maxLength = h("input", { name: "max_length", type: "number", min: 8, placeholder: "max_length 1024", class: "narrow" });
+  const modelBox = h("label", { class: "model-picker", hidden: true }, "model ", model, " ", maxLength, models);
+  api("/v1/models")
+    .then((list) => models.append(...list.data.map((m) => h("option", { value: m.id }))))
+    .catch(() => {});
   let offset = 0;
+  let latest = 0;
   const LIMIT = 5;
   async function load() {
+    modelBox.hidden = mode.value !== "rendered";
+    const ticket = ++latest; // a slower, older answer must not replace a newer one
     try {
-      const endpoint = mode.value === "examples" ? "examples" : "rows";
-      const page = await api(`/v1/datasets/${id}/${endpoint}?offset=${offset}&limit=${LIMIT}`);
-      clear(rowsBox).append(...page.data.map((row, i) => h("article", { class: "card row-card", "data-row": offset + i }, h("div", { class: "muted" }, `row ${offset + i + 1}`), mode.value === "raw" ? h("pre", {}, JSON.stringify(row, null, 2)) : rowView(row))));
+      let page;
+      if (mode.value === "rendered") {
+        if (!model.value.trim()) {
+          clear(rowsBox).append(h("p", { class: "muted" }, "Pick the base model whose tokenizer and chat template should render the rows."));
+          return;
+        }
+        const limits = maxLength.value ? `&max_length=${encodeURIComponent(maxLength.value)}&max_prompt_length=${Math.floor(Number(maxLength.value) / 2)}` : "";
+        page = await api(`/v1/datasets/${id}/preview?model=${encodeURIComponent(model.value.trim())}&offset=${offset}&limit=${LIMIT}${limits}`);
+      } else {
+        const endpoint = mode.value === "examples" ? "examples" : "rows";
+        page = await api(`/v1/datasets/${id}/${endpoint}?offset=${offset}&limit=${LIMIT}`);
+      }
+      if (ticket !== latest) return;
+      const body = (row) => (mode.value === "raw" ? h("pre", {}, JSON.stringify(row, null, 2)) : mode.value === "rendered" ? renderedView(row) : rowView(row));
+      clear(rowsBox).append(...page.data.map((row, i) => h("article", { class: "card row-card", "data-row": offset + i }, h("div", { class: "muted" }, `row ${offset + i + 1}`), body(row))));
       info.textContent = `rows ${offset + 1}–${offset + page.data.length} of ${dataset.rows}`;
       prev.disabled = offset === 0;
       next.disabled = !page.has_more;
     } catch (err) {
-      clear(rowsBox).append(errorBox(err));
+      if (ticket === latest) clear(rowsBox).append(errorBox(err));
     }
   }
   prev.onclick = () => {
@@ -629,11 +670,17 @@ async function datasetPage(id) {
     load();
   };
   mode.onchange = load;
+  model.onchange = load;
+  maxLength.onchange = load;
   view.append(
     h("div", { class: "toolbar" }, h("h1", {}, dataset.name), h("span", { class: "badge" }, dataset.kind)),
     h("dl", { class: "summary" }, ...[["id", dataset.id], ["format", dataset.format], ["rows", dataset.rows], ["size", bytes(dataset.bytes)], ["sha256", dataset.sha256], ["created", when(dataset.created_at)]].flatMap(([k, v]) => [h("dt", {}, k), h("dd", { class: "mono" }, v)])),
-    h("p", { class: "muted" }, "“As the trainer parses them” is GET /v1/datasets/{id}/examples: the prompt / chosen / rejected (or completion) split the trainer makes. The base model's chat template is applied at training time and is not shown."),
-    h("div", { class: "pager" }, prev, info, next, mode),
+    h(
+      "p",
+      { class: "muted" },
+      "“As the trainer parses them” is GET /v1/datasets/{id}/examples: the prompt / chosen / rejected (or completion) split the trainer makes. “As the trainer renders them for a model” is GET /v1/datasets/{id}/preview: the same rows through that model's tokenizer and chat template, with token counts and what max_length would cut (max_prompt_length is taken as half of it here).",
+    ),
+    h("div", { class: "pager" }, prev, info, next, mode, modelBox),
     rowsBox,
   );
   load();
