@@ -126,6 +126,10 @@ class OfflineConfig(CommonConfig):
 
     eval_every: int | None = Field(None, ge=1, le=1_000_000)
     """Evaluate on the eval file every this many steps (and always at the end)."""
+    padding_free: bool = True
+    """Pack each micro-batch into one row with per-sequence position ids: no padding (padded where not exact)."""
+    max_tokens_per_batch: int | None = Field(None, ge=16, le=1_048_576)
+    """Token budget of one forward/backward pass per process: micro-batches are cut by length to fit it."""
 
 
 class DPOConfig(OfflineConfig):
