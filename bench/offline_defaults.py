@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
 
 VARIANTS: dict[str, dict[str, object]] = {
+    "defaults now (chunked log-probs, checkpointing, padding-free)": {},
+    "chunked log-probs, checkpointing, padded": {"padding_free": False},
+    "chunked log-probs, padding-free, no checkpointing": {"gradient_checkpointing": False},
     "chunked log-probs only (padded, no checkpointing)": {"padding_free": False, "gradient_checkpointing": False},
-    "+ gradient checkpointing (padded)": {"padding_free": False, "gradient_checkpointing": True},
-    "+ padding-free, no checkpointing": {"padding_free": True, "gradient_checkpointing": False},
-    "defaults now (checkpointing + padding-free)": {},
 }
 
 
@@ -57,7 +57,7 @@ def run(root: Path, model: str, train: Path, steps: int, hyper: dict[str, object
     proc = subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if proc.returncode:
-        raise SystemExit(proc.stderr[-3000:])
+        raise SystemExit(f"exit code {proc.returncode}: {proc.stderr[-3000:]}")
     metrics = [e["values"] for e in map(json.loads, events.read_text().splitlines()) if e["type"] == "metrics"]
     return {
         "peak_rss_mb": max(m["peak_memory_mb"] for m in metrics),
