@@ -16,7 +16,9 @@ a step is cut (trainer.loop.accumulate weights every micro-batch by its share of
 Departure from TRL's padding-free mode: TRL needs flash-attention for it; here sdpa works too because
 transformers 5 derives the mask from the position ids, but sdpa then computes the full (N, N) score
 matrix of the packed row (masked), so attention FLOPs grow with the square of the packed length. The
-token budget bounds that.
+token budget bounds that. That is why `padding_free` is off by default: on Orca pairs cut to 256 tokens
+(almost no padding) it was slower on CPU sdpa for ~10% less memory (bench/README.md); it pays with
+flash-attention or with very unequal lengths.
 """
 
 from __future__ import annotations
