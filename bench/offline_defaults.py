@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "orca-dpo-pairs.openai-dpo.jsonl"
 
 VARIANTS: dict[str, dict[str, object]] = {
-    "defaults now (chunked log-probs, checkpointing, padding-free)": {},
-    "chunked log-probs, checkpointing, padded": {"padding_free": False},
-    "chunked log-probs, padding-free, no checkpointing": {"gradient_checkpointing": False},
-    "chunked log-probs only (padded, no checkpointing)": {"padding_free": False, "gradient_checkpointing": False},
+    "chunked log-probs, checkpointing, padding-free": {"padding_free": True},
+    "defaults now (chunked log-probs, checkpointing, padded)": {},
+    "chunked log-probs, padding-free, no checkpointing": {"padding_free": True, "gradient_checkpointing": False},
+    "chunked log-probs only (padded, no checkpointing)": {"gradient_checkpointing": False},
 }
 
 
