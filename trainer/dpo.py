@@ -18,6 +18,7 @@ metrics `rewards/*` are beta-scaled log-ratios (for IPO, of the mean log-probs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -25,53 +26,66 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import DPOConfig
-from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
-from trainer.logprobs import completion_forward, sequence_logps
+from trainer.data import PreferenceFeatures, encode_preference_files
+from trainer.logprobs import batch_sequence_logps
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import dpo_loss
 from trainer.models import is_peft, load_policy, load_reference, policy_tokenizer
+from trainer.packing import pair_batch, partition, preference_size, real_tokens, use_padding_free
 from trainer.run import Run
-from trainer.state import chunks, seed_everything
+from trainer.state import seed_everything
 
 
 def concatenated_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward over the (2B, T) chosen+rejected batch -> (summed logps (2B,), completion lengths (2B,))."""
-    logits, labels = completion_forward(model, batch)
-    return sequence_logps(logits, labels)
+    """One forward over the chosen+rejected batch -> (summed logps (2B,), completion lengths (2B,))."""
+    return batch_sequence_logps(model, batch)
 
 
 def reference_logps(
-    model: Any, features: list[PreferenceFeatures], pad_id: int, micro: int, device: torch.device
+    model: Any,
+    features: list[PreferenceFeatures],
+    pad_id: int,
+    parts: list[list[int]],
+    device: torch.device,
+    packed: bool,
 ) -> torch.Tensor:
     """(N, 2) reference log-probs [chosen, rejected] of every pair, with adapters disabled under LoRA."""
     was_training = model.training
     model.eval()
-    rows = []
+    table = torch.zeros(len(features), 2)
     adapters_off = model.disable_adapter() if is_peft(model) else nullcontext()
     with torch.no_grad(), adapters_off:
-        for part in chunks(list(range(len(features))), micro):
-            batch = _to(collate_preferences([features[i] for i in part], pad_id), device)
+        for part in parts:
+            batch = _to(pair_batch([features[i] for i in part], pad_id, packed), device)
             logps, _ = concatenated_logps(model, batch)
-            rows.append(torch.stack(logps.float().chunk(2), dim=1).cpu())  # (b, 2)
+            table[part] = torch.stack(logps.float().chunk(2), dim=1).cpu()  # (b, 2)
     model.train(was_training)
-    return torch.cat(rows) if rows else torch.zeros(0, 2)
+    return table
 
 
 def shared_reference_logps(
-    run: Run, model: Any, features: list[PreferenceFeatures], pad_id: int, micro: int
+    run: Run,
+    model: Any,
+    features: list[PreferenceFeatures],
+    pad_id: int,
+    cut: Callable[[list[int]], list[list[int]]],
+    packed: bool,
 ) -> torch.Tensor:
-    """reference_logps of every pair, each process computing 1/world of them; (N, 2) on every process."""
+    """reference_logps of every pair, each process computing 1/world of them; (N, 2) on every process.
+
+    `cut` makes micro-batches of a list of pair indices (trainer.packing.partition)."""
     acc = run.accelerator
     if not features:
         return torch.zeros(0, 2)
     bare = acc.unwrap_model(model)  # the bare model: LoRA's disable_adapter, and no DDP for a no-grad pass
     if acc.num_processes == 1:
-        return reference_logps(bare, features, pad_id, micro, run.device)
+        return reference_logps(bare, features, pad_id, cut(list(range(len(features)))), run.device, packed)
     per = -(-len(features) // acc.num_processes)  # ceil: shards of equal size for the gather, the last padded
     start = acc.process_index * per
-    mine = reference_logps(bare, features[start : start + per], pad_id, micro, run.device)
+    mine = list(range(start, min(start + per, len(features))))
+    table = reference_logps(bare, features, pad_id, cut(mine) if mine else [], run.device, packed)
     padded = torch.zeros(per, 2)
-    padded[: len(mine)] = mine
+    padded[: len(mine)] = table[mine]
     return acc.gather(padded.to(run.device)).cpu()[: len(features)]
 
 
@@ -120,8 +134,12 @@ def train(run: Run) -> None:
     pad_id = tokenizer.pad_token_id
     features, eval_features = encode_preference_files(run, tokenizer)
 
-    # 2. policy, optimizer, (resumed) state
-    training = start_training(run, load_policy(run, tokenizer, "causal"), len(features))
+    # 2. policy, how micro-batches are cut and packed, optimizer, (resumed) state
+    policy = load_policy(run, tokenizer, "causal")
+    packed = use_padding_free(run, policy, True, tokenizer)
+    sizes, eval_sizes = [preference_size(f) for f in features], [preference_size(f) for f in eval_features]
+    cut, cut_eval = partition(run, sizes, packed), partition(run, eval_sizes, packed)
+    training = start_training(run, policy, len(features))
     model = training.model
 
     # 3. reference
@@ -132,8 +150,8 @@ def train(run: Run) -> None:
         if ref_train is None:
             pairs, world = len(features) + len(eval_features), run.accelerator.num_processes
             events.log(f"computing reference log-probs of {pairs} pairs, shared by {world} process(es)")
-            ref_train = shared_reference_logps(run, model, features, pad_id, config.micro_batch)
-            ref_eval = shared_reference_logps(run, model, eval_features, pad_id, config.micro_batch)
+            ref_train = shared_reference_logps(run, model, features, pad_id, cut, packed)
+            ref_eval = shared_reference_logps(run, model, eval_features, pad_id, cut_eval, packed)
     elif spec.lora is None:
         ref_model = load_reference(run)
 
@@ -152,15 +170,15 @@ def train(run: Run) -> None:
     def batch_loss(
         rows: list[PreferenceFeatures], indices: list[int], table: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = _to(collate_preferences([rows[i] for i in indices], pad_id), run.device)
+        batch = _to(pair_batch([rows[i] for i in indices], pad_id, packed), run.device)
         ref = ref_for(indices, batch, table)
-        policy, lengths = concatenated_logps(model, batch)
-        loss, metrics = pair_metrics(config, policy, lengths, ref)
-        return loss, metrics, int(batch["attention_mask"].sum())
+        logps, lengths = concatenated_logps(model, batch)
+        loss, metrics = pair_metrics(config, logps, lengths, ref)
+        return loss, metrics, real_tokens(batch)
 
     def eval_fn() -> dict[str, float]:
         return average_metrics(
-            len(eval_features), config.micro_batch, lambda part: batch_loss(eval_features, part, ref_eval)[1]
+            cut_eval(list(range(len(eval_features)))), lambda part: batch_loss(eval_features, part, ref_eval)[1]
         )
 
     # 5. train, evaluate, save
@@ -170,7 +188,7 @@ def train(run: Run) -> None:
     train_loop(
         run,
         training,
-        accumulate(run, training, lambda indices: batch_loss(features, indices, ref_train)),
+        accumulate(run, training, lambda indices: batch_loss(features, indices, ref_train), micro_batches=cut),
         checkpointer,
         eval_fn=eval_fn if eval_features else None,
         eval_every=config.eval_every,

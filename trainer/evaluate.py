@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 import torch
 
 from trainer.config import DPOConfig, EvalModel, EvaluateConfig, RewardConfig, TrainSpec
-from trainer.data import DataError, collate_preferences, encode_preferences, encode_prompt, read_dataset
+from trainer.data import DataError, encode_preferences, encode_prompt, read_dataset
 from trainer.dpo import concatenated_logps
 from trainer.dpo import pair_metrics as dpo_pair_metrics
 from trainer.events import Events
 from trainer.models import ModelKind, load_model, load_tokenizer, resolve_dtype
 from trainer.online import rollout, score
+from trainer.packing import pair_batch
 from trainer.reward import pair_metrics as reward_pair_metrics
 from trainer.reward import pair_scores
 from trainer.rewards import Reward, RewardError, build_reward
@@ -164,7 +165,7 @@ def _pair_logps(
     """(N, 2) summed log-probs [chosen, rejected] and (N, 2) completion token counts of every pair."""
     logps, lengths = [], []
     for part in _batches(features, batch_size):
-        batch = {k: v.to(device) for k, v in collate_preferences(part, pad_id).items()}
+        batch = {k: v.to(device) for k, v in pair_batch(part, pad_id, False).items()}
         values, counts = concatenated_logps(model, batch)  # (2b,), (2b,)
         logps.append(torch.stack(values.float().chunk(2), dim=1).cpu())  # (b, 2)
         lengths.append(torch.stack(counts.chunk(2), dim=1).cpu())
@@ -192,7 +193,7 @@ def _reward_model_metrics(
     """The reward trainer's eval metrics (accuracy, margin, ...) of all pairs at once."""
     chosen, rejected, margins = [], [], []
     for part in _batches(features, batch_size):
-        batch = {k: v.to(device) for k, v in collate_preferences(part, pad_id).items()}
+        batch = {k: v.to(device) for k, v in pair_batch(part, pad_id, False).items()}
         c, r = pair_scores(model, batch)
         chosen.append(c.cpu())
         rejected.append(r.cpu())

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from trainer.data import IGNORE
+from trainer.models import unwrap_base
+from trainer.packing import last_hidden
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -74,3 +76,64 @@ def completion_logprobs(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=width + 1
     ).logits[:, :-1, :]  # (N, T, V)
     return token_logprobs(logits, completion_ids, temperature)
+
+
+# --- from hidden states: no (B, T, V) logits ------------------------------------------------------
+
+CHUNK_ELEMENTS = 2**24
+"""Logits one chunk of `chunked_token_logprobs` holds: 2^24 values (64 MiB in fp32), ~340 tokens of a 49k vocabulary."""
+
+
+def _chunk_logprobs(hidden: torch.Tensor, targets: torch.Tensor, head: Any, temperature: float) -> torch.Tensor:
+    logits = head(hidden)  # (k, V)
+    return token_logprobs(logits.unsqueeze(0), targets.unsqueeze(0), temperature).squeeze(0)  # (k,)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, head: Any, temperature: float = 1.0, chunk: int | None = None
+) -> torch.Tensor:
+    """log softmax(head(hidden) / temperature) at `targets`, (K, d) and (K,) -> (K,) float32, in chunks of tokens.
+
+    The vocabulary head runs on `chunk` tokens at once (default: CHUNK_ELEMENTS / vocabulary size), so at
+    most one chunk's (chunk, V) logits exist. Under autograd each chunk is checkpointed
+    (torch.utils.checkpoint): backward recomputes that chunk's logits instead of keeping every chunk's,
+    at the cost of one more head matmul per token. Same values and gradients as `token_logprobs` on the
+    full logits (tested).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    vocab = head.weight.shape[0]
+    size = chunk or max(1, CHUNK_ELEMENTS // vocab)
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in head.parameters()))
+    parts = []
+    for start in range(0, hidden.shape[0], size):
+        h, t = hidden[start : start + size], targets[start : start + size]
+        if grad:
+            parts.append(checkpoint(_chunk_logprobs, h, t, head, temperature, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, t, head, temperature))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def output_head(model: Any) -> Any:
+    """The vocabulary head (lm_head) of a causal LM, through accelerate's and peft's wrappers."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return unwrap_base(extract_model_from_parallel(model)).get_output_embeddings()
+
+
+def batch_sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs (S,), completion token counts (S,)) of a trainer.packing `collate` batch.
+
+    Padded or packed alike: the model returns its final hidden states, the vocabulary head runs in chunks on
+    the completion positions only (position t predicts label t+1; IGNORE labels do not count), and each
+    token's log-prob is added to its sequence's sum. Never materialises (B, T, V) logits.
+    """
+    hidden = last_hidden(model, batch, causal=True)  # (B, T, d)
+    targets = batch["labels"][:, 1:]  # (B, T-1)
+    mask = targets != IGNORE
+    logps = chunked_token_logprobs(hidden[:, :-1][mask], targets[mask], output_head(model))  # (K,)
+    ids = batch["seq_ids"][:, :-1][mask]  # (K,) the sequence each predicting position belongs to
+    n = batch["last"].shape[0]
+    sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, ids, logps)
+    return sums, torch.bincount(ids, minlength=n)

@@ -208,36 +208,51 @@ def evaluate(run: Run, training: Training, eval_fn: Callable[[], dict[str, float
 # --- the offline step: accumulate a loss over micro-batches --------------------------------------
 
 
-def accumulate(run: Run, training: Training, loss_fn: LossFn) -> StepFn:
-    """The step of the offline algorithms: draw batch_size examples, accumulate `loss_fn` over micro-batches."""
+def accumulate(
+    run: Run,
+    training: Training,
+    loss_fn: LossFn,
+    *,
+    micro_batches: Callable[[list[int]], list[list[int]]] | None = None,
+    weight: Callable[[list[int]], float] = len,
+) -> StepFn:
+    """The step of the offline algorithms: draw batch_size examples, accumulate `loss_fn` over micro-batches.
+
+    `micro_batches` cuts a process's share of the step (default: micro_batch examples at a time);
+    `loss_fn` returns the mean over its micro-batch per unit of `weight` (default: per example; SFT: per
+    completion token). Each micro-batch's loss and metrics are scaled by its weight over the weight of the
+    whole step, times the number of processes (which DDP's gradient average divides out), so the step's
+    loss is the mean over all its examples (or tokens) however they are cut into micro-batches and processes.
+    """
     config, acc = run.config, run.accelerator
-    accumulation = config.accumulation_steps(acc.num_processes)
 
     def step(state: TrainState, updater: Updater) -> StepResult:
         indices = draw(state, training.n_train, config.batch_size, run.spec.seed)
         local = indices[acc.process_index :: acc.num_processes]
-        parts = list(chunks(local, config.micro_batch))
+        parts = micro_batches(local) if micro_batches else list(chunks(local, config.micro_batch))
+        total = weight(indices) / acc.num_processes
         sums: dict[str, float] = {}
         tokens = 0
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
+            share = weight(part) / total
             with acc.no_sync(training.model) if not last and acc.num_processes > 1 else nullcontext():
                 loss, metrics, n_tokens = loss_fn(part)
-                updater.backward(loss * len(part) / len(local))
+                updater.backward(loss * share)
             tokens += n_tokens
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v * len(part) / len(local)
-        assert accumulation == len(parts) or len(local) < config.micro_batch * accumulation
+                sums[k] = sums.get(k, 0.0) + v * share
         updater.step()
         return StepResult(_mean_over_processes(run, sums), len(indices), tokens * acc.num_processes)
 
     return step
 
 
-def average_metrics(n: int, size: int, metrics_of: Callable[[list[int]], dict[str, float]]) -> dict[str, float]:
-    """Metrics of examples 0..n-1 taken `size` at a time, averaged with each chunk weighted by its size."""
+def average_metrics(parts: list[list[int]], metrics_of: Callable[[list[int]], dict[str, float]]) -> dict[str, float]:
+    """Metrics of the examples in `parts` (micro-batches of indices), each part weighted by its size."""
     totals: dict[str, float] = {}
-    for part in chunks(list(range(n)), size):
+    n = sum(len(part) for part in parts)
+    for part in parts:
         for k, v in metrics_of(part).items():
             totals[k] = totals.get(k, 0.0) + v * len(part)
     return {k: v / n for k, v in totals.items()}

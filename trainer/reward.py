@@ -9,6 +9,7 @@ transformers' *ForSequenceClassification reads it, through config.pad_token_id, 
 and the pooled [CLS] output for BERT-style encoders. The output folder therefore loads with
 `AutoModelForSequenceClassification.from_pretrained(dir)` and scores exactly as during training, which
 is what the online algorithms' model rewards do. A `margin` column is used when present (Llama 2).
+Padding-free (trainer.packing) applies to decoders with a `score` head; encoders train padded.
 """
 
 from __future__ import annotations
@@ -16,20 +17,39 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import RewardConfig
-from trainer.data import PreferenceFeatures, collate_preferences, encode_preference_files
+from trainer.data import PreferenceFeatures, encode_preference_files
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
-from trainer.models import load_policy, policy_tokenizer
+from trainer.models import load_policy, policy_tokenizer, unwrap_base
+from trainer.packing import (
+    last_hidden,
+    model_inputs,
+    pair_batch,
+    partition,
+    preference_size,
+    real_tokens,
+    use_padding_free,
+)
 from trainer.run import Run
 from trainer.state import seed_everything
 
 
 def pair_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen scores (B,), rejected scores (B,)) from one forward over the (2B, T) batch."""
-    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)  # (2B,)
+    """(chosen scores (B,), rejected scores (B,)) from one forward over the chosen+rejected batch.
+
+    Padded: the model pools its own score. Packed (one row): the score head is applied to the final hidden
+    state at each sequence's `last` token, the token the model's own pooling would pick.
+    """
+    if "position_ids" not in batch:
+        scores = model(**model_inputs(batch)).logits.squeeze(-1)  # (2B,)
+    else:
+        hidden = last_hidden(model, batch, causal=False)  # (1, N, d)
+        head: Any = unwrap_base(extract_model_from_parallel(model)).score
+        scores = head(hidden[0, batch["last"]]).squeeze(-1)  # (2B,)
     chosen, rejected = scores.float().chunk(2)
     return chosen, rejected
 
@@ -47,6 +67,13 @@ def pair_metrics(
     }
 
 
+def _margins(pairs: list[PreferenceFeatures], device: torch.device) -> torch.Tensor | None:
+    """The pairs' `margin` column (0 where a row has none), or None when no row has one."""
+    if all(f.margin is None for f in pairs):
+        return None
+    return torch.tensor([f.margin or 0.0 for f in pairs], dtype=torch.float32, device=device)
+
+
 def train(run: Run) -> None:
     config = run.config
     assert isinstance(config, RewardConfig)
@@ -57,21 +84,29 @@ def train(run: Run) -> None:
     pad_id = tokenizer.pad_token_id
     features, eval_features = encode_preference_files(run, tokenizer)
 
-    training = start_training(run, load_policy(run, tokenizer, "seqcls"), len(features))
+    model = load_policy(run, tokenizer, "seqcls")
+    # Packed rows need the score head at chosen positions: only decoders with a `score` head (Llama & co.).
+    packed = hasattr(unwrap_base(model), "score") and use_padding_free(run, model, False, tokenizer)
+    cut = partition(run, [preference_size(f) for f in features], packed)
+    cut_eval = partition(run, [preference_size(f) for f in eval_features], packed)
+    training = start_training(run, model, len(features))
 
     def batch_loss(rows: list[PreferenceFeatures], indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
-        batch = {k: v.to(run.device) for k, v in collate_preferences([rows[i] for i in indices], pad_id).items()}
+        pairs = [rows[i] for i in indices]
+        batch = {k: v.to(run.device) for k, v in pair_batch(pairs, pad_id, packed).items()}
         chosen, rejected = pair_scores(training.model, batch)
-        loss, metrics = pair_metrics(config, chosen, rejected, batch.get("margin"))
-        return loss, metrics, int(batch["attention_mask"].sum())
+        margin = _margins(pairs, run.device)
+        loss, metrics = pair_metrics(config, chosen, rejected, margin)
+        return loss, metrics, real_tokens(batch)
 
     def eval_fn() -> dict[str, float]:
-        return average_metrics(len(eval_features), config.micro_batch, lambda part: batch_loss(eval_features, part)[1])
+        parts = cut_eval(list(range(len(eval_features))))
+        return average_metrics(parts, lambda part: batch_loss(eval_features, part)[1])
 
     train_loop(
         run,
         training,
-        accumulate(run, training, lambda indices: batch_loss(features, indices)),
+        accumulate(run, training, lambda indices: batch_loss(features, indices), micro_batches=cut),
         Checkpointer(run, training, tokenizer),
         eval_fn=eval_fn if eval_features else None,
         eval_every=config.eval_every,

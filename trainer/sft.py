@@ -3,8 +3,14 @@
 Reads top to bottom: load tokenizer and data (optionally packed) -> load the model -> mean token NLL of
 the completion -> trainer.loop (accumulate, evaluate, save).
 
-Gradient accumulation weights micro-batches by their number of rows, not tokens (like most
-trainers); with packing every row has max_length tokens, so the two coincide.
+The loss of a step is the mean NLL over all completion tokens of the step, however the step is cut into
+micro-batches and processes: each micro-batch is weighted by its completion tokens (trainer.loop.accumulate),
+the fix of the gradient-accumulation bug transformers and TRL made in 2024 (before, micro-batches were
+weighted by rows, so setting micro_batch_size changed the loss).
+
+`packing` concatenates rows into max_length sequences that attend across row boundaries (the classic
+constant-length packing); `padding_free` (trainer.packing) only removes the padding of a micro-batch and
+keeps every row's attention to itself, so it changes no loss.
 """
 
 from __future__ import annotations
@@ -15,18 +21,18 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import SFTConfig
-from trainer.data import SFTFeatures, collate_sft, encode_sft, pack_sft, read_dataset, record_report
-from trainer.logprobs import completion_forward, sequence_logps
+from trainer.data import IGNORE, SFTFeatures, encode_sft, pack_sft, read_dataset, record_report
+from trainer.logprobs import batch_sequence_logps
 from trainer.loop import accumulate, start_training, train_loop
 from trainer.models import load_policy, policy_tokenizer
+from trainer.packing import collate, partition, real_tokens, sft_size, use_padding_free
 from trainer.run import Run
-from trainer.state import chunks, seed_everything
+from trainer.state import seed_everything
 
 
 def completion_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(mean NLL per completion token, number of completion tokens) of one batch."""
-    logits, labels = completion_forward(model, batch)
-    sums, counts = sequence_logps(logits, labels)
+    """(mean NLL per completion token, number of completion tokens) of one trainer.packing `collate` batch."""
+    sums, counts = batch_sequence_logps(model, batch)
     n = int(counts.sum())
     return -sums.sum() / max(n, 1), n
 
@@ -61,20 +67,26 @@ def train(run: Run) -> None:
     features = _encode(run, tokenizer, spec.train_file, "train")
     eval_features = _encode(run, tokenizer, spec.eval_file, "eval") if spec.eval_file else []
 
-    training = start_training(run, load_policy(run, tokenizer, "causal"), len(features))
+    model = load_policy(run, tokenizer, "causal")
+    packed = use_padding_free(run, model, True, tokenizer)
+    cut = partition(run, [sft_size(f) for f in features], packed)
+    cut_eval = partition(run, [sft_size(f) for f in eval_features], packed)
+    completion_tokens = [sum(label != IGNORE for label in f.labels[1:]) for f in features]
+    training = start_training(run, model, len(features))
 
     def batch_of(items: list[SFTFeatures]) -> dict[str, torch.Tensor]:
-        return {k: v.to(run.device) for k, v in collate_sft(items, pad_id).items()}
+        batch = collate([f.input_ids for f in items], [f.labels for f in items], pad_id, packed)
+        return {k: v.to(run.device) for k, v in batch.items()}
 
     def loss_fn(indices: list[int]) -> tuple[torch.Tensor, dict[str, float], int]:
         batch = batch_of([features[i] for i in indices])
-        loss, n_tokens = completion_nll(training.model, batch)
-        return loss, {"loss": loss.item(), "num_completion_tokens": float(n_tokens)}, int(batch["attention_mask"].sum())
+        loss, _ = completion_nll(training.model, batch)
+        return loss, {"loss": loss.item()}, real_tokens(batch)
 
     def eval_fn() -> dict[str, float]:
         """Mean NLL per completion token over the whole eval file (micro-batches weighted by tokens)."""
         total, tokens = 0.0, 0
-        for part in chunks(list(range(len(eval_features))), config.micro_batch):
+        for part in cut_eval(list(range(len(eval_features)))):
             loss, n = completion_nll(training.model, batch_of([eval_features[i] for i in part]))
             total += loss.item() * n
             tokens += n
@@ -83,7 +95,9 @@ def train(run: Run) -> None:
     train_loop(
         run,
         training,
-        accumulate(run, training, loss_fn),
+        accumulate(
+            run, training, loss_fn, micro_batches=cut, weight=lambda part: sum(completion_tokens[i] for i in part)
+        ),
         Checkpointer(run, training, tokenizer),
         eval_fn=eval_fn if eval_features else None,
         eval_every=config.eval_every,
