@@ -189,7 +189,7 @@ def test_stopping_alignd_serve_mid_job_saves_at_the_step_boundary_and_the_next_s
     alignd("models", "add", "tiny", str(tiny_model_dir), "--data-dir", str(data_dir), env=env)
     key = alignd("keys", "create", "--tenant", "acme", "--data-dir", str(data_dir), env=env).strip().splitlines()[-1]
     headers = {"Authorization": f"Bearer {key}"}
-    total = 24
+    total = 100  # long enough that the shutdown lands well before the end (a tiny step takes ~0.3 s)
 
     def serve() -> tuple[Any, httpx.Client]:
         port = free_port()

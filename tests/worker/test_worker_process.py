@@ -138,7 +138,7 @@ def losses(db: sessionmaker[Session], job_id: str) -> dict[int, float]:
 def test_a_paused_and_resumed_job_trains_the_same_losses_as_an_uninterrupted_one(
     start_worker, submit, db: sessionmaker[Session], storage: Storage
 ) -> None:
-    total = 16
+    total = 100  # long enough that the pause lands well before the end (a tiny step takes ~0.3 s)
     start_worker()
     paused_id = submit(max_steps=total, save_every=1000, learning_rate=5e-3)
     wait_for(lambda: (job_row(db, paused_id).progress or {}).get("step", 0) >= 3, 180, "step 3")
@@ -173,7 +173,7 @@ def test_a_paused_and_resumed_job_trains_the_same_losses_as_an_uninterrupted_one
 def test_a_worker_sent_sigterm_has_the_trainer_save_its_step_and_another_worker_resumes_from_that_step(
     start_worker, submit, db: sessionmaker[Session], worker_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    total = 16
+    total = 100  # long enough that the shutdown lands well before the end (a tiny step takes ~0.3 s)
     monkeypatch.setenv("ALIGND_LEASE_SECONDS", "60")  # a job left to its lease could not finish in time
     workers = [start_worker(wait=False) for _ in range(2)]
     for worker in workers:
