@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -201,6 +202,16 @@ def _results_table(results: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def _change(url: str | None, api_key: str | None, json_output: bool, action: Callable[[Client], Job]) -> None:
+    """Run one status-changing call (cancel, pause, resume) and print the job's new status."""
+    with connect(url, api_key) as alignd:
+        job = action(alignd)
+    if json_output:
+        print_json(job)
+    else:
+        console.print(f"{job.id}: {job.status}")
+
+
 @jobs_app.command("cancel")
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
@@ -209,12 +220,7 @@ def cancel(
     json_output: JsonOutput = False,
 ) -> None:
     """Cancel a job (queued: at once; running: the trainer is stopped, its checkpoints stay)."""
-    with connect(url, api_key) as alignd:
-        job = alignd.jobs.cancel(job_id)
-    if json_output:
-        print_json(job)
-    else:
-        console.print(f"{job.id}: {job.status}")
+    _change(url, api_key, json_output, lambda alignd: alignd.jobs.cancel(job_id))
 
 
 @jobs_app.command("pause")
@@ -225,12 +231,7 @@ def pause(
     json_output: JsonOutput = False,
 ) -> None:
     """Pause a job (queued: at once; running: saved at the next step boundary, then `paused`)."""
-    with connect(url, api_key) as alignd:
-        job = alignd.jobs.pause(job_id)
-    if json_output:
-        print_json(job)
-    else:
-        console.print(f"{job.id}: {job.status}")
+    _change(url, api_key, json_output, lambda alignd: alignd.jobs.pause(job_id))
 
 
 @jobs_app.command("resume")
@@ -241,12 +242,7 @@ def resume(
     json_output: JsonOutput = False,
 ) -> None:
     """Resume a paused job: it is queued again and continues from its latest checkpoint."""
-    with connect(url, api_key) as alignd:
-        job = alignd.jobs.resume(job_id)
-    if json_output:
-        print_json(job)
-    else:
-        console.print(f"{job.id}: {job.status}")
+    _change(url, api_key, json_output, lambda alignd: alignd.jobs.resume(job_id))
 
 
 @jobs_app.command("watch")
