@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json, stderr
+from cli.remote import ApiKey, JsonOutput, Url, call_and_show, connect, console, print_json, stderr
 from client import Client, Event, Job
 
 jobs_app = typer.Typer(help="Jobs on a running server (ALIGND_URL / ALIGND_API_KEY).", no_args_is_help=True)
@@ -202,14 +201,8 @@ def _results_table(results: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def _change(url: str | None, api_key: str | None, json_output: bool, action: Callable[[Client], Job]) -> None:
-    """Run one status-changing call (cancel, pause, resume) and print the job's new status."""
-    with connect(url, api_key) as alignd:
-        job = action(alignd)
-    if json_output:
-        print_json(job)
-    else:
-        console.print(f"{job.id}: {job.status}")
+def _print_status(job: Job) -> None:
+    console.print(f"{job.id}: {job.status}")
 
 
 @jobs_app.command("cancel")
@@ -220,7 +213,7 @@ def cancel(
     json_output: JsonOutput = False,
 ) -> None:
     """Cancel a job (queued: at once; running: the trainer is stopped, its checkpoints stay)."""
-    _change(url, api_key, json_output, lambda alignd: alignd.jobs.cancel(job_id))
+    call_and_show(url, api_key, json_output, lambda alignd: alignd.jobs.cancel(job_id), _print_status)
 
 
 @jobs_app.command("pause")
@@ -231,7 +224,7 @@ def pause(
     json_output: JsonOutput = False,
 ) -> None:
     """Pause a job (queued: at once; running: saved at the next step boundary, then `paused`)."""
-    _change(url, api_key, json_output, lambda alignd: alignd.jobs.pause(job_id))
+    call_and_show(url, api_key, json_output, lambda alignd: alignd.jobs.pause(job_id), _print_status)
 
 
 @jobs_app.command("resume")
@@ -242,7 +235,7 @@ def resume(
     json_output: JsonOutput = False,
 ) -> None:
     """Resume a paused job: it is queued again and continues from its latest checkpoint."""
-    _change(url, api_key, json_output, lambda alignd: alignd.jobs.resume(job_id))
+    call_and_show(url, api_key, json_output, lambda alignd: alignd.jobs.resume(job_id), _print_status)
 
 
 @jobs_app.command("watch")

@@ -10,7 +10,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from cli.remote import ApiKey, JsonOutput, Url, connect, console, print_json
+from cli.remote import ApiKey, JsonOutput, Url, call_and_show, connect, console, print_json
 from client import Pipeline
 
 pipelines_app = typer.Typer(
@@ -107,12 +107,7 @@ def get(
     json_output: JsonOutput = False,
 ) -> None:
     """Show a pipeline: its status, each stage's status and job, its output checkpoint."""
-    with connect(url, api_key) as alignd:
-        pipeline = alignd.pipelines.get(pipeline_id)
-    if json_output:
-        print_json(pipeline)
-    else:
-        _show(pipeline)
+    call_and_show(url, api_key, json_output, lambda alignd: alignd.pipelines.get(pipeline_id), _show)
 
 
 @pipelines_app.command("cancel")
@@ -123,12 +118,7 @@ def cancel(
     json_output: JsonOutput = False,
 ) -> None:
     """Cancel a pipeline: its live stage is cancelled, the stages not started are skipped."""
-    with connect(url, api_key) as alignd:
-        pipeline = alignd.pipelines.cancel(pipeline_id)
-    if json_output:
-        print_json(pipeline)
-    else:
-        _show(pipeline)
+    call_and_show(url, api_key, json_output, lambda alignd: alignd.pipelines.cancel(pipeline_id), _show)
 
 
 @pipelines_app.command("wait")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -77,3 +77,22 @@ def print_json(value: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
         data = value
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
     sys.stdout.flush()
+
+
+Shown = TypeVar("Shown", bound=BaseModel)
+
+
+def call_and_show(
+    url: str | None,
+    api_key: str | None,
+    json_output: bool,
+    call: Callable[[Client], Shown],
+    show: Callable[[Shown], None],
+) -> None:
+    """One API call on a fresh connection, its answer printed as JSON (--json) or by `show`."""
+    with connect(url, api_key) as alignd:
+        answer = call(alignd)
+    if json_output:
+        print_json(answer)
+    else:
+        show(answer)
