@@ -75,8 +75,9 @@ ONLINE = {"max_new_tokens": 128, "temperature": 1.0, "top_p": 1.0}
 LENGTH_RULE = [{"type": "rule", "rule": "length", "weight": 1.0, "target_length": 200}]
 
 
-def specs(model: Path, work: Path, steps: int) -> dict[str, dict[str, Any]]:
+def specs(model: Path, work: Path, steps: int, online_steps: int) -> dict[str, dict[str, Any]]:
     common = {"max_steps": steps, "precision": "bf16", "lr_scheduler": "constant"}
+    online = {**common, "max_steps": online_steps}
     prompts = str(gsm8k_prompts(work, 400))
     return {
         "dpo": {
@@ -98,20 +99,20 @@ def specs(model: Path, work: Path, steps: int) -> dict[str, dict[str, Any]]:
             "algorithm": "grpo",
             "train_file": prompts,
             "reward": LENGTH_RULE,
-            "hyperparameters": {**common, **ONLINE, "learning_rate": 1e-6, "batch_size": 8, "num_generations": 8},
+            "hyperparameters": {**online, **ONLINE, "learning_rate": 1e-6, "batch_size": 8, "num_generations": 8},
         },
         "ppo": {
             "algorithm": "ppo",
             "train_file": prompts,
             "reward": LENGTH_RULE,
-            "hyperparameters": {**common, **ONLINE, "learning_rate": 1e-6, "batch_size": 16},
+            "hyperparameters": {**online, **ONLINE, "learning_rate": 1e-6, "batch_size": 16},
         },
     }
 
 
-def run_ours(name: str, spec: dict[str, Any], model: Path, work: Path) -> dict[str, Any]:
+def run_ours(name: str, spec: dict[str, Any], model: Path, work: Path, timeout: float) -> dict[str, Any]:
     spec = {**spec, "base_model": str(model), "seed": 0}
-    folder = work / f"ours-{name}"
+    folder = work / f"ours-{name}-{model.parent.name}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec))
     events = folder / "events.jsonl"
@@ -119,15 +120,18 @@ def run_ours(name: str, spec: dict[str, Any], model: Path, work: Path) -> dict[s
     cmd = [sys.executable, "-m", "trainer", "run", str(folder / "spec.json"), "--output", str(folder / "out")]
     started = time.perf_counter()
     try:
-        proc = subprocess.run([*cmd, "--events", str(events)], cwd=ROOT, capture_output=True, text=True, timeout=150)
+        proc = subprocess.run(
+            [*cmd, "--events", str(events)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "timed out after 150 s"}
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     wall = time.perf_counter() - started
     lines = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
     metrics = [e["values"] for e in lines if e["type"] == "metrics"]
     errors = [e for e in lines if e["type"] == "error"]
     if proc.returncode or not metrics:
         return {"ok": False, "rc": proc.returncode, "error": errors[-1:] or proc.stderr[-2000:]}
+    devices = [e.get("message", "") for e in lines if e["type"] == "log" and "device" in str(e.get("message", ""))]
     later = metrics[1:] or metrics
     return {
         "ok": True,
@@ -139,6 +143,8 @@ def run_ours(name: str, spec: dict[str, Any], model: Path, work: Path) -> dict[s
         "peak_gpu_mb": max(m["peak_memory_mb"] for m in metrics),
         "first_loss": next((m[k] for m in metrics[:1] for k in ("loss", "loss/policy") if k in m), None),
         "time_split": {k: v for k, v in later[-1].items() if k.startswith("time/")},
+        "device_logs": devices[:2],
+        "spec": spec,
     }
 
 
@@ -183,7 +189,9 @@ print(json.dumps({"s_per_step": sum(later) / len(later), "peak_gpu_mb": torch.cu
 """
 
 
-def run_trl(kind: str, model: Path, data: Path, work: Path, steps: int, defaults: bool) -> dict[str, Any]:
+def run_trl(
+    kind: str, model: Path, data: Path, work: Path, steps: int, defaults: bool, timeout: float
+) -> dict[str, Any]:
     payload = {
         "kind": kind,
         "model": str(model),
@@ -203,11 +211,11 @@ def run_trl(kind: str, model: Path, data: Path, work: Path, steps: int, defaults
             cwd=work,
             capture_output=True,
             text=True,
-            timeout=150,
+            timeout=timeout,
             env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
         )
     except subprocess.TimeoutExpired:
-        return {"ok": False, "error": "timed out"}
+        return {"ok": False, "error": f"timed out after {timeout:.0f} s"}
     wall = time.perf_counter() - started
     if proc.returncode:
         return {"ok": False, "rc": proc.returncode, "error": proc.stderr[-2000:]}
@@ -219,33 +227,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="model folder (weights, or config + tokenizer)")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps of DPO, reward and SFT")
+    parser.add_argument("--online-steps", type=int, default=6, help="optimizer steps of GRPO and PPO")
     parser.add_argument("--only", default="dpo,reward,sft,grpo,ppo,trl-dpo,trl-grpo")
+    parser.add_argument("--tag", default="", help="suffix of the result files (one per model size)")
+    parser.add_argument("--timeout", type=float, default=150, help="seconds per run")
     args = parser.parse_args()
     import torch
 
-    work = Path("/tmp/alignd-gpu-check")
+    work = Path("/tmp/alignd-gpu-check") / (args.tag or "default")
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(0),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu (dry run)",
         "torch": torch.__version__,
         "random_weights": not any(args.model.glob("*.safetensors")),
     }
     model = model_folder(args.model, work)
+    suffix = f"-{args.tag}" if args.tag else ""
+    plan_runs: list[dict[str, Any]] = []
+
+    def save() -> None:  # after every run, so a run cut off at the machine's limit still reports the rest
+        (args.out / f"gpu_check{suffix}.json").write_text(json.dumps(report, indent=1))
+        (args.out / f"plan_runs{suffix}.json").write_text(json.dumps({"runs": plan_runs}, indent=1))
+
     wanted = args.only.split(",")
-    for name, spec in specs(model, work, args.steps).items():
+    for name, spec in specs(model, work, args.steps, args.online_steps).items():
         if name in wanted:
-            report[name] = run_ours(name, spec, model, work)
-            print(name, json.dumps(report[name]), flush=True)
+            report[name] = result = run_ours(name, spec, model, work, args.timeout)
+            print(name, json.dumps({k: v for k, v in result.items() if k != "spec"}), flush=True)
+            if result["ok"]:
+                plan_runs.append(
+                    {
+                        "algorithm": name,
+                        "spec": result["spec"],
+                        "model_config": str(model / "config.json"),
+                        "peak_gpu_mb": result["peak_gpu_mb"],
+                    }
+                )
+            save()
     prompts = work / "gsm8k-prompts.jsonl"
     for kind, data in (("dpo", DATA / "orca-dpo-pairs.openai-dpo.jsonl"), ("grpo", prompts)):
         if f"trl-{kind}" in wanted:
+            steps = args.steps if kind == "dpo" else args.online_steps
             for defaults in (False, True):
                 key = f"trl-{kind}-{'defaults' if defaults else 'matched'}"
-                report[key] = run_trl(kind, model, data, work, args.steps, defaults)
+                report[key] = run_trl(kind, model, data, work, steps, defaults, args.timeout)
                 print(key, json.dumps(report[key]), flush=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+                save()
+    save()
 
 
 if __name__ == "__main__":
