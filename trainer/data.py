@@ -1,4 +1,4 @@
-"""Tokenise canonical examples (trainer.formats) for training, truncate, and collate batches.
+"""Tokenise canonical examples (trainer.formats) for training and truncate them (trainer.packing batches them).
 
 Rendering:
 - Conversational texts (lists of messages) go through the tokenizer's chat template: the prompt is
@@ -287,7 +287,7 @@ def pack_sft(features: Sequence[SFTFeatures], max_length: int) -> list[SFTFeatur
     ]
 
 
-# --- collation ---------------------------------------------------------------------------------
+# --- padding -----------------------------------------------------------------------------------
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -297,28 +297,6 @@ def pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     for i, s in enumerate(sequences):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
-
-
-def collate_preferences(features: Sequence[PreferenceFeatures], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows: one (2B, T) batch for one concatenated forward."""
-    seqs = [f.prompt_ids + f.chosen_ids for f in features] + [f.prompt_ids + f.rejected_ids for f in features]
-    labels = [[IGNORE] * len(f.prompt_ids) + f.chosen_ids for f in features] + [
-        [IGNORE] * len(f.prompt_ids) + f.rejected_ids for f in features
-    ]
-    input_ids = pad(seqs, pad_id)  # (2B, T)
-    attention_mask = pad([[1] * len(s) for s in seqs], 0)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad(labels, IGNORE)}
-    if any(f.margin is not None for f in features):
-        batch["margin"] = torch.tensor([f.margin or 0.0 for f in features], dtype=torch.float32)
-    return batch
-
-
-def collate_sft(features: Sequence[SFTFeatures], pad_id: int) -> dict[str, torch.Tensor]:
-    return {
-        "input_ids": pad([f.input_ids for f in features], pad_id),
-        "attention_mask": pad([[1] * len(f.input_ids) for f in features], 0),
-        "labels": pad([f.labels for f in features], IGNORE),
-    }
 
 
 def read_dataset(path: str, kind: str, name: str = "train") -> list:
