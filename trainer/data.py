@@ -178,13 +178,10 @@ def encode_preferences(
         rejected = tokenize_completion(tokenizer, rejected_text)
         if not chosen_text.strip() or not rejected_text.strip():
             raise DataError(f"{name} row {i + 1}: a completion is empty after rendering; remove the row")
-        lengths.append(len(prompt) + max(len(chosen), len(rejected)))
-        cut = _cut_prompt(prompt, max_prompt_length, special)
-        room = max_length - len(cut)
-        completion_cut = max(len(chosen), len(rejected)) > room
-        out.report.truncated += len(cut) < len(prompt) or completion_cut
-        out.report.completion_truncated += completion_cut
-        prompt, chosen, rejected = cut, chosen[:room], rejected[:room]
+        longest = max(len(chosen), len(rejected))
+        lengths.append(len(prompt) + longest)
+        prompt, room = _truncate(out.report, prompt, longest, max_length, max_prompt_length, special)
+        chosen, rejected = chosen[:room], rejected[:room]
         if chosen == rejected:
             out.report.dropped += 1
             continue
@@ -213,15 +210,29 @@ def encode_sft(
         completion = tokenize_completion(tokenizer, completion_text)
         full = len(prompt) + len(completion)
         lengths.append(full)
-        cut = _cut_prompt(prompt, max_prompt_length, special)
-        room = max_length - len(cut)
-        out.report.truncated += len(cut) < len(prompt) or len(completion) > room
-        out.report.completion_truncated += len(completion) > room
+        cut, room = _truncate(out.report, prompt, len(completion), max_length, max_prompt_length, special)
         completion = completion[:room]
         prompt_labels = [IGNORE] * len(cut) if completion_only else list(cut)
         out.features.append(SFTFeatures(cut + completion, prompt_labels + completion))
     _finish(out, lengths, max_length, max_prompt_length, name)
     return out
+
+
+def _truncate(
+    report: TruncationReport,
+    prompt: list[int],
+    completion: int,
+    max_length: int,
+    max_prompt_length: int,
+    special: set[int],
+) -> tuple[list[int], int]:
+    """The truncation policy for one row: the prompt cut from the left, and the room left for its (longest)
+    completion of `completion` tokens, to be cut from the right; counted in `report`."""
+    cut = _cut_prompt(prompt, max_prompt_length, special)
+    room = max_length - len(cut)
+    report.truncated += len(cut) < len(prompt) or completion > room
+    report.completion_truncated += completion > room
+    return cut, room
 
 
 def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length: int, name: str) -> None:
