@@ -38,26 +38,21 @@ import argparse
 import itertools
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import (
     OUT,
     ROOT,
-    TRL_PYTHON,
-    effective_settings,
-    ensure_trl,
+    add_trl_child_args,
+    answer_as_trl_child,
     matmul_params,
     mean_after_first,
-    ours_env,
-    print_table,
     ratio,
-    read_our_events,
-    run_child,
+    side_ratios,
     smollm2,
-    trl_env,
 )
 from matmul import fraction, measure
 
@@ -114,38 +109,15 @@ def our_spec(args: argparse.Namespace, algorithm: str, mode: str, model: Path, p
 
 def run_ours(args: argparse.Namespace, algorithm: str, mode: str, model: Path, prompts: Path) -> dict[str, Any]:
     folder = OUT / "grpo_vs_trl" / f"ours-{algorithm}-{mode}"
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = our_spec(args, algorithm, mode, model, prompts)
-    (folder / "spec.json").write_text(json.dumps(spec, indent=1))
-    events = folder / "events.jsonl"
-    events.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "trainer", "run", str(folder / "spec.json"), "--output", str(folder / "out")]
-    child = run_child([*cmd, "--events", str(events)], cwd=ROOT, env=ours_env(), log=folder / "log.txt", events=events)
-    parsed = read_our_events(events, child["event_times"], child["wall_s"]) if events.exists() else {}
-    steps = parsed.get("steps", [])
-    result: dict[str, Any] = {
-        "ok": child["rc"] == 0 and bool(steps),
-        "settings": effective_settings(algorithm, spec["hyperparameters"]),
-        "wall_s": child["wall_s"],
-        "peak_rss_mb": child["peak_rss_mb"],
-        **parsed.get("phases", {}),
-    }
+    result, parsed = harness.run_ours(folder, our_spec(args, algorithm, mode, model, prompts))
     if not result["ok"]:
-        return result | {"error": parsed.get("errors") or (folder / "log.txt").read_text()[-2000:]}
-    completions = args.prompts_per_step * args.generations
-    step_times = [s["step_time"] for s in steps]
-    tokens = [s["tokens_per_second"] * s["step_time"] for s in steps]
-    settings = result["settings"]
+        return result
+    steps, settings = parsed["steps"], result["settings"]
     # Forward-only passes besides generation: the reference when beta > 0, the old policy when reused.
     passes = int(settings["beta"] > 0) + int(settings["num_iterations"] > 1) if algorithm == "grpo" else None
     return result | {
-        "steps": len(steps),
-        "step_times": step_times,
-        "s_per_step": mean_after_first(step_times),
         **{name: mean_after_first([s.get(name, 0.0) for s in steps]) for name in SPLIT},
-        "completions_per_s": completions / mean_after_first(step_times),
-        "tokens_per_step": tokens,
-        "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
+        "completions_per_s": args.prompts_per_step * args.generations / result["s_per_step"],
         "logprob_passes": passes,
         "mean_completion_length": statistics.mean(s.get("completions/mean_length", 0.0) for s in steps),
         "final_reward": steps[-1].get("reward", steps[-1].get("objective/scores")),
@@ -282,9 +254,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> dict[str, Any]:
-    ensure_trl()
     folder = OUT / "grpo_vs_trl" / f"trl-{mode}"
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "mode": mode,
         "model": str(model),
@@ -296,29 +266,13 @@ def run_trl(args: argparse.Namespace, mode: str, model: Path, prompts: Path) -> 
         "steps": args.steps,
         "gradient_checkpointing": args.gradient_checkpointing,
     }
-    result_file = folder / "result.json"
-    result_file.unlink(missing_ok=True)
-    cmd = [str(TRL_PYTHON), __file__, "--trl-inside", json.dumps(payload), "--trl-result", str(result_file)]
-    child = run_child(cmd, cwd=folder, env=trl_env(), log=folder / "log.txt")
-    result: dict[str, Any] = {"wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"]}
-    if child["rc"] != 0 or not result_file.is_file():
-        return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
-    inside = json.loads(result_file.read_text())
-    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
-    steps, tokens, marks = inside["step_times"], inside["tokens_per_step"], inside["marks"]
+    result, inside = harness.run_trl(__file__, folder, payload)
+    if not result["ok"]:
+        return result
     passes = int(float(inside["settings"]["beta"]) > 0) + int(int(inside["settings"]["num_iterations"]) > 1)
     return result | {
-        "ok": True,
-        "settings": inside["settings"],
-        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
-        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
-        "steps": len(steps),
-        "step_times": steps,
-        "s_per_step": mean_after_first(steps),
         **{name: mean_after_first(inside[name]) for name in SPLIT},
-        "completions_per_s": payload["completions"] / mean_after_first(steps),
-        "tokens_per_step": tokens,
-        "tokens_per_s": sum(tokens[1:] or tokens) / sum(steps[1:] or steps),
+        "completions_per_s": payload["completions"] / result["s_per_step"],
         "logprob_passes": passes,
         "mean_completion_length": inside["mean_completion_length"],
         "final_reward": inside["final_reward"],
@@ -356,17 +310,12 @@ ROWS = [
 ]
 
 
-def show(title: str, a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("alignd", "TRL")) -> None:
-    rows = []
-    for label, key in ROWS:
-        x, y = a.get(key), b.get(key)
-        if key == "model_flops_per_s":
-            x, y = (v / 1e9 if v is not None else None for v in (x, y))
-        rows.append((label, x, y))
-    print_table(title, rows, names)
-    for name, side in zip(names, (a, b), strict=True):
-        if not side.get("ok"):
-            print(f"  {name} FAILED: {str(side.get('error'))[-1500:]}")
+RATIOS = {
+    "completions_per_s": "completions_per_s",
+    "end_to_end_time": "wall_s",
+    "s_per_step": "s_per_step",
+    "peak_rss": "peak_rss_mb",
+}
 
 
 def main() -> None:
@@ -378,11 +327,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--gradient-checkpointing", action="store_true", help="matched mode: on for both")
     parser.add_argument("--no-ppo", action="store_true", help="skip our PPO beside our GRPO")
-    parser.add_argument("--trl-inside", help=argparse.SUPPRESS)
-    parser.add_argument("--trl-result", help=argparse.SUPPRESS)
+    add_trl_child_args(parser)
     args = parser.parse_args()
-    if args.trl_inside:
-        Path(args.trl_result).write_text(json.dumps(trl_inside(json.loads(args.trl_inside))))
+    if answer_as_trl_child(args, trl_inside):
         return
 
     work = OUT / "grpo_vs_trl"
@@ -410,22 +357,12 @@ def main() -> None:
         trl = run_trl(args, mode, model, prompts)
         for side in (ours, trl):
             add_flops(side, params, machine["limit_gflops"])
-        show(f"GRPO {mode}: alignd vs TRL (ratio = alignd / TRL)", ours, trl)
-        get = lambda side, key: side.get(key) if side.get("ok") else None  # noqa: E731
-        report[mode] = {
-            "alignd": ours,
-            "trl": trl,
-            "ratios": {
-                "completions_per_s": ratio(get(ours, "completions_per_s"), get(trl, "completions_per_s")),
-                "end_to_end_time": ratio(get(ours, "wall_s"), get(trl, "wall_s")),
-                "s_per_step": ratio(get(ours, "s_per_step"), get(trl, "s_per_step")),
-                "peak_rss": ratio(get(ours, "peak_rss_mb"), get(trl, "peak_rss_mb")),
-            },
-        }
+        harness.show(f"GRPO {mode}: alignd vs TRL (ratio = alignd / TRL)", ROWS, ours, trl)
+        report[mode] = {"alignd": ours, "trl": trl, "ratios": side_ratios(ours, trl, RATIOS)}
     if not args.no_ppo:
         ppo = run_ours(args, "ppo", "defaults", model, prompts)
         grpo = report.get("defaults", report.get("matched", {})).get("alignd", {})
-        show("our PPO (defaults) vs our GRPO (ratio = PPO / GRPO)", ppo, grpo, ("PPO", "GRPO"))
+        harness.show("our PPO (defaults) vs our GRPO (ratio = PPO / GRPO)", ROWS, ppo, grpo, ("PPO", "GRPO"))
         step_ratio = ratio(ppo.get("s_per_step"), grpo.get("s_per_step")) if ppo.get("ok") else None
         print(f"  PPO step time / GRPO step time: {step_ratio if step_ratio is None else round(step_ratio, 2)}")
         report["ppo"] = {"alignd_ppo": ppo, "ppo_over_grpo_step_time": step_ratio}

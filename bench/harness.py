@@ -1,7 +1,9 @@
 """What every alignd-vs-TRL benchmark shares: the model, the child processes, and how they are measured.
 
 Imported by the benchmark scripts beside it (stdlib only at import time, so the TRL venv can import it
-too). Each trainer runs as its own child process, started and reaped here:
+too). Each trainer runs as its own child process, started and reaped here (run_ours: our trainer on a
+spec; run_trl: the script itself again in the TRL venv, answering with answer_as_trl_child), so each
+script keeps only its workload, its settings and the figures of its own:
 
 - end-to-end time: wall clock from spawning the child to reaping it (interpreter start, imports,
   loading, tokenising, reference pass, training, evaluation, the final save, exit);
@@ -15,6 +17,7 @@ too). Each trainer runs as its own child process, started and reaped here:
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +193,117 @@ def effective_settings(algorithm: str, hyperparameters: dict[str, Any]) -> dict[
     from trainer.config import HYPERPARAMETERS
 
     return HYPERPARAMETERS[algorithm].model_validate(hyperparameters).model_dump(mode="json")
+
+
+# --- the two sides of a comparison, run as children -------------------------------------------------
+
+
+def step_figures(step_times: list[float], tokens: list[float]) -> dict[str, Any]:
+    """Step count, step times and throughput of one run, over the steps after the first."""
+    return {
+        "steps": len(step_times),
+        "step_times": step_times,
+        "s_per_step": mean_after_first(step_times),
+        "tokens_per_step": tokens,
+        "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
+    }
+
+
+def run_ours(folder: Path, spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Our trainer on `spec` (`python -m trainer run`, events read while it runs).
+
+    Returns the part of the result every benchmark reports (ok, effective settings, end-to-end, peak RSS,
+    phases, then either `error` or the step figures) and the parsed events for the script's own figures.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(spec, indent=1))
+    events = folder / "events.jsonl"
+    events.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "trainer", "run", str(folder / "spec.json"), "--output", str(folder / "out")]
+    child = run_child([*cmd, "--events", str(events)], cwd=ROOT, env=ours_env(), log=folder / "log.txt", events=events)
+    parsed = read_our_events(events, child["event_times"], child["wall_s"]) if events.exists() else {}
+    steps = parsed.get("steps", [])
+    result: dict[str, Any] = {
+        "ok": child["rc"] == 0 and bool(steps),
+        "settings": effective_settings(spec["algorithm"], spec["hyperparameters"]),
+        "wall_s": child["wall_s"],
+        "peak_rss_mb": child["peak_rss_mb"],
+        **parsed.get("phases", {}),
+    }
+    if not result["ok"]:
+        return result | {"error": parsed.get("errors") or (folder / "log.txt").read_text()[-2000:]}, parsed
+    step_times = [s["step_time"] for s in steps]
+    tokens = [s["tokens_per_second"] * s["step_time"] for s in steps]
+    return result | step_figures(step_times, tokens), parsed
+
+
+def add_trl_child_args(parser: argparse.ArgumentParser) -> None:
+    """The hidden flags with which a benchmark script runs itself as the TRL child (see run_trl)."""
+    parser.add_argument("--trl-inside", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-result", help=argparse.SUPPRESS)
+
+
+def answer_as_trl_child(args: argparse.Namespace, inside: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
+    """In the TRL child: run `inside` on the payload and write what it returns where run_trl reads it.
+
+    `inside` returns at least settings, step_times, tokens_per_step, started_at (its first line's
+    time.time()) and marks with first_step_begin / last_step_end (seconds after that first line).
+    False in the parent, which goes on with its own main.
+    """
+    if not args.trl_inside:
+        return False
+    Path(args.trl_result).write_text(json.dumps(inside(json.loads(args.trl_inside))))
+    return True
+
+
+def run_trl(script: str, folder: Path, payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`script` run by the TRL venv's python as the TRL child (answer_as_trl_child) on `payload`.
+
+    Returns the part of the result every benchmark reports (end-to-end, peak RSS, ok, then either
+    `error` or TRL's settings, phases and step figures) and what the child wrote ({} if it failed).
+    """
+    ensure_trl()
+    folder.mkdir(parents=True, exist_ok=True)
+    result_file = folder / "result.json"
+    result_file.unlink(missing_ok=True)
+    cmd = [str(TRL_PYTHON), script, "--trl-inside", json.dumps(payload), "--trl-result", str(result_file)]
+    child = run_child(cmd, cwd=folder, env=trl_env(), log=folder / "log.txt")
+    result: dict[str, Any] = {"wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"]}
+    if child["rc"] != 0 or not result_file.is_file():
+        return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}, {}
+    inside = json.loads(result_file.read_text())
+    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
+    marks = inside["marks"]
+    return result | {
+        "ok": True,
+        "settings": inside["settings"],
+        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
+        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
+        **step_figures(inside["step_times"], inside["tokens_per_step"]),
+    }, inside
+
+
+def side_ratios(ours: dict[str, Any], trl: dict[str, Any], keys: dict[str, str]) -> dict[str, float | None]:
+    """ours / TRL for each named figure (`keys`: ratio name -> result key); None where a side failed."""
+    get = lambda side, key: side.get(key) if side.get("ok") else None  # noqa: E731
+    return {name: ratio(get(ours, key), get(trl, key)) for name, key in keys.items()}
+
+
+def show(
+    title: str,
+    rows: list[tuple[str, str]],
+    a: dict[str, Any],
+    b: dict[str, Any],
+    names: tuple[str, str] = ("alignd", "TRL"),
+) -> None:
+    """Two runs side by side (`rows`: label -> result key; FLOP/s shown as GFLOP/s), then any failure."""
+    table = []
+    for label, key in rows:
+        x, y = a.get(key), b.get(key)
+        if key == "model_flops_per_s":
+            x, y = (v / 1e9 if v is not None else None for v in (x, y))
+        table.append((label, x, y))
+    print_table(title, table, names)
+    for name, side in zip(names, (a, b), strict=True):
+        if not side.get("ok"):
+            print(f"  {name} FAILED: {str(side.get('error'))[-1500:]}")

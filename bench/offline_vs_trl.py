@@ -48,27 +48,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from harness import (
-    OUT,
-    ROOT,
-    TRL_PYTHON,
-    effective_settings,
-    ensure_trl,
-    fmt,
-    matmul_params,
-    mean_after_first,
-    ours_env,
-    print_table,
-    ratio,
-    read_our_events,
-    run_child,
-    smollm2,
-    trl_env,
-)
+import harness
+from harness import OUT, ROOT, add_trl_child_args, answer_as_trl_child, fmt, matmul_params, ratio, side_ratios, smollm2
 from matmul import fraction, measure
 
 DATA = {
@@ -166,38 +150,14 @@ def our_spec(args: argparse.Namespace, mode: str, model: Path, files: dict[str, 
 
 
 def run_ours(args: argparse.Namespace, mode: str, model: Path, files: dict[str, Any], work: Path) -> dict[str, Any]:
-    folder = work / f"ours-{mode}"
-    folder.mkdir(parents=True, exist_ok=True)
-    spec = our_spec(args, mode, model, files)
-    (folder / "spec.json").write_text(json.dumps(spec, indent=1))
-    events = folder / "events.jsonl"
-    events.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "trainer", "run", str(folder / "spec.json"), "--output", str(folder / "out")]
-    child = run_child([*cmd, "--events", str(events)], cwd=ROOT, env=ours_env(), log=folder / "log.txt", events=events)
-    parsed = read_our_events(events, child["event_times"], child["wall_s"]) if events.exists() else {}
-    steps = parsed.get("steps", [])
-    ok = child["rc"] == 0 and bool(steps)
-    result: dict[str, Any] = {
-        "ok": ok,
-        "settings": effective_settings(args.algorithm, spec["hyperparameters"]),
-        "wall_s": child["wall_s"],
-        "peak_rss_mb": child["peak_rss_mb"],
-        **parsed.get("phases", {}),
-    }
-    if not ok:
-        return result | {"error": parsed.get("errors") or (folder / "log.txt").read_text()[-2000:]}
-    step_times = [s["step_time"] for s in steps]
-    tokens = [s["tokens_per_second"] * s["step_time"] for s in steps]
-    ev = parsed["eval"]
+    result, parsed = harness.run_ours(work / f"ours-{mode}", our_spec(args, mode, model, files))
+    if not result["ok"]:
+        return result
+    steps, ev = parsed["steps"], parsed["eval"]
     acc_key, margin_key = (
         ("rewards/accuracies", "rewards/margins") if args.algorithm == "dpo" else ("accuracy", "margin")
     )
     return result | {
-        "steps": len(steps),
-        "step_times": step_times,
-        "s_per_step": mean_after_first(step_times),
-        "tokens_per_step": tokens,
-        "tokens_per_s": sum(tokens[1:] or tokens) / sum(step_times[1:] or step_times),
         "reference_forward_in_step": False,  # precomputed before training at our defaults and in matched mode
         "train_pairs_kept": parsed["kept"].get("train"),
         "eval_pairs_kept": parsed["kept"].get("eval"),
@@ -345,9 +305,7 @@ def trl_inside(payload: dict[str, Any]) -> dict[str, Any]:
 def run_trl(
     args: argparse.Namespace, mode: str, model: Path, files: dict[str, Any], work: Path, bf16: bool = False
 ) -> dict[str, Any]:
-    ensure_trl()
     folder = work / f"trl-{mode}{'-bf16' if bf16 else ''}"
-    folder.mkdir(parents=True, exist_ok=True)
     payload = {
         "algorithm": args.algorithm,
         "mode": mode,
@@ -363,29 +321,12 @@ def run_trl(
         "gradient_checkpointing": args.gradient_checkpointing,
         "bf16": bf16,
     }
-    result_file = folder / "result.json"
-    result_file.unlink(missing_ok=True)
-    cmd = [str(TRL_PYTHON), __file__, "--trl-inside", json.dumps(payload), "--trl-result", str(result_file)]
-    child = run_child(cmd, cwd=folder, env=trl_env(), log=folder / "log.txt")
-    result: dict[str, Any] = {"wall_s": child["wall_s"], "peak_rss_mb": child["peak_rss_mb"]}
-    if child["rc"] != 0 or not result_file.is_file():
-        return result | {"ok": False, "error": (folder / "log.txt").read_text()[-3000:]}
-    inside = json.loads(result_file.read_text())
-    delay = inside["started_at"] - child["spawned_at"]  # interpreter start-up before TRL's first line
-    marks, steps = inside["marks"], inside["step_times"]
-    tokens = inside["tokens_per_step"]
+    result, inside = harness.run_trl(__file__, folder, payload)
+    if not result["ok"]:
+        return result
     # TRL's reference forward runs inside each step unless precomputed (matched mode).
     ref_in_step = args.algorithm == "dpo" and inside["settings"].get("precompute_ref_log_probs") != "True"
     return result | {
-        "ok": True,
-        "settings": inside["settings"],
-        "before_first_step_s": delay + marks["first_step_begin"] if "first_step_begin" in marks else None,
-        "after_last_step_s": child["wall_s"] - delay - marks["last_step_end"] if "last_step_end" in marks else None,
-        "steps": len(steps),
-        "step_times": steps,
-        "s_per_step": mean_after_first(steps),
-        "tokens_per_step": tokens,
-        "tokens_per_s": sum(tokens[1:] or tokens) / sum(steps[1:] or steps),
         "reference_forward_in_step": ref_in_step,
         "train_pairs_kept": inside["train_pairs_kept"],
         "eval_pairs_kept": inside["eval_pairs_kept"],
@@ -409,43 +350,28 @@ def add_flops(side: dict[str, Any], params: int, limit_gflops: float) -> None:
     side["fraction_of_matmul_limit"] = fraction(side["model_flops_per_s"], limit_gflops)
 
 
-def compare(ours: dict[str, Any], trl: dict[str, Any]) -> dict[str, float | None]:
-    get = lambda side, key: side.get(key) if side.get("ok") else None  # noqa: E731
-    return {
-        "end_to_end_time": ratio(get(ours, "wall_s"), get(trl, "wall_s")),
-        "s_per_step": ratio(get(ours, "s_per_step"), get(trl, "s_per_step")),
-        "tokens_per_s": ratio(get(ours, "tokens_per_s"), get(trl, "tokens_per_s")),
-        "peak_rss": ratio(get(ours, "peak_rss_mb"), get(trl, "peak_rss_mb")),
-    }
-
-
-def show(title: str, ours: dict[str, Any], trl: dict[str, Any], names: tuple[str, str] = ("alignd", "TRL")) -> None:
-    keys = [
-        ("train pairs kept (of the file's)", "train_pairs_kept"),
-        ("eval pairs kept", "eval_pairs_kept"),
-        ("end-to-end (s)", "wall_s"),
-        ("  before first step (s)", "before_first_step_s"),
-        ("  after last step: eval+save (s)", "after_last_step_s"),
-        ("s/step (steps 2..N)", "s_per_step"),
-        ("tokens/s (training, non-pad)", "tokens_per_s"),
-        ("peak RSS (MB)", "peak_rss_mb"),
-        ("model GFLOP/s", "model_flops_per_s"),
-        ("fraction of matmul limit", "fraction_of_matmul_limit"),
-        ("final train loss", "final_loss"),
-        ("eval loss", "eval_loss"),
-        ("eval accuracy", "eval_accuracy"),
-        ("eval margin", "eval_margin"),
-    ]
-    rows = []
-    for label, key in keys:
-        a, b = ours.get(key), trl.get(key)
-        if key == "model_flops_per_s":
-            a, b = (x / 1e9 if x is not None else None for x in (a, b))
-        rows.append((label, a, b))
-    print_table(title, rows, names)
-    for name, side in zip(names, (ours, trl), strict=True):
-        if not side.get("ok"):
-            print(f"  {name} FAILED: {str(side.get('error'))[-1500:]}")
+RATIOS = {
+    "end_to_end_time": "wall_s",
+    "s_per_step": "s_per_step",
+    "tokens_per_s": "tokens_per_s",
+    "peak_rss": "peak_rss_mb",
+}
+ROWS = [
+    ("train pairs kept (of the file's)", "train_pairs_kept"),
+    ("eval pairs kept", "eval_pairs_kept"),
+    ("end-to-end (s)", "wall_s"),
+    ("  before first step (s)", "before_first_step_s"),
+    ("  after last step: eval+save (s)", "after_last_step_s"),
+    ("s/step (steps 2..N)", "s_per_step"),
+    ("tokens/s (training, non-pad)", "tokens_per_s"),
+    ("peak RSS (MB)", "peak_rss_mb"),
+    ("model GFLOP/s", "model_flops_per_s"),
+    ("fraction of matmul limit", "fraction_of_matmul_limit"),
+    ("final train loss", "final_loss"),
+    ("eval loss", "eval_loss"),
+    ("eval accuracy", "eval_accuracy"),
+    ("eval margin", "eval_margin"),
+]
 
 
 def main() -> None:
@@ -465,11 +391,9 @@ def main() -> None:
     parser.add_argument(
         "--trl-bf16", action="store_true", help="also run TRL at its true default precision (bf16 autocast on CPU)"
     )
-    parser.add_argument("--trl-inside", help=argparse.SUPPRESS)
-    parser.add_argument("--trl-result", help=argparse.SUPPRESS)
+    add_trl_child_args(parser)
     args = parser.parse_args()
-    if args.trl_inside:
-        Path(args.trl_result).write_text(json.dumps(trl_inside(json.loads(args.trl_inside))))
+    if answer_as_trl_child(args, trl_inside):
         return
 
     name = f"offline_{args.algorithm}_{args.data}_{'lora' if args.lora else 'full'}"
@@ -504,8 +428,8 @@ def main() -> None:
         trl = run_trl(args, mode, model, files, work)
         for side in (ours, trl):
             add_flops(side, params, machine["limit_gflops"])
-        show(f"{mode}: alignd vs TRL (ratio = alignd / TRL)", ours, trl)
-        report[mode] = {"alignd": ours, "trl": trl, "ratios": compare(ours, trl)}
+        harness.show(f"{mode}: alignd vs TRL (ratio = alignd / TRL)", ROWS, ours, trl)
+        report[mode] = {"alignd": ours, "trl": trl, "ratios": side_ratios(ours, trl, RATIOS)}
     if args.trl_bf16:
         bf16 = run_trl(args, "defaults", model, files, work, bf16=True)
         add_flops(bf16, params, machine["limit_gflops"])
@@ -513,7 +437,8 @@ def main() -> None:
         fp32 = report.get("defaults", {}).get("trl", {})
         ours = report.get("defaults", {}).get("alignd", {})
         names = ("TRL bf16", "TRL fp32")
-        show("TRL's true default precision, bf16 autocast, beside fp32 (ratio = bf16 / fp32)", bf16, fp32, names)
+        title = "TRL's true default precision, bf16 autocast, beside fp32 (ratio = bf16 / fp32)"
+        harness.show(title, ROWS, bf16, fp32, names)
         e2e = ratio(ours.get("wall_s"), bf16.get("wall_s")) if bf16.get("ok") and ours.get("ok") else None
         print(f"  alignd defaults end-to-end / TRL bf16 end-to-end: {fmt(e2e, 2)}")
     (OUT / f"{name}.json").write_text(json.dumps(report, indent=1))

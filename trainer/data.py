@@ -1,4 +1,4 @@
-"""Tokenise canonical examples (trainer.formats) for training, truncate, and collate batches.
+"""Tokenise canonical examples (trainer.formats) for training and truncate them (trainer.packing batches them).
 
 Rendering:
 - Conversational texts (lists of messages) go through the tokenizer's chat template: the prompt is
@@ -178,13 +178,10 @@ def encode_preferences(
         rejected = tokenize_completion(tokenizer, rejected_text)
         if not chosen_text.strip() or not rejected_text.strip():
             raise DataError(f"{name} row {i + 1}: a completion is empty after rendering; remove the row")
-        lengths.append(len(prompt) + max(len(chosen), len(rejected)))
-        cut = _cut_prompt(prompt, max_prompt_length, special)
-        room = max_length - len(cut)
-        completion_cut = max(len(chosen), len(rejected)) > room
-        out.report.truncated += len(cut) < len(prompt) or completion_cut
-        out.report.completion_truncated += completion_cut
-        prompt, chosen, rejected = cut, chosen[:room], rejected[:room]
+        longest = max(len(chosen), len(rejected))
+        lengths.append(len(prompt) + longest)
+        prompt, room = _truncate(out.report, prompt, longest, max_length, max_prompt_length, special)
+        chosen, rejected = chosen[:room], rejected[:room]
         if chosen == rejected:
             out.report.dropped += 1
             continue
@@ -213,15 +210,29 @@ def encode_sft(
         completion = tokenize_completion(tokenizer, completion_text)
         full = len(prompt) + len(completion)
         lengths.append(full)
-        cut = _cut_prompt(prompt, max_prompt_length, special)
-        room = max_length - len(cut)
-        out.report.truncated += len(cut) < len(prompt) or len(completion) > room
-        out.report.completion_truncated += len(completion) > room
+        cut, room = _truncate(out.report, prompt, len(completion), max_length, max_prompt_length, special)
         completion = completion[:room]
         prompt_labels = [IGNORE] * len(cut) if completion_only else list(cut)
         out.features.append(SFTFeatures(cut + completion, prompt_labels + completion))
     _finish(out, lengths, max_length, max_prompt_length, name)
     return out
+
+
+def _truncate(
+    report: TruncationReport,
+    prompt: list[int],
+    completion: int,
+    max_length: int,
+    max_prompt_length: int,
+    special: set[int],
+) -> tuple[list[int], int]:
+    """The truncation policy for one row: the prompt cut from the left, and the room left for its (longest)
+    completion of `completion` tokens, to be cut from the right; counted in `report`."""
+    cut = _cut_prompt(prompt, max_prompt_length, special)
+    room = max_length - len(cut)
+    report.truncated += len(cut) < len(prompt) or completion > room
+    report.completion_truncated += completion > room
+    return cut, room
 
 
 def _finish(out: Encoded, lengths: list[int], max_length: int, max_prompt_length: int, name: str) -> None:
@@ -287,7 +298,7 @@ def pack_sft(features: Sequence[SFTFeatures], max_length: int) -> list[SFTFeatur
     ]
 
 
-# --- collation ---------------------------------------------------------------------------------
+# --- padding -----------------------------------------------------------------------------------
 
 
 def pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -297,28 +308,6 @@ def pad(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     for i, s in enumerate(sequences):
         out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
     return out
-
-
-def collate_preferences(features: Sequence[PreferenceFeatures], pad_id: int) -> dict[str, torch.Tensor]:
-    """Chosen rows first, then rejected rows: one (2B, T) batch for one concatenated forward."""
-    seqs = [f.prompt_ids + f.chosen_ids for f in features] + [f.prompt_ids + f.rejected_ids for f in features]
-    labels = [[IGNORE] * len(f.prompt_ids) + f.chosen_ids for f in features] + [
-        [IGNORE] * len(f.prompt_ids) + f.rejected_ids for f in features
-    ]
-    input_ids = pad(seqs, pad_id)  # (2B, T)
-    attention_mask = pad([[1] * len(s) for s in seqs], 0)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": pad(labels, IGNORE)}
-    if any(f.margin is not None for f in features):
-        batch["margin"] = torch.tensor([f.margin or 0.0 for f in features], dtype=torch.float32)
-    return batch
-
-
-def collate_sft(features: Sequence[SFTFeatures], pad_id: int) -> dict[str, torch.Tensor]:
-    return {
-        "input_ids": pad([f.input_ids for f in features], pad_id),
-        "attention_mask": pad([[1] * len(f.input_ids) for f in features], 0),
-        "labels": pad([f.labels for f in features], IGNORE),
-    }
 
 
 def read_dataset(path: str, kind: str, name: str = "train") -> list:

@@ -9,9 +9,16 @@ over all eval completions, not per group: greedy evaluation has one completion p
 `eval/completions/clipped_ratio` (share that hit max_new_tokens without EOS). The first few
 completions become `sample` events with `"split": "eval"` (training samples carry no split field).
 
-Evaluation must not change training: generation runs under `torch.random.fork_rng`, seeded with the
-run's seed, so the training random stream is restored afterwards (a run with evaluation trains exactly
-as one without) and every evaluation draws the same noise (its results are comparable over steps).
+Several processes (`accelerate launch`): each generates and scores a contiguous share of the eval
+prompts (`eval_share`), and the per-completion results are gathered in prompt order (`gather_rows`),
+so every process returns the metrics one process would. Each completion samples with its own seed
+(trainer.generation.row_seed of the eval prompt's index, counted negative to stay apart from the
+training rows' positions), so what a prompt gets does not depend on its process or chunk.
+
+Evaluation must not change training: it runs under `torch.random.fork_rng`, seeded with the run's
+seed, so the training random stream is restored afterwards (a run with evaluation trains exactly as
+one without); with the per-completion seeds every evaluation draws the same noise (its results are
+comparable over steps).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import torch
 
 from trainer.config import GRPOConfig, PPOConfig
 from trainer.data import DataError, encode_prompt, read_dataset
-from trainer.online import SAMPLES_PER_EVENT, Prompts, rollout, score
+from trainer.generation import row_seed
+from trainer.online import SAMPLES_PER_EVENT, Prompts, gather, rollout, score
 from trainer.rewards import Reward
 from trainer.run import Run
 from trainer.state import TrainState, chunks
@@ -49,15 +57,16 @@ def online_eval_fn(
     assert isinstance(config, GRPOConfig | PPOConfig)
     G = config.eval_num_generations
     cuda = [run.device.index or 0] if run.device.type == "cuda" else []
+    acc = run.accelerator
+    share = eval_share(len(prompts), acc.process_index, acc.num_processes)
+    names = reward.names
+    width = 3 + len(names)  # a row per completion: reward, each component, length, clipped
 
     def evaluate() -> dict[str, float]:
-        totals: list[torch.Tensor] = []
-        parts: dict[str, list[torch.Tensor]] = {}
-        lengths: list[torch.Tensor] = []
-        clipped: list[torch.Tensor] = []
+        rows: list[torch.Tensor] = []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(run.spec.seed)
-            for chunk in chunks(list(range(len(prompts))), config.micro_batch):
+            for chunk in chunks(list(share), config.micro_batch):
                 examples = [prompts.examples[i] for i in chunk]
                 batch = rollout(
                     policy,
@@ -68,9 +77,10 @@ def online_eval_fn(
                     temperature=config.eval_temperature,
                     top_p=config.top_p,
                     device=run.device,
+                    seeds=[row_seed(run.spec.seed, -1 - i, g) for i in chunk for g in range(G)],
                 )
                 rewards, components = score(reward, examples, batch.completions, G)
-                if not totals:
+                if chunk[0] == 0:  # the first eval prompt's completions, on the main process
                     for i in range(min(SAMPLES_PER_EVENT, len(batch.completions))):
                         run.events.emit(
                             "sample",
@@ -81,18 +91,38 @@ def online_eval_fn(
                             reward=rewards[i].item(),
                             rewards={name: values[i].item() for name, values in components.items()},
                         )
-                totals.append(rewards.float().cpu())
-                for name, values in components.items():
-                    parts.setdefault(name, []).append(values.float().cpu())
-                lengths.append(batch.completion_mask.sum(1).float().cpu())
-                clipped.append((~batch.has_eos).float().cpu())
-        total = torch.cat(totals)
+                columns = [rewards, *(components[name] for name in names)]
+                columns += [batch.completion_mask.sum(1), ~batch.has_eos]
+                rows.append(torch.stack([c.float().cpu() for c in columns], dim=1))  # (chunk * G, width)
+        local = torch.cat(rows) if rows else torch.zeros(0, width)
+        table = gather_rows(run, local, most=len(eval_share(len(prompts), 0, acc.num_processes)) * G)
+        total, *parts, lengths, clipped = table.T.contiguous()  # (width, N): one column per metric
         return {
             "reward": total.mean().item(),
             "reward_std": total.std(correction=0).item(),
-            **{f"rewards/{name}": torch.cat(values).mean().item() for name, values in parts.items()},
-            "completions/mean_length": torch.cat(lengths).mean().item(),
-            "completions/clipped_ratio": torch.cat(clipped).mean().item(),
+            **{f"rewards/{name}": values.mean().item() for name, values in zip(names, parts, strict=True)},
+            "completions/mean_length": lengths.mean().item(),
+            "completions/clipped_ratio": clipped.mean().item(),
         }
 
     return evaluate
+
+
+def eval_share(count: int, process: int, processes: int) -> range:
+    """The eval prompts `process` generates: a contiguous share of at most ceil(count / processes)."""
+    size = -(-count // processes)
+    return range(min(process * size, count), min((process + 1) * size, count))
+
+
+def gather_rows(run: Run, local: torch.Tensor, most: int) -> torch.Tensor:
+    """Every process's rows (at most `most` each) in process order, as one process would have them.
+
+    Shares can be uneven (the last ones shorter, or empty) and a gather needs equal shapes: each process
+    pads its rows to `most` with a column that marks the real ones, and the padding is dropped after.
+    """
+    if run.accelerator.num_processes == 1:
+        return local
+    padded = torch.zeros(most, local.shape[1] + 1)
+    padded[: len(local), :-1], padded[: len(local), -1] = local, 1.0
+    everything = gather(run, padded.to(run.device)).cpu()
+    return everything[everything[:, -1] == 1.0, :-1]

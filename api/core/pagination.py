@@ -3,12 +3,14 @@
 Lists are ordered newest first by (created_at, id). A page also carries `next_cursor`: the last
 item's id, base64url-encoded so clients treat it as opaque. The last item's plain id is accepted as
 `after` too (as in Stripe's API). The item is looked up again, so a cursor stays valid.
+A service reads a page with `fetch_page`; its router answers with `page_of`.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session
 from api.core.errors import InvalidRequest
 
 T = TypeVar("T")
+Row = TypeVar("Row")
 
 LimitQuery = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100).")]
 AfterQuery = Annotated[str | None, Query(description="Opaque cursor: the `next_cursor` of the previous page.")]
@@ -43,6 +46,23 @@ def decode_cursor(cursor: str) -> str:
     if "\x00" in item_id:  # names no item, and Postgres text cannot hold it
         raise InvalidRequest("invalid cursor: pass the next_cursor of a previous page", param="after")
     return item_id
+
+
+def fetch_page(
+    session: Session, model: type[Row], tenant_id: str, query: Select[Any], after: str | None, limit: int
+) -> tuple[list[Row], bool]:
+    """One page of `query`'s rows (see page_query) and whether more follow."""
+    rows = list(session.scalars(page_query(session, model, tenant_id, query, after, limit)))
+    return rows[:limit], len(rows) > limit
+
+
+def page_of(rows: Sequence[Any], has_more: bool, public: Callable[[Any], T]) -> Page[T]:
+    """The response of a fetch_page: each row as its public schema, and the cursor of the next page."""
+    return Page(
+        data=[public(row) for row in rows],
+        has_more=has_more,
+        next_cursor=encode_cursor(rows[-1].id) if has_more else None,
+    )
 
 
 def page_query(

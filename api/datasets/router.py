@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.core.errors import InvalidRequest
-from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.pagination import AfterQuery, LimitQuery, Page, page_of
 from api.core.uploads import stream_multipart
 from api.datasets import preview, service
 from api.datasets.schemas import DatasetExamples, DatasetPreview, DatasetPublic, DatasetRows, DatasetValidation
@@ -118,11 +118,7 @@ def list_datasets(
 ) -> Page[DatasetPublic]:
     """List datasets, newest first."""
     items, has_more = service.list_datasets(session, tenant.id, limit=limit, after=after)
-    return Page(
-        data=[DatasetPublic.model_validate(d) for d in items],
-        has_more=has_more,
-        next_cursor=encode_cursor(items[-1].id) if has_more else None,
-    )
+    return page_of(items, has_more, DatasetPublic.model_validate)
 
 
 @router.get("/{dataset_id}")

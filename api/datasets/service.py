@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session
 from api.core.db import utcnow
 from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
-from api.core.pagination import page_query
+from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.core.storage import Storage
 from api.datasets.models import Dataset
@@ -435,8 +435,7 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str, *, for_update
 
 def list_datasets(session: Session, tenant_id: str, *, limit: int, after: str | None) -> tuple[list[Dataset], bool]:
     query = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
-    items = list(session.scalars(page_query(session, Dataset, tenant_id, query, after, limit)))
-    return items[:limit], len(items) > limit
+    return fetch_page(session, Dataset, tenant_id, query, after, limit)
 
 
 def preview_rows(storage: Storage, dataset: Dataset, *, offset: int, limit: int) -> tuple[list[Any], bool]:

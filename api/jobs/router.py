@@ -10,7 +10,7 @@ from sse_starlette import EventSourceResponse
 from api.checkpoints.schemas import CheckpointPublic
 from api.checkpoints.service import list_for_job
 from api.core.errors import InvalidRequest
-from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.pagination import AfterQuery, LimitQuery, Page, page_of
 from api.core.validation import DB_INT_MAX
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.jobs import service
@@ -61,11 +61,7 @@ def list_jobs(
     items, has_more = service.list_jobs(
         session, tenant.id, limit=limit, after=after, status=status, algorithm=algorithm
     )
-    return Page(
-        data=[JobPublic.of(j) for j in items],
-        has_more=has_more,
-        next_cursor=encode_cursor(items[-1].id) if has_more else None,
-    )
+    return page_of(items, has_more, JobPublic.of)
 
 
 @router.get("/{job_id}")

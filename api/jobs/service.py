@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from api.core.broker import send_job
 from api.core.errors import Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
-from api.core.pagination import page_query
+from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
@@ -257,8 +257,7 @@ def list_jobs(
         query = query.where(Job.status == status)
     if algorithm is not None:
         query = query.where(Job.algorithm == algorithm)
-    items = list(session.scalars(page_query(session, Job, tenant_id, query, after, limit)))
-    return items[:limit], len(items) > limit
+    return fetch_page(session, Job, tenant_id, query, after, limit)
 
 
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:

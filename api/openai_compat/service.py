@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.errors import AlignError, InvalidRequest
-from api.core.pagination import page_query
+from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.datasets.models import Dataset
 from api.jobs import service as jobs
@@ -224,8 +224,7 @@ def list_jobs(
     query = select(Job).where(Job.tenant_id == tenant_id, Job.algorithm.in_(list(ALGORITHM_METHOD)))
     for key, value in metadata.items():
         query = query.where(Job.job_metadata[key].as_string() == value)
-    items = list(session.scalars(page_query(session, Job, tenant_id, query, after, limit)))
-    return items[:limit], len(items) > limit
+    return fetch_page(session, Job, tenant_id, query, after, limit)
 
 
 def job_view(job: Job) -> FineTuningJob:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 
-from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.pagination import AfterQuery, LimitQuery, Page, page_of
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.pipelines import service
 from api.pipelines.schemas import PipelineCreate, PipelinePublic, PipelineStatus
@@ -48,11 +48,7 @@ def list_pipelines(
 ) -> Page[PipelinePublic]:
     """List pipelines, newest first."""
     items, has_more = service.list_pipelines(session, tenant.id, limit=limit, after=after, status=status)
-    return Page(
-        data=[PipelinePublic.of(p) for p in items],
-        has_more=has_more,
-        next_cursor=encode_cursor(items[-1].id) if has_more else None,
-    )
+    return page_of(items, has_more, PipelinePublic.of)
 
 
 @router.get("/{pipeline_id}")

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 from api.core.broker import send_job
 from api.core.errors import Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
-from api.core.pagination import page_query
+from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.jobs import lifecycle
 from api.jobs.events import lock_job
@@ -175,8 +175,7 @@ def list_pipelines(
     )
     if status is not None:
         query = query.where(Pipeline.status == status)
-    items = list(session.scalars(page_query(session, Pipeline, tenant_id, query, after, limit)))
-    return items[:limit], len(items) > limit
+    return fetch_page(session, Pipeline, tenant_id, query, after, limit)
 
 
 def cancel_pipeline(session: Session, settings: Settings, tenant_id: str, pipeline_id: str) -> Pipeline:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from api.core.pagination import AfterQuery, LimitQuery, Page, encode_cursor
+from api.core.pagination import AfterQuery, LimitQuery, Page, page_of
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.reward_models import service
 from api.reward_models.schemas import RewardModelCreate, RewardModelPublic, ScoreRequest, ScoreResponse
@@ -26,11 +26,7 @@ def list_reward_models(
 ) -> Page[RewardModelPublic]:
     """List reward-model specs, newest first."""
     items, has_more = service.list_reward_models(session, tenant.id, limit=limit, after=after)
-    return Page(
-        data=[RewardModelPublic.model_validate(r) for r in items],
-        has_more=has_more,
-        next_cursor=encode_cursor(items[-1].id) if has_more else None,
-    )
+    return page_of(items, has_more, RewardModelPublic.model_validate)
 
 
 @router.get("/{reward_model_id}")

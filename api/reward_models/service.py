@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.core.errors import Conflict, NotFound
-from api.core.pagination import page_query
+from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.jobs.models import Job
 from api.jobs.service import check_components, parse_components
@@ -50,8 +50,7 @@ def list_reward_models(
     session: Session, tenant_id: str, *, limit: int, after: str | None
 ) -> tuple[list[RewardModel], bool]:
     query = select(RewardModel).where(RewardModel.tenant_id == tenant_id)
-    items = list(session.scalars(page_query(session, RewardModel, tenant_id, query, after, limit)))
-    return items[:limit], len(items) > limit
+    return fetch_page(session, RewardModel, tenant_id, query, after, limit)
 
 
 def delete_reward_model(session: Session, tenant_id: str, reward_model_id: str) -> None:

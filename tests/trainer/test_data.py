@@ -10,7 +10,6 @@ import torch
 from trainer.data import (
     IGNORE,
     DataError,
-    collate_preferences,
     encode_preferences,
     encode_prompt,
     encode_sft,
@@ -19,6 +18,7 @@ from trainer.data import (
 )
 from trainer.formats import PreferenceExample, SFTExample
 from trainer.models import load_tokenizer
+from trainer.packing import pair_batch
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_every_row_too_long_is_an_error_that_names_the_limit(tokenizer) -> None:
 
 def test_preference_batch_masks_prompt_and_padding_out_of_the_labels(tokenizer) -> None:  # type: ignore[no-untyped-def]
     enc = encode_preferences([PreferenceExample("pp", "c", "rrr"), PreferenceExample("q", "cc", "r")], tokenizer, 32, 8)
-    batch = collate_preferences(enc.features, tokenizer.pad_token_id)
+    batch = pair_batch(enc.features, tokenizer.pad_token_id, packed=False)
     assert batch["input_ids"].shape[0] == 4  # chosen rows, then rejected rows
     first = enc.features[0]
     labels = batch["labels"][0]

@@ -2,7 +2,8 @@
 
 Each completion samples with a seed of its data position, so both runs draw the same completions; losses
 are divided by whole-batch totals and gradients summed, so the two runs should log the same losses,
-rewards and KL at every step. Checkpoints are written once, by the main process, and a two-process run
+rewards and KL at every step, and the same eval metrics (each process evaluates a share of the eval
+prompts). Checkpoints are written once, by the main process, and a two-process run
 resumes from one.
 """
 
@@ -16,6 +17,7 @@ import pytest
 from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type
 from tests.trainer.processes import launch
+from trainer.online_eval import eval_share
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,36 @@ def test_grpo_on_two_processes_logs_the_losses_of_one_process_and_saves_once(
     # resuming at step 2 on two processes reproduces the uninterrupted step 3
     resumed, _ = launch(tmp_path, spec, "resumed", 2, resume=out / "checkpoints" / "step-00000002")
     assert_same_metrics({3: metrics_by_step(two, names)[3]}, metrics_by_step(resumed, names))
+
+
+def test_eval_shares_cover_every_prompt_once_in_order_however_uneven() -> None:
+    for count, processes in [(5, 2), (8, 2), (5, 4), (1, 2), (0, 2), (3, 1)]:
+        shares = [eval_share(count, p, processes) for p in range(processes)]
+        assert [i for share in shares for i in share] == list(range(count)), (count, processes)
+        assert max(len(share) for share in shares) == len(shares[0])  # the first is the largest: gather pads to it
+
+
+def test_grpo_evaluation_split_over_two_processes_reports_the_metrics_and_samples_of_one_process(
+    tmp_path: Path, tiny: Path, prompts: Path
+) -> None:
+    # 5 eval prompts in chunks of 2: one process evaluates [0, 1] [2, 3] [4], two evaluate [0, 1] [2] and
+    # [3, 4]; sampled completions, so each must draw with its own seed wherever it is generated
+    held_out = gsm8k_prompts(tmp_path / "eval.jsonl", rows=5, shortest_of=40)
+    hyper = {"max_steps": 1, "eval_on_start": True, "eval_temperature": 1.0, "eval_num_generations": 2}
+    spec = grpo_spec(tiny, prompts, **hyper) | {"eval_file": str(held_out)}
+    one, _ = launch(tmp_path, spec, "one", 1)
+    two, _ = launch(tmp_path, spec, "two", 2)
+
+    def evals(events: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+        metrics = of_type(events, "metrics")
+        return {e["step"]: e["values"] for e in metrics if any(k.startswith("eval/") for k in e["values"])}
+
+    assert sorted(evals(one)) == [0, 1]
+    assert_same_metrics(evals(one), evals(two))
+    assert evals(two)[0]["eval/reward_std"] > 0  # the completions differ: a real comparison
+    samples = [[s for s in of_type(run, "sample") if s.get("split") == "eval"] for run in (one, two)]
+    assert [s["step"] for s in samples[1]] == [0, 0, 1, 1]  # written once, by the main process
+    assert samples[0] == samples[1]
 
 
 def test_ppo_on_two_processes_logs_the_losses_of_one_process(tmp_path: Path, tiny: Path, prompts: Path) -> None:
