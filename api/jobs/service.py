@@ -1,13 +1,14 @@
 """Jobs: create (checking everything checkable first), read, list, cancel, pause, resume, events, metrics.
 
 Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create and resume
-commit the job row and its status event, then send the id (enqueue-after-commit); cancel and pause
-ask the life cycle what they do to the job's status.
+commit the job row and its status event, then send the id (enqueue-after-commit); cancel, pause and
+resume ask the life cycle what they do to the job's status, all three through `_change_status`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -262,57 +263,78 @@ def list_jobs(
 
 def cancel_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """queued -> cancelled at once; running -> cancelling (the worker stops the trainer); idempotent."""
-    get_job(session, tenant_id, job_id)
-    job = lock_job(session, job_id)
-    try:
-        changed = lifecycle.request_cancel(session, job, reason="cancelled by the user")
-    except lifecycle.ForbiddenTransition:
-        status = job.status
-        session.rollback()
-        raise JobFinished(f"job {job_id} already {status}; only queued or running jobs can be cancelled") from None
-    if not changed:
-        session.rollback()
-        return get_job(session, tenant_id, job_id)
-    session.commit()
-    return job
+    return _change_status(
+        session,
+        tenant_id,
+        job_id,
+        lambda s, job: lifecycle.request_cancel(s, job, reason="cancelled by the user"),
+        lambda status: JobFinished(f"job {job_id} already {status}; only queued or running jobs can be cancelled"),
+    )
 
 
 def pause_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """queued -> paused at once; running -> pausing (the worker saves at the next step boundary); idempotent."""
-    get_job(session, tenant_id, job_id)
-    job = lock_job(session, job_id)
-    try:
-        changed = lifecycle.request_pause(session, job)
-    except lifecycle.ForbiddenTransition:
-        status = job.status
-        session.rollback()
-        raise JobNotPausable(
+    return _change_status(
+        session,
+        tenant_id,
+        job_id,
+        lifecycle.request_pause,
+        lambda status: JobNotPausable(
             f"job {job_id} is {status}; only queued or running jobs can be paused"
             + (" (it is being cancelled)" if status == "cancelling" else "")
-        ) from None
-    if not changed:
-        session.rollback()
-        return get_job(session, tenant_id, job_id)
-    session.commit()
-    return job
+        ),
+    )
 
 
 def resume_job(session: Session, tenant_id: str, job_id: str) -> Job:
     """paused -> queued, sent to the broker after the commit; a queued or running job is returned as it is."""
+    return _change_status(
+        session,
+        tenant_id,
+        job_id,
+        lifecycle.resume,
+        lambda status: JobNotResumable(
+            f"job {job_id} is {status}; "
+            + ("wait until it is paused, then resume it" if status == "pausing" else "only paused jobs can be resumed")
+        ),
+        queues=True,
+    )
+
+
+def _change_status(
+    session: Session,
+    tenant_id: str,
+    job_id: str,
+    change: Callable[[Session, Job], bool],
+    refused: Callable[[str], Conflict],
+    *,
+    queues: bool = False,
+) -> Job:
+    """A user's status change (cancel, pause, resume): lock the tenant's job, ask the life cycle for
+    `change` (one of its request functions: True when it moved the job, False when there was nothing
+    to do), commit, and return the job.
+
+    A change the life cycle refuses rolls back and raises `refused(status)`, the status the job was
+    in; one with nothing to do rolls back and returns the job as it is. `queues`: the change put the
+    job back in the queue, so it is committed and sent to the broker (enqueue-after-commit) and
+    re-read, sent mark included.
+    """
     get_job(session, tenant_id, job_id)
     job = lock_job(session, job_id)
     try:
-        changed = lifecycle.resume(session, job)
+        changed = change(session, job)
     except lifecycle.ForbiddenTransition:
         status = job.status
         session.rollback()
-        hint = "wait until it is paused, then resume it" if status == "pausing" else "only paused jobs can be resumed"
-        raise JobNotResumable(f"job {job_id} is {status}; {hint}") from None
+        raise refused(status) from None
     if not changed:
         session.rollback()
         return get_job(session, tenant_id, job_id)
-    lifecycle.enqueue(session, [job.id], send_job)
-    return get_job(session, tenant_id, job_id)
+    if queues:
+        lifecycle.enqueue(session, [job.id], send_job)
+        return get_job(session, tenant_id, job_id)
+    session.commit()
+    return job
 
 
 def list_events(session: Session, job: Job, *, after: int, limit: int) -> tuple[list[JobEvent], bool]:
