@@ -269,6 +269,35 @@ class PlanInput:
         return 4 if self.precision == "fp32" else 2
 
 
+def job_plan_input(
+    shape: ModelShape, hyperparameters: dict[str, Any], lora: Lora | None, reward_shapes: list[ModelShape]
+) -> PlanInput:
+    """The PlanInput of a job as it will run on a GPU worker: `hyperparameters` with the trainer's defaults
+    filled in (trainer.config), precision auto planned as bf16; no reward model means rules only."""
+    hp = hyperparameters
+    return PlanInput(
+        shape=shape,
+        precision="fp32" if hp.get("precision") == "fp32" else "bf16",
+        lora=lora,
+        max_length=hp["max_length"],
+        max_prompt_length=hp["max_prompt_length"],
+        max_new_tokens=hp.get("max_new_tokens", 128),
+        batch_size=hp["batch_size"],
+        micro_batch_size=hp.get("micro_batch_size"),
+        num_generations=hp.get("num_generations", 8),
+        gradient_checkpointing=hp.get("gradient_checkpointing"),
+        padding_free=bool(hp.get("padding_free")),
+        max_tokens_per_batch=hp.get("max_tokens_per_batch"),
+        reward_shapes=reward_shapes,
+        reward_rules_only=not reward_shapes,
+        precompute_ref_logps=hp.get("precompute_ref_logps", True),
+        grpo_beta_positive=hp.get("beta", 0.04) > 0,
+        ppo_value_model=hp.get("value_model", "head"),
+        ppo_epochs=hp.get("ppo_epochs", 4),
+        num_minibatches=hp.get("num_minibatches", 1),
+    )
+
+
 # --- the pieces ------------------------------------------------------------------------------------
 
 

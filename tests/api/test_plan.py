@@ -395,6 +395,28 @@ def test_a_token_budget_caps_the_examples_of_one_pass() -> None:
     assert tiny["activations_bytes"] == one["activations_bytes"]
 
 
+def test_the_gpu_comparison_script_plans_each_run_beside_its_measured_peak(tmp_path: Path) -> None:
+    """bench/plan_gpu_compare.py on a fabricated input: it runs and divides as it says (no GPU involved)."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN_05B))
+    run = {"algorithm": "dpo", "spec": {"hyperparameters": {"batch_size": 4}}, "peak_gpu_mb": 5000}
+    runs = {"runs": [{**run, "model_config": str(tmp_path / "config.json")}]}
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    out = subprocess.run(
+        [sys.executable, "bench/plan_gpu_compare.py", str(tmp_path / "runs.json"), "--json"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = json.loads(out.stdout)
+    x = PlanInput(shape=shape_from_config(QWEN_05B), batch_size=4)  # the job defaults: bf16, checkpointing on
+    expected = estimate_plan("dpo", x, Hardware.gpu("H100"))["memory"]["peak_bytes"] / 2**20
+    assert row["gradient_checkpointing"] is True
+    assert row["predicted_mb"] == pytest.approx(expected, abs=0.1)
+    assert row["ratio"] == pytest.approx(5000 / row["predicted_mb"], rel=1e-3)
+
+
 # --- validated against real runs (bench/plan_validation.py has the full table) ----------------------
 
 
