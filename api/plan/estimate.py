@@ -143,6 +143,9 @@ class ModelShape:
     model_type: str = "llama"
     qkv_bias: bool = False
     """Biases on q/k/v (Qwen2; Llama's attention_bias)."""
+    stored_dtype_bytes: int | None = None
+    """Bytes per parameter of the saved weights (config.json's dtype), when it says: what a model loaded
+    without an explicit dtype (transformers' "auto") holds in memory, e.g. a reward model."""
 
     @property
     def q_dim(self) -> int:
@@ -200,6 +203,10 @@ class ConfigError(ValueError):
     """config.json lacks what the planner needs; the message says which key."""
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""Bytes per parameter of a config.json dtype."""
+
+
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
     """A ModelShape from a Hugging Face config.json dict (multimodal configs: their text_config)."""
     if isinstance(config.get("text_config"), dict):
@@ -227,6 +234,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         model_type=str(config.get("model_type") or "unknown"),
         qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
+        stored_dtype_bytes=DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "")),
     )
 
 
@@ -441,13 +449,15 @@ def models_in_memory(algorithm: Algorithm, x: PlanInput) -> list[dict[str, Any]]
     if algorithm in ("grpo", "ppo"):
         reference(algorithm == "ppo" or x.grpo_beta_positive)
         for i, rm in enumerate(x.reward_shapes):
+            # trainer.rewards loads a reward model in its saved dtype, whatever the job's precision
+            rm_bytes = rm.stored_dtype_bytes or p
             models.append(
                 _model(
                     f"reward model {i + 1}",
-                    "frozen sequence classifier",
+                    "frozen sequence classifier" + (" (fp32 as saved)" if rm_bytes == 4 and p != 4 else ""),
                     rm.params("score"),
                     0,
-                    rm.params("score") * p,
+                    rm.params("score") * rm_bytes,
                     0,
                 )
             )

@@ -365,6 +365,22 @@ def test_offline_log_probs_count_one_chunk_of_logits_not_the_whole_batch() -> No
     )
 
 
+def test_a_reward_model_is_held_in_its_saved_dtype_whatever_the_jobs_precision() -> None:
+    """trainer.rewards loads reward models without a dtype (transformers' "auto": as saved)."""
+    policy = shape_from_config(QWEN_05B)
+    saved_fp32 = shape_from_config({**QWEN_05B, "dtype": "float32"})
+    saved_bf16 = shape_from_config({**QWEN_05B, "torch_dtype": "bfloat16"})
+    n = policy.params("score")
+
+    def rm_bytes(rm: Any) -> int:
+        x = PlanInput(shape=policy, precision="bf16", reward_shapes=[rm])
+        (model,) = [m for m in estimate_plan("ppo", x, Hardware.gpu("H100"))["models"] if m["role"] == "reward model 1"]
+        return int(model["weights_bytes"])
+
+    assert rm_bytes(saved_fp32) == 4 * n
+    assert rm_bytes(saved_bf16) == rm_bytes(policy) == 2 * n  # unknown: the job's precision
+
+
 def test_gradient_checkpointing_defaults_to_the_trainers_per_algorithm(
     client: TestClient, auth: dict[str, str], models: Settings
 ) -> None:
