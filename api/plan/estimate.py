@@ -482,6 +482,9 @@ def _phases(algorithm: Algorithm, x: PlanInput, micro: int, checkpointing: bool)
         positions = rows * max(T - Tp, 1)  # the vocabulary head runs on completion positions only
         acts = activations_bytes(s, rows, T, p, checkpointing, False, x.lora)
         logits = 0 if algorithm == "reward" else chunked_logits_bytes(s, positions, p, TRAIN_CHUNK_FP32_COPIES)
+        if algorithm != "reward" and x.lora is None and positions > logprob_chunk_tokens(s, positions):
+            # every chunk's backward makes a V x h gradient of the head, added to the one accumulated so far
+            logits += s.embedding_params * p
         phases = {"activations_bytes": acts, "logits_bytes": logits, "kv_cache_bytes": 0}
         if algorithm == "dpo":  # reference log-probs (precomputed before training, or every step): no grad
             # the forward returns every layer's hidden states (output_hidden_states), alive until the head runs
