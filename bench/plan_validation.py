@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python bench/plan_validation.py [--sizes small,large] [--algorithms dpo,...] [--write-docs]
 
-For every algorithm at two tiny Llama sizes (built here with tests/tiny.py), runs `python -m trainer run`
+For every algorithm at two tiny Llama sizes, and DPO/SFT at a third with a large vocabulary (built here with
+tests/tiny.py; SIZES), runs `python -m trainer run`
 in its own subprocess on data whose every row is longer than the length budget (so every sequence is
 cut to exactly max_length, the planner's worst case) and reads the run's largest `peak_memory_mb`
 (on CPU: the process's peak RSS, ru_maxrss). The planner's prediction for the same settings on a
