@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python bench/plan_validation.py [--sizes small,large] [--algorithms dpo,...] [--write-docs]
 
-For every algorithm at two tiny Llama sizes (built here with tests/tiny.py), runs `python -m trainer run`
+For every algorithm at two tiny Llama sizes, and DPO/SFT at a third with a large vocabulary (built here with
+tests/tiny.py; SIZES), runs `python -m trainer run`
 in its own subprocess on data whose every row is longer than the length budget (so every sequence is
 cut to exactly max_length, the planner's worst case) and reads the run's largest `peak_memory_mb`
 (on CPU: the process's peak RSS, ru_maxrss). The planner's prediction for the same settings on a
@@ -31,7 +32,12 @@ SIZES: dict[str, dict[str, int]] = {
     # name: build_tiny_model kwargs (intermediate = 2 x hidden, 4 heads, 2 KV heads, vocab 260)
     "small": {"hidden_size": 64, "num_layers": 2},
     "large": {"hidden_size": 1024, "num_layers": 4},
+    # the small model with a Llama-3-sized vocabulary (rows no token uses): the offline log-probs run the
+    # head in chunks of 2^24 / V = 128 tokens, so DPO's 8 x 64 completion positions are 4 chunks
+    "wide": {"hidden_size": 64, "num_layers": 2, "vocab_size": 131072},
 }
+WIDE_ALGORITHMS = ("dpo", "sft")
+"""What runs at the wide size: the offline algorithms with a vocabulary head (chunked log-probs)."""
 ALGORITHMS = ["dpo", "reward", "sft", "grpo", "ppo"]
 # One setting for every run: short enough for a 2-core CPU, long enough that activations and logits show.
 MAX_LENGTH, MAX_PROMPT, MAX_NEW = 128, 64, 32
@@ -223,8 +229,10 @@ def table(results: list[dict[str, Any]], baseline_mb: float, live: dict[str, Any
     for r in results:
         key = f"{r['algorithm']}/{r['size']}" + ("" if r["variant"] == "full" else f"/{r['variant']}")
         predicted, measured = r["predicted_mb"], r["measured_mb"]
+        vocab = f", vocab {r['vocab']}" if r.get("vocab", 260) != 260 else ""
         row = (
-            f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers) | {SETTING[r['variant']]} "
+            f"| {r['algorithm']} | {r['size']} (hidden {r['hidden']}, {r['layers']} layers{vocab}) "
+            f"| {SETTING[r['variant']]} "
             f"| {r['params'] / 1e6:.2f} M | {predicted:.0f} | {measured:.0f} "
             f"| {predicted - measured:+.0f} ({100 * (predicted - measured) / measured:+.1f}%) "
             f"| {'yes' if within(predicted, measured) else '**no**'} "
@@ -240,18 +248,22 @@ def table(results: list[dict[str, Any]], baseline_mb: float, live: dict[str, Any
 
 
 def runs(args: argparse.Namespace, size: str) -> list[tuple[str, str]]:
-    """(algorithm, variant) pairs: every algorithm in full fp32, and the variants at the large size."""
-    out = [(algorithm, "full") for algorithm in args.algorithms.split(",")]
+    """(algorithm, variant) pairs: every algorithm in full fp32, and the variants at the large size (dpo, grpo
+    and ppo; gradient checkpointing, the offline algorithms' default, for every algorithm)."""
+    chosen = args.algorithms.split(",")
+    if size == "wide":
+        return [(algorithm, "full") for algorithm in chosen if algorithm in WIDE_ALGORITHMS]
+    out = [(algorithm, "full") for algorithm in chosen]
     if size == "large":
         variants = [v for v in args.variants.split(",") if v]
-        online_and_dpo = [a for a in ("dpo", "grpo", "ppo") if a in args.algorithms.split(",")]
-        out += [(a, v) for v in variants for a in online_and_dpo]
+        for v in variants:
+            out += [(a, v) for a in ALGORITHMS if a in chosen and (v == "ckpt" or a in ("dpo", "grpo", "ppo"))]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="small,large")
+    parser.add_argument("--sizes", default="small,large,wide")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--variants", default="lora,ckpt,bf16", help="variants run at the large size ('' for none)")
     parser.add_argument("--allocator", choices=["default", "mmap"], default="default", help=ALLOCATOR_HELP)
@@ -305,6 +317,7 @@ def main() -> None:
                     "variant": variant,
                     "hidden": SIZES[size]["hidden_size"],
                     "layers": SIZES[size]["num_layers"],
+                    "vocab": configs[size]["vocab_size"],
                     "params": plan["models"][0]["params"],
                     "predicted_mb": plan["memory"]["peak_bytes"] / 2**20,
                     "measured_mb": measured[key],

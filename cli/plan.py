@@ -45,7 +45,13 @@ def plan_command(
     batch_size: Annotated[int, typer.Option()] = 8,
     micro_batch_size: Annotated[int | None, typer.Option()] = None,
     num_generations: Annotated[int, typer.Option()] = 8,
-    gradient_checkpointing: Annotated[bool, typer.Option()] = False,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Default: as a job's (on for dpo/reward/sft, off for grpo/ppo).",
+        ),
+    ] = None,
     data: Annotated[
         str | None, typer.Option(help="What you have: preference_pairs, reward_model or verifiable_rules.")
     ] = None,

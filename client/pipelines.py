@@ -26,8 +26,9 @@ class Pipelines:
         idempotency_key: str | None = None,
     ) -> Pipeline:
         """Submit stages `[{"name": ..., "job": <a job request>}, ...]`; a stage's `base_model` may be
-        `"stage:<name>"` (an earlier policy stage's output) and a reward model component's `model` too
-        (an earlier `reward` stage's output). Retries are safe (an Idempotency-Key, a fresh uuid4 unless given)."""
+        `"stage:<name>"` (an earlier policy stage's output), a reward model component's `model` too
+        (an earlier `reward` stage's output), and an evaluate stage's `models` entries (any earlier training
+        stage's output). Retries are safe (an Idempotency-Key, a fresh uuid4 unless given)."""
         body: dict[str, Any] = {"stages": stages, "name": name, "metadata": metadata}
         return self.create_from({k: v for k, v in body.items() if v is not None}, idempotency_key=idempotency_key)
 

@@ -52,8 +52,12 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> Path:
-    """Write a tiny Llama (causal LM or 1-label sequence classifier) plus tokenizer to `path`; return it."""
+    """Write a tiny Llama (causal LM or 1-label sequence classifier) plus tokenizer to `path`; return it.
+
+    `vocab_size` larger than the tokenizer's gives the model embedding and head rows no token uses (a
+    large-vocabulary model's memory at a tiny model's cost)."""
     import torch
     from transformers import (
         AutoTokenizer,
@@ -68,7 +72,7 @@ def build_tiny_model(
     build_tiny_tokenizer(path)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=max(vocab_size or 0, len(tokenizer)),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers,

@@ -49,6 +49,9 @@ POLICY_ALGORITHMS = ("sft", "dpo", "grpo", "ppo")
 """Algorithms whose output is a policy a later stage can train further (`base_model: stage:<name>`)."""
 REWARD_ALGORITHMS = ("reward",)
 """Algorithms whose output is a reward model (`{"type": "model", "model": "stage:<name>"}`)."""
+EVALUATED_ALGORITHMS = POLICY_ALGORITHMS + REWARD_ALGORITHMS
+"""Algorithms whose output an evaluate stage can score (`models: ["stage:<name>", ...]`): policies and
+reward models alike (trainer.evaluate scores causal LMs and sequence classifiers)."""
 
 _ADVANCING = "alignd.pipelines.advancing"
 """session.info key: pipelines being advanced in this session (their stages' own transitions then
@@ -63,6 +66,9 @@ def stage_refs(body: JobCreate) -> list[tuple[str, str, tuple[str, ...]]]:
     for i, component in enumerate(body.reward or []):
         if isinstance(component, ModelComponent) and component.model.strip().startswith(STAGE_PREFIX):
             refs.append((f"reward[{i}].model", component.model.strip()[len(STAGE_PREFIX) :], REWARD_ALGORITHMS))
+    for i, ref in enumerate(body.models or []):
+        if ref.strip().startswith(STAGE_PREFIX):
+            refs.append((f"models[{i}]", ref.strip()[len(STAGE_PREFIX) :], EVALUATED_ALGORITHMS))
     return refs
 
 
@@ -78,7 +84,8 @@ def with_refs(body: JobCreate, models: Mapping[str, str]) -> JobCreate:
         reward = [
             c.model_copy(update={"model": resolve(c.model)}) if isinstance(c, ModelComponent) else c for c in reward
         ]
-    return body.model_copy(update={"base_model": resolve(body.base_model), "reward": reward})
+    candidates = [resolve(ref) for ref in body.models] if body.models is not None else None
+    return body.model_copy(update={"base_model": resolve(body.base_model), "reward": reward, "models": candidates})
 
 
 def settings_of(session: Session) -> Settings:

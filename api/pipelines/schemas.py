@@ -24,7 +24,8 @@ class StageCreate(RequestModel):
     job: JobCreate
     """A job request as POST /v1/jobs takes it. `base_model: "stage:<name>"` trains on an earlier policy
     stage's output (sft, dpo, grpo, ppo); a reward component `{"type": "model", "model": "stage:<name>"}`
-    scores with an earlier `reward` stage's output."""
+    scores with an earlier `reward` stage's output; an evaluate job's `models: ["stage:<name>", ...]` scores
+    earlier training stages' outputs."""
 
 
 class PipelineCreate(RequestModel):

@@ -3,6 +3,7 @@ stages included), read, list, cancel. What happens as stages finish is api/pipel
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +18,7 @@ from api.core.settings import Settings
 from api.jobs import lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import LIVE_STATUSES, Job
+from api.jobs.schemas import JobCreate
 from api.jobs.service import prepare_job
 from api.pipelines import advance
 from api.pipelines.models import FINAL_PIPELINE_STATUSES, Pipeline, PipelineStage
@@ -80,6 +82,8 @@ def _check_stages(session: Session, settings: Settings, pipeline: Pipeline, body
 
     A reference to an earlier stage is checked with that stage's own base model in its place: the
     stage's output is that model trained further, so what fits or resolves for one does for the other.
+    An evaluate stage's `models` entries that name stages are checked here (earlier, trained, each once)
+    and left out of the job check: in place they would repeat the base model they were trained from.
     """
     algorithms: dict[str, str] = {}
     stands_in: dict[str, str] = {}
@@ -89,6 +93,7 @@ def _check_stages(session: Session, settings: Settings, pipeline: Pipeline, body
         if stage.name in algorithms:
             raise InvalidRequest(f"{where}.name: another stage is already named {stage.name!r}", param=f"{where}.name")
         refs = advance.stage_refs(stage.job)
+        evaluated: dict[str, str] = {}
         for field, name, producers in refs:
             param = f"{where}.job.{field}"
             if name not in algorithms:
@@ -99,20 +104,47 @@ def _check_stages(session: Session, settings: Settings, pipeline: Pipeline, body
                     param=param,
                 )
             if algorithms[name] not in producers:
-                wanted = "a policy (" + ", ".join(producers) + ")" if field == "base_model" else "a reward model"
                 raise InvalidRequest(
-                    f"{param}: stage {name!r} is a {algorithms[name]} stage; {field} needs {wanted} stage's output",
+                    f"{param}: stage {name!r} is a {algorithms[name]} stage; {field} needs {_wanted(field, producers)}",
                     param=param,
                 )
-        body_in_place = advance.named(advance.with_refs(stage.job, stands_in), pipeline, stage.name)
+            if field == "base_model" or field.startswith("models["):
+                if name in evaluated:
+                    raise InvalidRequest(
+                        f"{param}: stage {name!r} is already evaluated as {evaluated[name]}; give each model once",
+                        param=param,
+                    )
+                evaluated[name] = field
+        without, positions = _without_stage_candidates(stage.job)
+        body_in_place = advance.named(advance.with_refs(without, stands_in), pipeline, stage.name)
         try:
             job = prepare_job(session, settings, pipeline.tenant_id, body_in_place)
         except InvalidRequest as exc:
+            if exc.param and (found := re.fullmatch(r"models\[(\d+)\]", exc.param)):
+                exc.param = f"models[{positions[int(found[1])]}]"  # its index in the request's own list
             raise _in_stage(exc, i, stage.name) from exc
         jobs.append(job if not refs else None)
         algorithms[stage.name] = stage.job.algorithm
         stands_in[stage.name] = body_in_place.base_model
     return jobs
+
+
+def _wanted(field: str, producers: tuple[str, ...]) -> str:
+    if field == "base_model":
+        return "a policy (" + ", ".join(producers) + ") stage's output"
+    if field.startswith("models["):
+        return "a trained model (" + ", ".join(producers) + ") stage's output"
+    return "a reward model stage's output"
+
+
+def _without_stage_candidates(body: JobCreate) -> tuple[JobCreate, list[int]]:
+    """An evaluate request with the `stage:` entries of `models` left out (they are checked by name), and
+    the index in `body.models` of each entry kept."""
+    if body.models is None:
+        return body, []
+    positions = [i for i, ref in enumerate(body.models) if not ref.strip().startswith(advance.STAGE_PREFIX)]
+    kept = [body.models[i] for i in positions]
+    return body.model_copy(update={"models": kept or None}), positions
 
 
 def _in_stage(exc: InvalidRequest, index: int, name: str) -> InvalidRequest:

@@ -24,10 +24,21 @@ LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 """A Llama-style decoder layer's linear layers: what LoRA's `all-linear` adapts (never the LM head)."""
 
 TRAIN_LOGIT_COPIES = 3
-"""fp32 B x K x V tensors alive at once in a training pass: the logits upcast to fp32, their
-log-softmax (kept for backward) and, in backward, its gradient."""
+"""Online (grpo, ppo) training pass, which still computes (B, Tn, V) logits: fp32 B x Tn x V tensors alive
+at once: the logits upcast to fp32 (kept by logsumexp for backward), their gradient and the gather's."""
 FORWARD_LOGIT_COPIES = 2
-"""The same without gradients (reference / old log-probs): upcast logits and log-softmax."""
+"""The same without gradients (reference / old log-probs): upcast logits and logsumexp's temporary."""
+CHUNK_ELEMENTS = 2**24
+"""Logits one chunk of the offline log-probs holds (trainer.logprobs.CHUNK_ELEMENTS; a test keeps them equal):
+the vocabulary head runs on CHUNK_ELEMENTS // V completion tokens at a time, never on (B, T, V)."""
+TRAIN_CHUNK_FP32_COPIES = 3
+"""fp32 chunk x V tensors alive when backward reaches a chunk (each chunk is checkpointed, so its logits
+are recomputed there): the upcast logits logsumexp keeps, and its backward's exp(x - lse) and product
+with the incoming gradient. In bf16 the head's own bf16 output is alive beside them."""
+FORWARD_CHUNK_FP32_COPIES = 2
+"""The same in a no-grad pass (DPO's reference log-probs): the upcast logits and logsumexp's (x - max)."""
+OFFLINE_CHECKPOINTING = {"dpo": True, "reward": True, "sft": True, "grpo": False, "ppo": False}
+"""gradient_checkpointing when a request or job leaves it out: trainer.config's defaults (on offline)."""
 GPU_OVERHEAD_BYTES = 1 * GIB
 """CUDA context, cuBLAS workspaces and allocator slack on a GPU (a stated allowance, not measured here)."""
 CPU_RUNTIME_BASELINE_MB = 402
@@ -132,6 +143,9 @@ class ModelShape:
     model_type: str = "llama"
     qkv_bias: bool = False
     """Biases on q/k/v (Qwen2; Llama's attention_bias)."""
+    stored_dtype_bytes: int | None = None
+    """Bytes per parameter of the saved weights (config.json's dtype), when it says: what a model loaded
+    without an explicit dtype (transformers' "auto") holds in memory, e.g. a reward model."""
 
     @property
     def q_dim(self) -> int:
@@ -189,6 +203,10 @@ class ConfigError(ValueError):
     """config.json lacks what the planner needs; the message says which key."""
 
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+"""Bytes per parameter of a config.json dtype."""
+
+
 def shape_from_config(config: dict[str, Any]) -> ModelShape:
     """A ModelShape from a Hugging Face config.json dict (multimodal configs: their text_config)."""
     if isinstance(config.get("text_config"), dict):
@@ -216,6 +234,7 @@ def shape_from_config(config: dict[str, Any]) -> ModelShape:
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         model_type=str(config.get("model_type") or "unknown"),
         qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")),
+        stored_dtype_bytes=DTYPE_BYTES.get(str(config.get("dtype") or config.get("torch_dtype") or "")),
     )
 
 
@@ -237,7 +256,12 @@ class PlanInput:
     batch_size: int = 8
     micro_batch_size: int | None = None
     num_generations: int = 8
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | None = None
+    """None: the trainer's default for the algorithm (on for dpo/reward/sft, off for grpo/ppo)."""
+    padding_free: bool = False
+    """Offline: each micro-batch packed into one row (worst case: the same tokens as padded)."""
+    max_tokens_per_batch: int | None = None
+    """Offline: token budget of one forward/backward pass (fewer examples per pass when it binds)."""
     reward_shapes: list[ModelShape] = field(default_factory=list)
     """Reward models (sequence classifiers) the online algorithms keep in memory."""
     reward_rules_only: bool = False
@@ -251,6 +275,35 @@ class PlanInput:
     @property
     def param_bytes(self) -> int:
         return 4 if self.precision == "fp32" else 2
+
+
+def job_plan_input(
+    shape: ModelShape, hyperparameters: dict[str, Any], lora: Lora | None, reward_shapes: list[ModelShape]
+) -> PlanInput:
+    """The PlanInput of a job as it will run on a GPU worker: `hyperparameters` with the trainer's defaults
+    filled in (trainer.config), precision auto planned as bf16; no reward model means rules only."""
+    hp = hyperparameters
+    return PlanInput(
+        shape=shape,
+        precision="fp32" if hp.get("precision") == "fp32" else "bf16",
+        lora=lora,
+        max_length=hp["max_length"],
+        max_prompt_length=hp["max_prompt_length"],
+        max_new_tokens=hp.get("max_new_tokens", 128),
+        batch_size=hp["batch_size"],
+        micro_batch_size=hp.get("micro_batch_size"),
+        num_generations=hp.get("num_generations", 8),
+        gradient_checkpointing=hp.get("gradient_checkpointing"),
+        padding_free=bool(hp.get("padding_free")),
+        max_tokens_per_batch=hp.get("max_tokens_per_batch"),
+        reward_shapes=reward_shapes,
+        reward_rules_only=not reward_shapes,
+        precompute_ref_logps=hp.get("precompute_ref_logps", True),
+        grpo_beta_positive=hp.get("beta", 0.04) > 0,
+        ppo_value_model=hp.get("value_model", "head"),
+        ppo_epochs=hp.get("ppo_epochs", 4),
+        num_minibatches=hp.get("num_minibatches", 1),
+    )
 
 
 # --- the pieces ------------------------------------------------------------------------------------
@@ -300,6 +353,40 @@ def activations_bytes(
 def logits_bytes(shape: ModelShape, rows: int, positions: int, copies: int) -> int:
     """B x K x V logits in fp32 (the trainer upcasts before log-softmax), `copies` of them alive."""
     return rows * positions * shape.vocab_size * 4 * copies
+
+
+def logprob_chunk_tokens(shape: ModelShape, positions: int) -> int:
+    """Tokens the vocabulary head runs on at once in the offline log-probs (trainer.logprobs.chunked_token_logprobs)."""
+    return min(positions, max(1, CHUNK_ELEMENTS // shape.vocab_size))
+
+
+def chunked_logits_bytes(shape: ModelShape, positions: int, dtype_bytes: int, fp32_copies: int) -> int:
+    """Offline log-probs of `positions` completion tokens (all rows together), computed in chunks.
+
+    The completion positions' final hidden states (positions x h, model dtype: cut out of the batch and
+    kept for the chunks' backward) plus ONE chunk's logits: `fp32_copies` fp32 chunk x V tensors, and in
+    bf16 the head's own output beside them (in fp32 the upcast is that same tensor).
+    """
+    chunk = logprob_chunk_tokens(shape, positions)
+    own = dtype_bytes if dtype_bytes != 4 else 0
+    return positions * shape.hidden_size * dtype_bytes + chunk * shape.vocab_size * (own + 4 * fp32_copies)
+
+
+def checkpointing_in_effect(algorithm: Algorithm, x: PlanInput) -> bool:
+    """gradient_checkpointing in effect: as asked, else the trainer's default for the algorithm."""
+    return OFFLINE_CHECKPOINTING[algorithm] if x.gradient_checkpointing is None else x.gradient_checkpointing
+
+
+def examples_per_pass(algorithm: Algorithm, x: PlanInput, micro: int) -> int:
+    """Examples in one forward/backward pass: the micro-batch, or fewer when max_tokens_per_batch binds.
+
+    Every sequence at max_length (the worst case), a pass of m examples costs m x sequences x T tokens,
+    padded or packed (trainer.packing.micro_batches); an example over the budget on its own gets a pass.
+    """
+    if algorithm not in ("dpo", "reward", "sft") or x.max_tokens_per_batch is None:
+        return micro
+    per_example = x.max_length * (2 if algorithm in ("dpo", "reward") else 1)
+    return max(1, min(micro, x.max_tokens_per_batch // per_example))
 
 
 def kv_cache_bytes(shape: ModelShape, sequences: int, length: int, dtype_bytes: int) -> int:
@@ -362,13 +449,15 @@ def models_in_memory(algorithm: Algorithm, x: PlanInput) -> list[dict[str, Any]]
     if algorithm in ("grpo", "ppo"):
         reference(algorithm == "ppo" or x.grpo_beta_positive)
         for i, rm in enumerate(x.reward_shapes):
+            # trainer.rewards loads a reward model in its saved dtype, whatever the job's precision
+            rm_bytes = rm.stored_dtype_bytes or p
             models.append(
                 _model(
                     f"reward model {i + 1}",
-                    "frozen sequence classifier",
+                    "frozen sequence classifier" + (" (fp32 as saved)" if rm_bytes == 4 and p != 4 else ""),
                     rm.params("score"),
                     0,
-                    rm.params("score") * p,
+                    rm.params("score") * rm_bytes,
                     0,
                 )
             )
@@ -389,13 +478,18 @@ def _phases(algorithm: Algorithm, x: PlanInput, micro: int, checkpointing: bool)
     s, p = x.shape, x.param_bytes
     T, Tp, Tn = x.max_length, x.max_prompt_length, x.max_new_tokens
     if algorithm in ("dpo", "reward", "sft"):
-        rows = micro * (2 if algorithm in ("dpo", "reward") else 1)  # chosen + rejected in one pass
-        completion = max(T - Tp, 1)  # the LM head runs on completion positions only (logits_to_keep)
+        rows = examples_per_pass(algorithm, x, micro) * (2 if algorithm in ("dpo", "reward") else 1)
+        positions = rows * max(T - Tp, 1)  # the vocabulary head runs on completion positions only
         acts = activations_bytes(s, rows, T, p, checkpointing, False, x.lora)
-        logits = 0 if algorithm == "reward" else logits_bytes(s, rows, completion, TRAIN_LOGIT_COPIES)
+        logits = 0 if algorithm == "reward" else chunked_logits_bytes(s, positions, p, TRAIN_CHUNK_FP32_COPIES)
+        if algorithm != "reward" and x.lora is None and positions > logprob_chunk_tokens(s, positions):
+            # every chunk's backward makes a V x h gradient of the head, added to the one accumulated so far
+            logits += s.embedding_params * p
         phases = {"activations_bytes": acts, "logits_bytes": logits, "kv_cache_bytes": 0}
         if algorithm == "dpo":  # reference log-probs (precomputed before training, or every step): no grad
-            phases["forward_logits_bytes"] = logits_bytes(s, rows, completion, FORWARD_LOGIT_COPIES)
+            # the forward returns every layer's hidden states (output_hidden_states), alive until the head runs
+            hidden = (s.num_layers + 1) * rows * T * s.hidden_size * p
+            phases["forward_logits_bytes"] = hidden + chunked_logits_bytes(s, positions, p, FORWARD_CHUNK_FP32_COPIES)
         return phases
     # online: generation for the whole batch at once, then passes over micro x (G) rows of Tp + Tn tokens
     sequences = x.batch_size * (x.num_generations if algorithm == "grpo" else 1)
@@ -425,15 +519,19 @@ def peak_bytes(models: list[dict[str, Any]], phases: dict[str, int], overhead: i
 
 def step_flops(algorithm: Algorithm, x: PlanInput) -> dict[str, float]:
     """FLOPs of one optimizer step: 6·N·tokens to train (4·N with LoRA: no weight gradients of the frozen
-    base; +2·N with gradient checkpointing), 2·N·tokens for forward-only passes; N counts matmul parameters."""
+    base; +2·N with gradient checkpointing), 2·N·tokens for forward-only passes; N counts matmul parameters.
+    Offline, the checkpointed log-prob chunks run the vocabulary head once more per completion token."""
     s = x.shape
     n = s.matmul_params("score" if algorithm == "reward" else "lm")
-    train_per_token = (4 if x.lora is not None else 6) * n + (2 * n if x.gradient_checkpointing else 0)
+    recompute = 2 * n if checkpointing_in_effect(algorithm, x) else 0
+    train_per_token = (4 if x.lora is not None else 6) * n + recompute
     T, Tp, Tn = x.max_length, x.max_prompt_length, x.max_new_tokens
     if algorithm in ("dpo", "reward", "sft"):
-        tokens = x.batch_size * T * (2 if algorithm in ("dpo", "reward") else 1)
+        rows = x.batch_size * (2 if algorithm in ("dpo", "reward") else 1)
+        tokens = rows * T
         forward = 2 * n * tokens if algorithm == "dpo" and not x.precompute_ref_logps else 0
-        return {"train": train_per_token * tokens, "forward": forward, "prefill": 0.0}
+        head = 0 if algorithm == "reward" else 2 * s.embedding_params * rows * max(T - Tp, 1)
+        return {"train": train_per_token * tokens + head, "forward": forward, "prefill": 0.0}
     sequences = x.batch_size * (x.num_generations if algorithm == "grpo" else 1)
     tokens = sequences * (Tp + Tn)
     rm = sum(2 * r.matmul_params("score") for r in x.reward_shapes) * tokens
@@ -473,7 +571,8 @@ def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str,
     if algorithm == "ppo":
         micro = min(micro, x.batch_size // x.num_minibatches)
     models = models_in_memory(algorithm, x)
-    phases = _phases(algorithm, x, micro, x.gradient_checkpointing)
+    ckpt = checkpointing_in_effect(algorithm, x)
+    phases = _phases(algorithm, x, micro, ckpt)
     peak = peak_bytes(models, phases, hw.overhead_bytes)
     with_ckpt = _phases(algorithm, x, micro, True)["activations_bytes"]
     without_ckpt = _phases(algorithm, x, micro, False)["activations_bytes"]
@@ -511,7 +610,8 @@ def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str,
         "memory": memory,
         "fits": peak <= hw.memory_bytes,
         "micro_batch_size": micro,
-        "largest_micro_batch_size": largest(x.gradient_checkpointing),
+        "gradient_checkpointing": ckpt,
+        "largest_micro_batch_size": largest(ckpt),
         "largest_micro_batch_size_with_checkpointing": largest(True),
         "time": {"flops_per_step": sum(flops.values()), **time, "efficiency": hw.efficiency},
         "notes": notes,

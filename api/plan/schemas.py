@@ -65,8 +65,13 @@ class PlanRequest(RequestModel):
     """Per forward/backward pass (defaults to batch_size)."""
     num_generations: int = Field(8, ge=2, le=1024)
     """Completions per prompt (grpo)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward (less memory, ~1/3 more compute)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward (less memory, ~1/3 more compute); default: as a job's (on for
+    dpo/reward/sft, off for grpo/ppo)."""
+    padding_free: bool = False
+    """dpo/reward/sft: pack each micro-batch into one row (as a job's padding_free)."""
+    max_tokens_per_batch: int | None = Field(None, ge=16, le=1_048_576)
+    """dpo/reward/sft: token budget of one forward/backward pass (as a job's max_tokens_per_batch)."""
     precompute_ref_logps: bool = True
     """DPO: reference log-probs computed once before training (no reference model in memory)."""
     value_model: Literal["head", "separate"] = "head"
@@ -135,7 +140,9 @@ class MemoryBreakdown(BaseModel):
     activations_with_checkpointing_bytes: int
     activations_without_checkpointing_bytes: int
     logits_bytes: int
-    """B x K x V fp32 logits (and their log-softmax and gradient) of a training pass."""
+    """Log-probs of a training pass: dpo/sft one chunk of fp32 logits (the vocabulary head runs on a few
+    hundred tokens at a time) and the completion hidden states; grpo/ppo the B x Tn x V fp32 logits, their
+    gradient and the gather's."""
     kv_cache_bytes: int
     """Generation KV cache of the whole batch (grpo, ppo)."""
     overhead_bytes: int
@@ -159,6 +166,8 @@ class AlgorithmPlan(BaseModel):
     memory: MemoryBreakdown
     fits: bool
     micro_batch_size: int
+    gradient_checkpointing: bool
+    """In effect: as asked, else the trainer's default for the algorithm."""
     largest_micro_batch_size: int | None
     """Largest divisor of batch_size that fits as asked (null: not even 1)."""
     largest_micro_batch_size_with_checkpointing: int | None

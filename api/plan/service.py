@@ -22,6 +22,7 @@ from api.plan.estimate import (
     ModelShape,
     PlanInput,
     estimate_plan,
+    job_plan_input,
     recommend,
     shape_from_config,
 )
@@ -161,6 +162,8 @@ def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None
         micro_batch_size=request.micro_batch_size,
         num_generations=request.num_generations,
         gradient_checkpointing=request.gradient_checkpointing,
+        padding_free=request.padding_free,
+        max_tokens_per_batch=request.max_tokens_per_batch,
         reward_shapes=reward_shapes,
         reward_rules_only=rules_only,
         precompute_ref_logps=request.precompute_ref_logps,
@@ -236,26 +239,8 @@ def check_job_fits(
                 reward_shapes.append(shape_from_config(read_config(settings, str(component["model"]))))
             except (InvalidModelRef, ConfigError):
                 continue
-    hp = hyperparameters
-    x = PlanInput(
-        shape=shape,
-        precision="fp32" if hp.get("precision") == "fp32" else "bf16",
-        lora=Lora(lora.r, lora.target_modules, lora.dropout) if lora else None,
-        max_length=hp["max_length"],
-        max_prompt_length=hp["max_prompt_length"],
-        max_new_tokens=hp.get("max_new_tokens", 128),
-        batch_size=hp["batch_size"],
-        micro_batch_size=hp.get("micro_batch_size"),
-        num_generations=hp.get("num_generations", 8),
-        gradient_checkpointing=bool(hp.get("gradient_checkpointing")),
-        reward_shapes=reward_shapes,
-        reward_rules_only=not reward_shapes,
-        precompute_ref_logps=hp.get("precompute_ref_logps", True),
-        grpo_beta_positive=hp.get("beta", 0.04) > 0,
-        ppo_value_model=hp.get("value_model", "head"),
-        ppo_epochs=hp.get("ppo_epochs", 4),
-        num_minibatches=hp.get("num_minibatches", 1),
-    )
+    lora_input = Lora(lora.r, lora.target_modules, lora.dropout) if lora else None
+    x = job_plan_input(shape, hyperparameters, lora_input, reward_shapes)
     worker = Hardware("gpu", "worker GPU", 1, int(memory_gb * GIB), 1e12, 1e12, GPU_OVERHEAD_BYTES)
     answer = estimate_plan(algorithm, x, worker)  # type: ignore[arg-type]
     if answer["fits"]:

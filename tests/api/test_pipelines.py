@@ -146,6 +146,63 @@ def test_sft_then_dpo_trains_dpo_on_the_sft_output(
     assert client.get(f"/v1/jobs/{dpo_job}", headers=auth).json()["base_model"] == f"job:{sft_job}"
 
 
+def sft_then_evaluate(model: str, sft_rows: str, pairs: str, *candidates: str) -> dict[str, Any]:
+    return {
+        "name": "sft-eval",
+        "stages": [
+            {"name": "sft", "job": {"algorithm": "sft", "base_model": model, "dataset_id": sft_rows}},
+            {
+                "name": "eval",
+                "job": {
+                    "algorithm": "evaluate",
+                    "base_model": model,
+                    "dataset_id": pairs,
+                    "models": list(candidates or ["stage:sft"]),
+                },
+            },
+        ],
+    }
+
+
+def test_an_evaluate_stage_scores_an_earlier_stages_output_beside_the_base_model(
+    client: TestClient, auth: dict[str, str], model: str, sft_rows: str, pairs: str, session: Session
+) -> None:
+    pipeline = create(client, auth, sft_then_evaluate(model, sft_rows, pairs))
+    sft, evaluate = pipeline["stages"]
+    assert sft["status"] == "queued"
+    assert evaluate["status"] == "pending" and evaluate["depends_on"] == ["sft"] and evaluate["job_id"] is None
+
+    finish(session, sft["job_id"], "succeeded")
+    evaluate_job = get(client, auth, pipeline["id"])["stages"][1]["job_id"]
+    job = client.get(f"/v1/jobs/{evaluate_job}", headers=auth).json()
+    assert job["algorithm"] == "evaluate" and job["status"] == "queued"
+    assert job["base_model"] == model
+    assert job["models"] == [f"job:{sft['job_id']}"], "the evaluate stage scores the SFT stage's output"
+    sft_job = client.get(f"/v1/jobs/{sft['job_id']}", headers=auth).json()
+    assert sft_job["output_checkpoint_id"] is not None  # what job:<id> resolves to when the evaluation runs
+
+
+@pytest.mark.parametrize(
+    ("candidates", "param", "says"),
+    [
+        (["stage:nope"], "stages[1].job.models[0]", "no earlier stage"),
+        (["stage:eval"], "stages[1].job.models[0]", "no earlier stage"),
+        (["stage:sft", "stage:sft"], "stages[1].job.models[1]", "already evaluated"),
+        (["stage:sft", "no-such-model"], "stages[1].job.models[1]", None),
+    ],
+    ids=["unknown-stage", "itself", "twice", "unknown-model-beside-it"],
+)
+def test_an_evaluate_stages_models_are_checked_at_create(
+    client: TestClient, auth: dict[str, str], model: str, sft_rows: str, pairs: str, session: Session,
+    candidates: list[str], param: str, says: str | None,
+) -> None:  # fmt: skip
+    body = sft_then_evaluate(model, sft_rows, pairs, *candidates)
+    error = assert_error(client.post("/v1/pipelines", headers=auth, json=body), 422, param=param)
+    if says is not None:
+        assert says in error["message"], error
+    assert count(session, Pipeline) == count(session, Job) == 0
+
+
 def test_a_failed_stage_skips_the_rest_and_fails_the_pipeline_saying_why(
     client: TestClient, auth: dict[str, str], model: str, pairs: str, prompts: str, session: Session
 ) -> None:

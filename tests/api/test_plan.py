@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.core.settings import Settings
+from api.plan import estimate
 from api.plan.estimate import Hardware, Lora, PlanInput, activations_bytes, estimate_plan, shape_from_config
 from tests.api.helpers import assert_error
 from tests.hub_cache import cached_hub_model
@@ -137,8 +139,8 @@ def test_bf16_needs_less_memory_than_fp32(client: TestClient, auth: dict[str, st
 def test_fits_and_the_largest_micro_batch_agree_with_plans_at_that_micro_batch(
     client: TestClient, auth: dict[str, str], models: Settings
 ) -> None:
-    settings = {"base_model": "llama-8b", "algorithms": ["sft"], "batch_size": 64, "max_length": 2048}
-    settings["lora"] = {"r": 16}
+    settings: dict[str, Any] = {"base_model": "llama-8b", "algorithms": ["sft"], "batch_size": 64, "max_length": 2048}
+    settings |= {"lora": {"r": 16}, "gradient_checkpointing": False}
     hardware = {"kind": "gpu", "gpu": "A100-40GB"}
     answer = plan(client, auth, **settings, hardware=hardware)
     sft = answer["plans"][0]
@@ -176,8 +178,16 @@ def test_the_recommendation_follows_the_users_situation(
 
 def test_the_recommendation_falls_back_to_what_fits(client: TestClient, auth: dict[str, str], models: Settings) -> None:
     # Full bf16 GRPO on 8B keeps policy + AdamW (64 GiB) and a frozen reference (15 GiB): over an H100's
-    # 80 GiB at any micro-batch. SFT drops the reference and fits with a smaller micro-batch.
-    answer = plan(client, auth, base_model="llama-8b", algorithms=["grpo", "sft"], data="verifiable_rules")
+    # 80 GiB at any micro-batch. SFT without gradient checkpointing drops the reference and fits with a
+    # smaller micro-batch.
+    answer = plan(
+        client,
+        auth,
+        base_model="llama-8b",
+        algorithms=["grpo", "sft"],
+        data="verifiable_rules",
+        gradient_checkpointing=False,
+    )
     plans = by_algorithm(answer)
     assert plans["grpo"]["largest_micro_batch_size_with_checkpointing"] is None
     assert plans["sft"]["fits"] is False and plans["sft"]["largest_micro_batch_size_with_checkpointing"]
@@ -325,6 +335,105 @@ def test_kv_cache_and_logits_follow_their_formulas() -> None:
     assert grpo["memory"]["kv_cache_bytes"] == kv + 32 * 128256 * 4 * 2  # + last-position logits while sampling
     # micro-batch 4 prompts x 8 = 32 rows x 256 completion positions x V x fp32, three copies
     assert grpo["memory"]["logits_bytes"] == 32 * 256 * 128256 * 4 * 3
+
+
+def test_offline_log_probs_count_one_chunk_of_logits_not_the_whole_batch() -> None:
+    """The trainer never builds (B, T, V) logits offline (trainer.logprobs.batch_sequence_logps): the
+    planner counts the completion hidden states and one chunk of CHUNK_ELEMENTS // V tokens' logits."""
+    from trainer.logprobs import CHUNK_ELEMENTS
+
+    assert CHUNK_ELEMENTS == estimate.CHUNK_ELEMENTS
+    shape = shape_from_config(QWEN_05B)
+    x = PlanInput(shape=shape, precision="bf16", max_length=1024, max_prompt_length=512, batch_size=8)
+    dpo = estimate_plan("dpo", x, Hardware.gpu("H100"))
+    positions = 8 * 2 * 512  # 8 pairs, chosen + rejected, 512 completion positions each
+    chunk = 2**24 // 151936  # 110 tokens
+    assert estimate.logprob_chunk_tokens(shape, positions) == chunk
+    # hidden states in bf16 + one chunk: its bf16 logits and three fp32 copies in the chunk's backward,
+    # + the head's V x h bf16 gradient a chunk's backward adds to the sum of the chunks before it
+    expected = positions * 896 * 2 + chunk * 151936 * (2 + 3 * 4) + 151936 * 896 * 2
+    assert dpo["memory"]["logits_bytes"] == expected
+    full_logits = positions * 151936 * 4 * 3  # what the planner counted before: 14.9 GB
+    assert dpo["memory"]["logits_bytes"] < full_logits / 25
+    sft = estimate_plan("sft", x, Hardware.gpu("H100"))
+    assert sft["memory"]["logits_bytes"] == (positions // 2) * 896 * 2 + chunk * 151936 * (2 + 3 * 4) + 151936 * 896 * 2
+    lora = estimate_plan("dpo", replace(x, lora=Lora(16)), Hardware.gpu("H100"))  # a frozen head: no gradient
+    assert lora["memory"]["logits_bytes"] == positions * 896 * 2 + chunk * 151936 * (2 + 3 * 4)
+    assert estimate_plan("reward", x, Hardware.gpu("H100"))["memory"]["logits_bytes"] == 0
+    # A completion span shorter than one chunk is one chunk of its own size (fp32: the upcast is the logits).
+    small = PlanInput(shape=shape, precision="fp32", max_length=560, max_prompt_length=512, batch_size=1)
+    positions = 2 * 48  # under the 110 tokens of a chunk
+    assert estimate_plan("dpo", small, Hardware.gpu("H100"))["memory"]["logits_bytes"] == (
+        positions * 896 * 4 + positions * 151936 * 3 * 4
+    )
+
+
+def test_a_reward_model_is_held_in_its_saved_dtype_whatever_the_jobs_precision() -> None:
+    """trainer.rewards loads reward models without a dtype (transformers' "auto": as saved)."""
+    policy = shape_from_config(QWEN_05B)
+    saved_fp32 = shape_from_config({**QWEN_05B, "dtype": "float32"})
+    saved_bf16 = shape_from_config({**QWEN_05B, "torch_dtype": "bfloat16"})
+    n = policy.params("score")
+
+    def rm_bytes(rm: Any) -> int:
+        x = PlanInput(shape=policy, precision="bf16", reward_shapes=[rm])
+        (model,) = [m for m in estimate_plan("ppo", x, Hardware.gpu("H100"))["models"] if m["role"] == "reward model 1"]
+        return int(model["weights_bytes"])
+
+    assert rm_bytes(saved_fp32) == 4 * n
+    assert rm_bytes(saved_bf16) == rm_bytes(policy) == 2 * n  # unknown: the job's precision
+
+
+def test_gradient_checkpointing_defaults_to_the_trainers_per_algorithm(
+    client: TestClient, auth: dict[str, str], models: Settings
+) -> None:
+    plans = by_algorithm(plan(client, auth))
+    for algorithm, on in {"dpo": True, "reward": True, "sft": True, "grpo": False, "ppo": False}.items():
+        memory = plans[algorithm]["memory"]
+        assert plans[algorithm]["gradient_checkpointing"] is on
+        kept = memory["activations_with_checkpointing_bytes" if on else "activations_without_checkpointing_bytes"]
+        assert memory["activations_bytes"] == kept
+    off = by_algorithm(plan(client, auth, algorithms=["dpo"], gradient_checkpointing=False))["dpo"]
+    assert off["gradient_checkpointing"] is False
+    assert off["memory"]["activations_bytes"] == off["memory"]["activations_without_checkpointing_bytes"]
+    assert off["memory"]["peak_bytes"] > plans["dpo"]["memory"]["peak_bytes"]
+
+
+def test_a_token_budget_caps_the_examples_of_one_pass() -> None:
+    shape = shape_from_config(QWEN_05B)
+    x = PlanInput(shape=shape, max_length=1024, max_prompt_length=512, batch_size=8, gradient_checkpointing=False)
+    # 4096 tokens per pass: 2 pairs of 2 x 1024 tokens, whatever the micro-batch
+    budget = estimate_plan("dpo", replace(x, max_tokens_per_batch=4096), Hardware.gpu("H100"))["memory"]
+    two = estimate_plan("dpo", replace(x, micro_batch_size=2), Hardware.gpu("H100"))["memory"]
+    eight = estimate_plan("dpo", x, Hardware.gpu("H100"))["memory"]
+    assert budget["activations_bytes"] == two["activations_bytes"] < eight["activations_bytes"]
+    assert budget["logits_bytes"] == two["logits_bytes"]
+    # A budget below one example still runs one example per pass (trainer.packing.micro_batches).
+    tiny = estimate_plan("dpo", replace(x, max_tokens_per_batch=16), Hardware.gpu("H100"))["memory"]
+    one = estimate_plan("dpo", replace(x, micro_batch_size=1), Hardware.gpu("H100"))["memory"]
+    assert tiny["activations_bytes"] == one["activations_bytes"]
+
+
+def test_the_gpu_comparison_script_plans_each_run_beside_its_measured_peak(tmp_path: Path) -> None:
+    """bench/plan_gpu_compare.py on a fabricated input: it runs and divides as it says (no GPU involved)."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN_05B))
+    run = {"algorithm": "dpo", "spec": {"hyperparameters": {"batch_size": 4}}, "peak_gpu_mb": 5000}
+    runs = {"runs": [{**run, "model_config": str(tmp_path / "config.json")}]}
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    out = subprocess.run(
+        [sys.executable, "bench/plan_gpu_compare.py", str(tmp_path / "runs.json"), "--json"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (row,) = json.loads(out.stdout)
+    x = PlanInput(shape=shape_from_config(QWEN_05B), batch_size=4)  # the job defaults: bf16, checkpointing on
+    expected = estimate_plan("dpo", x, Hardware.gpu("H100"))["memory"]["peak_bytes"] / 2**20
+    assert row["gradient_checkpointing"] is True
+    assert row["predicted_mb"] == pytest.approx(expected, abs=0.1)
+    assert row["ratio"] == pytest.approx(5000 / row["predicted_mb"], rel=1e-3)
 
 
 # --- validated against real runs (bench/plan_validation.py has the full table) ----------------------

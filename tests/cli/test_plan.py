@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
@@ -58,6 +59,17 @@ def test_plan_json_is_the_apis_answer(data_dir: Path) -> None:
     answer = json.loads(result.output)
     assert answer["plans"][0]["fits"] is False and answer["plans"][0]["largest_micro_batch_size"] is None
     assert answer["recommendation"]["algorithm"] is None
+
+
+def test_plan_checkpoints_as_a_job_would_unless_told(data_dir: Path) -> None:
+    def plans(*flags: str) -> dict[str, Any]:
+        result = alignd(data_dir, "llama-8b", "-a", "sft", "-a", "grpo", "--gpu", "H100", "--json", *flags)
+        assert result.exit_code == 0, result.output
+        return {p["algorithm"]: p["gradient_checkpointing"] for p in json.loads(result.output)["plans"]}
+
+    assert plans() == {"sft": True, "grpo": False}
+    assert plans("--no-gradient-checkpointing") == {"sft": False, "grpo": False}
+    assert plans("--gradient-checkpointing") == {"sft": True, "grpo": True}
 
 
 def test_plan_reads_a_local_folder_and_plans_a_cpu(data_dir: Path, tmp_path: Path) -> None:

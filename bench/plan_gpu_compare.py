@@ -1,0 +1,117 @@
+"""The planner's predicted peak GPU memory beside the measured peak of real GPU runs.
+
+    PYTHONPATH=. python bench/plan_gpu_compare.py RUNS.json [--gpu H100] [--json]
+
+RUNS.json: {"runs": [{"algorithm": "dpo", "spec": {...}, "model_config": "path/to/config.json",
+"peak_gpu_mb": 1234.5}, ...]}: `spec` is the trainer spec the run used (trainer.config.TrainSpec's
+shape: hyperparameters, lora, reward), `model_config` the policy's Hugging Face config.json, and
+`peak_gpu_mb` what the run measured (e.g. its largest `peak_memory_mb`). Each run is planned on one CUDA
+GPU of the given kind in bf16 (precision auto), with the job's hyperparameters and the trainer's defaults
+filled in, exactly as job creation plans a job (api.plan.estimate.job_plan_input). A model reward
+component is planned from its own config.json when `<model>/config.json` is readable here, else as a
+model of the policy's shape (said in the notes).
+
+Printed per run: the predicted peak with the planner's 1 GiB allowance for the CUDA context and
+allocator slack, the same without it (what torch.cuda.max_memory_allocated can see: the context is
+outside PyTorch's allocator), the measured figure and measured / predicted for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MIB = 2**20
+
+
+def predict(run: dict[str, Any], gpu: str = "H100") -> dict[str, Any]:
+    """The planner's answer for one run on one GPU of kind `gpu` (bf16), with notes on what was assumed."""
+    from api.plan.estimate import Hardware, Lora, estimate_plan, job_plan_input, shape_from_config
+    from trainer.config import parse_hyperparameters
+
+    algorithm = run["algorithm"]
+    spec = run.get("spec") or {}
+    config_path = Path(run["model_config"])
+    shape = shape_from_config(json.loads(config_path.read_text()))
+    hyperparameters = parse_hyperparameters(algorithm, spec.get("hyperparameters") or {}).model_dump()
+    lora = spec.get("lora")
+    lora_input = (
+        Lora(lora.get("r", 16), lora.get("target_modules", "all-linear"), lora.get("dropout", 0.05)) if lora else None
+    )
+    notes: list[str] = []
+    reward_shapes = []
+    for component in spec.get("reward") or []:
+        if component.get("type") != "model":
+            continue
+        rm_config = Path(str(component.get("model", ""))) / "config.json"
+        if rm_config.is_file():
+            reward_shapes.append(shape_from_config(json.loads(rm_config.read_text())))
+        else:
+            reward_shapes.append(shape)
+            notes.append(f"reward model {component.get('model')!r}: no config.json here, planned as the policy's shape")
+    x = job_plan_input(shape, hyperparameters, lora_input, reward_shapes)
+    plan = estimate_plan(algorithm, x, Hardware.gpu(gpu, precision="bf16"))
+    return {"plan": plan, "notes": notes + plan["notes"]}
+
+
+def compare(runs: list[dict[str, Any]], gpu: str = "H100") -> list[dict[str, Any]]:
+    rows = []
+    for i, run in enumerate(runs):
+        answer = predict(run, gpu)
+        memory = answer["plan"]["memory"]
+        predicted = memory["peak_bytes"] / MIB
+        without_overhead = (memory["peak_bytes"] - memory["overhead_bytes"]) / MIB
+        measured = float(run["peak_gpu_mb"])
+        rows.append(
+            {
+                "run": run.get("name") or f"{i + 1}",
+                "algorithm": run["algorithm"],
+                "gradient_checkpointing": answer["plan"]["gradient_checkpointing"],
+                "predicted_mb": round(predicted, 1),
+                "predicted_without_overhead_mb": round(without_overhead, 1),
+                "measured_mb": measured,
+                "ratio": round(measured / predicted, 3),
+                "ratio_without_overhead": round(measured / without_overhead, 3) if without_overhead else None,
+                "breakdown_mb": {k: round(v / MIB, 1) for k, v in memory.items() if k.endswith("_bytes")},
+                "notes": answer["notes"],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict[str, Any]], gpu: str) -> str:
+    lines = [
+        f"Planned on one {gpu}, bf16; ratio = measured / predicted (1 GiB CUDA allowance included, then left out).",
+        "",
+        "| run | algorithm | checkpointing | predicted MB | predicted MB, no allowance | measured MB | ratio "
+        "| ratio, no allowance |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['algorithm']} | {'on' if r['gradient_checkpointing'] else 'off'} "
+            f"| {r['predicted_mb']:.0f} | {r['predicted_without_overhead_mb']:.0f} | {r['measured_mb']:.0f} "
+            f"| {r['ratio']:.2f} | {r['ratio_without_overhead']:.2f} |"
+        )
+    notes = sorted({f"{r['run']}: {n}" for r in rows for n in r["notes"]})
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else []))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, help="JSON file: {'runs': [{algorithm, spec, model_config, peak_gpu_mb}]}")
+    parser.add_argument("--gpu", default="H100", help="GPU kind of the planner's table (H100, H200, A100-80GB, ...)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    args = parser.parse_args()
+    rows = compare(json.loads(args.runs.read_text())["runs"], args.gpu)
+    print(json.dumps(rows, indent=1) if args.json else table(rows, args.gpu))
+
+
+if __name__ == "__main__":
+    main()
