@@ -30,8 +30,12 @@ sys.path.insert(0, str(ROOT))
 MIB = 2**20
 
 
-def predict(run: dict[str, Any], gpu: str = "H100") -> dict[str, Any]:
-    """The planner's answer for one run on one GPU of kind `gpu` (bf16), with notes on what was assumed."""
+def predict(run: dict[str, Any], gpu: str = "H100", prompt_length: int | None = None) -> dict[str, Any]:
+    """The planner's answer for one run on one GPU of kind `gpu` (bf16), with notes on what was assumed.
+
+    `prompt_length`: plan GRPO/PPO at prompts of at most this many tokens (the longest prompt of the run's
+    data) instead of `max_prompt_length`; job creation cannot know it, a comparison with a real run can.
+    """
     from api.plan.estimate import Hardware, Lora, estimate_plan, job_plan_input, shape_from_config
     from trainer.config import parse_hyperparameters
 
@@ -40,6 +44,8 @@ def predict(run: dict[str, Any], gpu: str = "H100") -> dict[str, Any]:
     config_path = Path(run["model_config"])
     shape = shape_from_config(json.loads(config_path.read_text()))
     hyperparameters = parse_hyperparameters(algorithm, spec.get("hyperparameters") or {}).model_dump()
+    if prompt_length and algorithm in ("grpo", "ppo"):
+        hyperparameters["max_prompt_length"] = min(prompt_length, hyperparameters["max_prompt_length"])
     lora = spec.get("lora")
     lora_input = (
         Lora(lora.get("r", 16), lora.get("target_modules", "all-linear"), lora.get("dropout", 0.05)) if lora else None
@@ -60,10 +66,10 @@ def predict(run: dict[str, Any], gpu: str = "H100") -> dict[str, Any]:
     return {"plan": plan, "notes": notes + plan["notes"]}
 
 
-def compare(runs: list[dict[str, Any]], gpu: str = "H100") -> list[dict[str, Any]]:
+def compare(runs: list[dict[str, Any]], gpu: str = "H100", prompt_length: int | None = None) -> list[dict[str, Any]]:
     rows = []
     for i, run in enumerate(runs):
-        answer = predict(run, gpu)
+        answer = predict(run, gpu, prompt_length)
         memory = answer["plan"]["memory"]
         predicted = memory["peak_bytes"] / MIB
         without_overhead = (memory["peak_bytes"] - memory["overhead_bytes"]) / MIB
@@ -108,8 +114,11 @@ def main() -> None:
     parser.add_argument("runs", type=Path, help="JSON file: {'runs': [{algorithm, spec, model_config, peak_gpu_mb}]}")
     parser.add_argument("--gpu", default="H100", help="GPU kind of the planner's table (H100, H200, A100-80GB, ...)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument(
+        "--prompt-length", type=int, help="GRPO/PPO: plan at prompts of this many tokens (the data's longest)"
+    )
     args = parser.parse_args()
-    rows = compare(json.loads(args.runs.read_text())["runs"], args.gpu)
+    rows = compare(json.loads(args.runs.read_text())["runs"], args.gpu, args.prompt_length)
     print(json.dumps(rows, indent=1) if args.json else table(rows, args.gpu))
 
 
