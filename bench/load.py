@@ -6,7 +6,8 @@ migrates, starts the API (uvicorn, `--api-processes` processes) and real `alignd
 running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
 
 - `--tenants` tenants each upload a dataset, then submit `--jobs` jobs in all, concurrently;
-- `--streams` clients follow jobs' SSE event streams to their end;
+- `--streams` clients follow jobs' SSE event streams to their end, each then the next job it is given,
+  so that many streams stay open for the whole run;
 - `--pollers` clients GET /v1/jobs/{id} (the latency measured) and list /v1/jobs until every job ends.
 
 It prints (and writes as JSON with --out) requests/s, p50/p95/p99 of job GETs, 5xx count, jobs/minute
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -46,7 +48,10 @@ class Stats:
         self.requests = 0
         self.errors_5xx = 0
         self.transport_errors = 0
+        self.streams_followed = 0
         self.job_get_ms: list[float] = []
+        self.job_get_while_submitting_ms: list[float] = []
+        """The job GETs answered before the last job was submitted (submissions, claims and streams all at once)."""
         self.load_average: list[float] = []
         """The machine's 1-minute load average, sampled every 5 s of the load phase."""
 
@@ -162,10 +167,18 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         def busy() -> bool:
             return (not submitted.is_set() or len(finished) < len(jobs)) and time.monotonic() < deadline
 
-        async def stream(n: int) -> None:  # follows the n-th job submitted, from submission to its end
-            while len(jobs) <= n and busy():
-                await asyncio.sleep(0.1)
-            job_id, key = jobs[n]
+        async def stream(n: int) -> None:
+            """One of `--streams` SSE clients open at once for the whole run: it follows the n-th job
+            submitted from submission to its end, then the (n + streams)-th, and so on."""
+            while busy():
+                while len(jobs) <= n and busy():
+                    await asyncio.sleep(0.1)
+                if len(jobs) <= n:
+                    return
+                await follow(*jobs[n])
+                n += args.streams
+
+        async def follow(job_id: str, key: str) -> None:
             while time.monotonic() < deadline:
                 try:
                     url = f"/v1/jobs/{job_id}/events/stream"
@@ -173,6 +186,7 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                         stats.record(r)
                         async for _ in r.aiter_lines():
                             pass
+                        stats.streams_followed += 1
                         return  # the stream ends once the job is final
                 except httpx.TransportError:
                     stats.transport_errors += 1
@@ -190,7 +204,10 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 except httpx.TransportError:
                     stats.transport_errors += 1
                     continue
-                stats.job_get_ms.append((time.perf_counter() - started) * 1000)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                stats.job_get_ms.append(elapsed_ms)
+                if not submitted.is_set():
+                    stats.job_get_while_submitting_ms.append(elapsed_ms)
                 stats.record(r)
                 if r.status_code == 200 and r.json()["status"] in FINAL:
                     finished[job_id] = r.json()["status"]
@@ -211,9 +228,10 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 await asyncio.sleep(5)
 
         # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
-        streams = [stream(n) for n in range(min(args.streams, args.jobs))]
+        streams = [stream(n) for n in range(args.streams)]
         await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep())
         total_seconds = time.monotonic() - submit_started
+        server_side = await _server_job_get_histogram(client)
 
         # Exactly once: one claim per job (status events queued, running, succeeded; attempt 1).
         once, not_once = 0, []
@@ -239,11 +257,51 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "job_get_p95_ms": round(percentile(stats.job_get_ms, 95), 1),
         "job_get_p99_ms": round(percentile(stats.job_get_ms, 99), 1),
         "job_get_mean_ms": round(statistics.fmean(stats.job_get_ms), 1) if stats.job_get_ms else None,
+        "job_get_while_submitting_p50_p99_ms": [
+            round(percentile(stats.job_get_while_submitting_ms, p), 1) for p in (50, 99)
+        ],
+        "job_get_server_side": server_side,
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
+        "streams_followed_to_the_end": stats.streams_followed,
         "jobs_per_minute": round(len(finished) / (total_seconds / 60), 1),
         "load_average_mean": round(statistics.fmean(stats.load_average), 1) if stats.load_average else None,
         "load_average_max": round(max(stats.load_average), 1) if stats.load_average else None,
+    }
+
+
+async def _server_job_get_histogram(client: httpx.AsyncClient) -> dict[str, Any]:
+    """The API's own view of GET /v1/jobs/{job_id} (request arrival to response headers, so without the
+    load client's own queueing): its Prometheus histogram summed over the API processes. Each scrape
+    reaches one process, and no job GET runs any more, so distinct histograms are distinct processes;
+    20 scrapes see each of a few processes with near certainty."""
+    counts: dict[tuple[float, ...], dict[float, float]] = {}  # one per process: its (frozen) counts name it
+    for _ in range(20):  # a new connection each time (a kept-alive one stays with its process)
+        text = (await client.get("/metrics", headers={"Connection": "close"})).text
+        buckets = {}
+        for labels, value in re.findall(r"^alignd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M):
+            parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            if parsed.get("method") == "GET" and parsed.get("route") == "/v1/jobs/{job_id}":
+                buckets[float(parsed["le"])] = float(value)
+        counts[tuple(buckets[le] for le in sorted(buckets))] = buckets
+    total: dict[float, float] = {}
+    for buckets in counts.values():
+        for le, value in buckets.items():
+            total[le] = total.get(le, 0.0) + value
+    n = total.get(float("inf"), 0.0)
+
+    def upper_bound(p: float) -> str:  # the smallest bucket bound that holds p% of the requests
+        for le in sorted(total):
+            if total[le] >= p / 100 * n:
+                return f"<= {le * 1000:g} ms" if le != float("inf") else "> the largest bucket"
+        return "no data"
+
+    return {
+        "requests": int(n),
+        "processes_seen": len(counts),
+        "p50": upper_bound(50),
+        "p99": upper_bound(99),
+        "under_50ms": round(total.get(0.05, 0.0) / n, 4) if n else None,
     }
 
 
