@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -100,9 +99,3 @@ def get_sessionmaker() -> sessionmaker[Session]:
 def get_writer_sessionmaker() -> sessionmaker[Session]:
     """Sessions whose transactions write: on SQLite each takes the write lock when it begins."""
     return sessionmaker(get_engine().execution_options(**{WRITER: True}), expire_on_commit=False)
-
-
-def session_scope(writer: bool = False) -> Iterator[Session]:
-    """A session per request (FastAPI dependency) or per unit of worker work."""
-    with (get_writer_sessionmaker() if writer else get_sessionmaker())() as session:
-        yield session
