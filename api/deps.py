@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.auth.models import Tenant
 from api.auth.service import authenticate, trusted_tenant
-from api.core.db import get_sessionmaker, get_writer_sessionmaker
+from api.core.db import get_reader_sessionmaker, get_writer_sessionmaker
 from api.core.settings import Settings, get_settings
 from api.core.storage import Storage, get_storage
 
@@ -28,8 +28,9 @@ T = TypeVar("T")
 
 async def _session(request: Request) -> AsyncIterator[Session]:
     # Requests that may change something are writers: on SQLite their transactions take the write lock
-    # when they begin (api/core/db.py); reads never wait for it. Opening a session does no I/O.
-    session = (get_sessionmaker() if request.method in READ_METHODS else get_writer_sessionmaker())()
+    # when they begin (api/core/db.py); reads never wait for it, and on Postgres run without a
+    # transaction around them (get_reader_sessionmaker). Opening a session does no I/O.
+    session = (get_reader_sessionmaker() if request.method in READ_METHODS else get_writer_sessionmaker())()
     try:
         yield session
     finally:

@@ -53,6 +53,8 @@ class Stats:
         self.job_get_while_submitting_ms: list[float] = []
         """The job GETs answered before the last job was submitted (submissions, claims and streams all at once)."""
         self.load_average: list[float] = []
+        self.client_lag_ms: list[float] = []
+        """How late the load client's own event loop wakes from a 50 ms sleep: latency it adds to every figure."""
         """The machine's 1-minute load average, sampled every 5 s of the load phase."""
 
     def record(self, response: httpx.Response) -> None:
@@ -108,7 +110,9 @@ async def wait_healthy(client: httpx.AsyncClient, deadline: float) -> None:
 async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> dict[str, Any]:
     stats = Stats()
     rng = random.Random(args.seed)
-    limits = httpx.Limits(max_connections=args.streams + args.pollers + 50)
+    # A connection for every stream, poller and in-flight submission (50) at once, and room to spare:
+    # with fewer, job GETs wait in the client's pool behind submissions and their time is not the API's.
+    limits = httpx.Limits(max_connections=args.streams + args.pollers + 100, max_keepalive_connections=None)
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         await wait_healthy(client, time.monotonic() + 90)
 
@@ -160,9 +164,18 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             async with semaphore:
                 await submit(i)
 
+        at_submitted: dict[str, Any] = {}
+
         async def submit_all() -> None:
             await asyncio.gather(*(bounded(i) for i in range(args.jobs)))
             submitted.set()
+            at_submitted.update(await _server_job_get_histogram(base_url))
+
+        async def lag() -> None:
+            while busy():
+                started = time.perf_counter()
+                await asyncio.sleep(0.05)
+                stats.client_lag_ms.append((time.perf_counter() - started) * 1000 - 50)
 
         def busy() -> bool:
             return (not submitted.is_set() or len(finished) < len(jobs)) and time.monotonic() < deadline
@@ -229,9 +242,9 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
 
         # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
         streams = [stream(n) for n in range(args.streams)]
-        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep())
+        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag())
         total_seconds = time.monotonic() - submit_started
-        server_side = await _server_job_get_histogram(client)
+        at_end = await _server_job_get_histogram(base_url)
 
         # Exactly once: one claim per job (status events queued, running, succeeded; attempt 1).
         once, not_once = 0, []
@@ -260,7 +273,12 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "job_get_while_submitting_p50_p99_ms": [
             round(percentile(stats.job_get_while_submitting_ms, p), 1) for p in (50, 99)
         ],
-        "job_get_server_side": server_side,
+        "job_get_server_side": _summary(at_end),
+        "job_get_server_side_while_submitting": _summary(at_submitted),
+        "job_get_server_side_after_submitting": _summary(
+            {le: at_end[le] - at_submitted.get(le, 0.0) if le >= 0 else at_end[le] for le in at_end}
+        ),
+        "client_loop_lag_p50_p99_ms": [round(percentile(stats.client_lag_ms, p), 1) for p in (50, 99)],
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
         "streams_followed_to_the_end": stats.streams_followed,
@@ -270,38 +288,52 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
     }
 
 
-async def _server_job_get_histogram(client: httpx.AsyncClient) -> dict[str, Any]:
+async def _server_job_get_histogram(base_url: str) -> dict[float, float]:
     """The API's own view of GET /v1/jobs/{job_id} (request arrival to response headers, so without the
-    load client's own queueing): its Prometheus histogram summed over the API processes. Each scrape
-    reaches one process, and no job GET runs any more, so distinct histograms are distinct processes;
-    20 scrapes see each of a few processes with near certainty."""
-    counts: dict[tuple[float, ...], dict[float, float]] = {}  # one per process: its (frozen) counts name it
-    for _ in range(20):  # a new connection each time (a kept-alive one stays with its process)
-        text = (await client.get("/metrics", headers={"Connection": "close"})).text
-        buckets = {}
-        for labels, value in re.findall(r"^alignd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M):
-            parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            if parsed.get("method") == "GET" and parsed.get("route") == "/v1/jobs/{job_id}":
-                buckets[float(parsed["le"])] = float(value)
-        counts[tuple(buckets[le] for le in sorted(buckets))] = buckets
-    total: dict[float, float] = {}
-    for buckets in counts.values():
+    load client's queueing): its Prometheus histogram (bucket bound -> requests up to it) summed over
+    the API processes. Each scrape, on a new connection, reaches one process; its counts change only a
+    little between scrapes a few ms apart, so the scrape with the most requests stands for each
+    process's histogram, told apart by process_start_time_seconds (processes started in the same
+    10 ms would count as one: `processes` in the summary says how many were seen)."""
+    per_process: dict[str, dict[float, float]] = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as scraper:
+        for _ in range(20):
+            text = (await scraper.get("/metrics", headers={"Connection": "close"})).text
+            start = re.search(r"^process_start_time_seconds (\S+)", text, re.M)
+            name = start.group(1) if start else ""
+            buckets = {}
+            for labels, value in re.findall(r"^alignd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M):
+                parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                if parsed.get("method") == "GET" and parsed.get("route") == "/v1/jobs/{job_id}":
+                    buckets[float(parsed["le"])] = float(value)
+            seen = per_process.get(name)
+            if seen is None or buckets.get(float("inf"), 0) >= seen.get(float("inf"), 0):
+                per_process[name] = buckets
+    total: dict[float, float] = {-1.0: len(per_process)}
+    for buckets in per_process.values():
         for le, value in buckets.items():
             total[le] = total.get(le, 0.0) + value
-    n = total.get(float("inf"), 0.0)
+    return total
+
+
+def _summary(histogram: dict[float, float]) -> dict[str, Any]:
+    """Requests, p50 and p99 as the histogram's bucket bounds, the share under 50 ms; key -1: processes."""
+    histogram = dict(histogram)
+    processes = histogram.pop(-1.0, 0)
+    n = histogram.get(float("inf"), 0.0)
 
     def upper_bound(p: float) -> str:  # the smallest bucket bound that holds p% of the requests
-        for le in sorted(total):
-            if total[le] >= p / 100 * n:
+        for le in sorted(histogram):
+            if histogram[le] >= p / 100 * n:
                 return f"<= {le * 1000:g} ms" if le != float("inf") else "> the largest bucket"
         return "no data"
 
     return {
+        "processes": int(processes),
         "requests": int(n),
-        "processes_seen": len(counts),
         "p50": upper_bound(50),
         "p99": upper_bound(99),
-        "under_50ms": round(total.get(0.05, 0.0) / n, 4) if n else None,
+        "under_50ms": round(histogram.get(0.05, 0.0) / n, 4) if n else None,
     }
 
 

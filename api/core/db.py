@@ -99,3 +99,15 @@ def get_sessionmaker() -> sessionmaker[Session]:
 def get_writer_sessionmaker() -> sessionmaker[Session]:
     """Sessions whose transactions write: on SQLite each takes the write lock when it begins."""
     return sessionmaker(get_engine().execution_options(**{WRITER: True}), expire_on_commit=False)
+
+
+@lru_cache
+def get_reader_sessionmaker() -> sessionmaker[Session]:
+    """Sessions of requests that only read (the API's GETs, its event streams). On Postgres each statement
+    commits on its own (autocommit): a read costs its queries alone, not a BEGIN and a ROLLBACK round trip
+    around them, and under READ COMMITTED each statement had its own snapshot inside a transaction too.
+    On SQLite they are the reading sessions (its BEGIN costs no round trip)."""
+    engine = get_engine()
+    if engine.dialect.name == "sqlite":
+        return get_sessionmaker()
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

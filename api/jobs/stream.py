@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from api.core.db import get_sessionmaker
+from api.core.db import get_reader_sessionmaker
 from api.jobs import service
 from api.jobs.models import FINAL_STATUSES, Job
 from api.jobs.schemas import EventPublic
@@ -39,7 +39,7 @@ IDS_PER_QUERY = 500
 
 
 def _poll(job_id: str, after: int) -> tuple[list[dict[str, Any]], bool]:
-    with get_sessionmaker()() as session:
+    with get_reader_sessionmaker()() as session:
         job = session.get(Job, job_id)
         if job is None:
             return [], True
@@ -70,7 +70,7 @@ def _json(event: dict[str, Any]) -> str:
 
 def _job_states(job_ids: list[str]) -> dict[str, tuple[int, bool]]:
     """job id -> (its newest event seq, whether it is final); a job that is gone is left out."""
-    with get_sessionmaker()() as session:
+    with get_reader_sessionmaker()() as session:
         rows = session.execute(select(Job.id, Job.last_event_seq, Job.status).where(Job.id.in_(job_ids))).all()
     return {job_id: (seq, status in FINAL_STATUSES) for job_id, seq, status in rows}
 
