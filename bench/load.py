@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -85,7 +86,7 @@ def start_processes(
         with open(root / f"worker-{i}.log", "wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.worker.fake_worker"],
+                    ["nice", "-n", str(args.worker_nice), sys.executable, "-m", "tests.worker.fake_worker"],
                     cwd=REPO,
                     env=worker_env,
                     stdout=log,
@@ -112,7 +113,10 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
     rng = random.Random(args.seed)
     # A connection for every stream, poller and in-flight submission (50) at once, and room to spare:
     # with fewer, job GETs wait in the client's pool behind submissions and their time is not the API's.
-    limits = httpx.Limits(max_connections=args.streams + args.pollers + 100, max_keepalive_connections=None)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would close them under a request.
+    limits = httpx.Limits(
+        max_connections=args.streams + args.pollers + 100, max_keepalive_connections=None, keepalive_expiry=4
+    )
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         await wait_healthy(client, time.monotonic() + 90)
 
@@ -164,12 +168,30 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             async with semaphore:
                 await submit(i)
 
-        at_submitted: dict[str, Any] = {}
+        at_submitted: dict[float, float] = {}
+        submitted_at: list[float] = []
 
         async def submit_all() -> None:
             await asyncio.gather(*(bounded(i) for i in range(args.jobs)))
             submitted.set()
+            submitted_at.append(time.time())
             at_submitted.update(await _server_job_get_histogram(base_url))
+
+        async def probe() -> list[tuple[float, float]]:
+            while not jobs and busy():
+                await asyncio.sleep(0.05)
+            if not jobs:
+                return []
+            context = multiprocessing.get_context("spawn")
+            stop, results = context.Event(), context.Queue()
+            prober = context.Process(target=_probe, args=(base_url, *jobs[0], args.poll_interval, stop, results))
+            prober.start()
+            while busy():
+                await asyncio.sleep(0.2)
+            stop.set()
+            samples: list[tuple[float, float]] = await asyncio.to_thread(results.get, True, 60)
+            await asyncio.to_thread(prober.join, 10)
+            return samples
 
         async def lag() -> None:
             while busy():
@@ -242,7 +264,9 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
 
         # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
         streams = [stream(n) for n in range(args.streams)]
-        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag())
+        _, probed, *_ = await asyncio.gather(
+            submit_all(), probe(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag()
+        )
         total_seconds = time.monotonic() - submit_started
         at_end = await _server_job_get_histogram(base_url)
 
@@ -278,6 +302,14 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "job_get_server_side_after_submitting": _summary(
             {le: at_end[le] - at_submitted.get(le, 0.0) if le >= 0 else at_end[le] for le in at_end}
         ),
+        "probe_job_get_p50_p99_ms": [round(percentile([ms for _, ms in probed], p), 1) for p in (50, 99)],
+        "probe_job_get_while_submitting_p50_p99_ms": [
+            round(percentile([ms for t, ms in probed if submitted_at and t <= submitted_at[0]], p), 1) for p in (50, 99)
+        ],
+        "probe_job_get_after_submitting_p50_p99_ms": [
+            round(percentile([ms for t, ms in probed if submitted_at and t > submitted_at[0]], p), 1) for p in (50, 99)
+        ],
+        "probe_job_gets": len(probed),
         "client_loop_lag_p50_p99_ms": [round(percentile(stats.client_lag_ms, p), 1) for p in (50, 99)],
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
@@ -286,6 +318,30 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "load_average_mean": round(statistics.fmean(stats.load_average), 1) if stats.load_average else None,
         "load_average_max": round(max(stats.load_average), 1) if stats.load_average else None,
     }
+
+
+def _probe(base_url: str, job_id: str, key: str, interval: float, stop: Any, results: Any) -> None:
+    """A second, light client in a process of its own: one kept-alive connection (http.client, no asyncio)
+    getting one job every `interval` s. Its times are the API's as a client sees them, without the
+    queueing of the main load client's busy event loop. Sends [(time.time(), ms)] when `stop` is set."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+    samples = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            conn.request("GET", f"/v1/jobs/{job_id}", headers=_auth(key))
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+            continue
+        samples.append((time.time(), (time.perf_counter() - started) * 1000))
+        stop.wait(interval)
+    results.put(samples)
 
 
 async def _server_job_get_histogram(base_url: str) -> dict[float, float]:
@@ -358,6 +414,13 @@ def main() -> int:
         default=0,
         help="`alignd worker` processes the slots are spread over (0: one per slot, as in a fleet of 1-GPU "
         "workers; 1: one worker process with --workers slots, which leaves a small machine's CPUs to the API)",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="niceness of the worker processes and their trainers (10: the API, Postgres and the load client "
+        "come first on a machine they share with the workers, as if the workers had machines of their own)",
     )
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)
