@@ -12,6 +12,11 @@ running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
 
 It prints (and writes as JSON with --out) requests/s, p50/p95/p99 of job GETs, 5xx count, jobs/minute
 and whether every job ran exactly once (one claim: status events queued, running, succeeded; attempt 1).
+Job GET latency comes three ways, each also split into "while submitting" and "after": as the load
+client saw it (its own event loop's lateness included: `client_loop_lag_p50_p99_ms`), as a light
+prober in a process of its own saw it (`probe_job_get_*`), and by the API's own histogram
+(`job_get_server_side*`, bucket bounds). On a machine the workers share, the prober's and the API's
+figures are the API's; the load client's are mostly its own queueing.
 Needs the test services' binaries (postgres, redis-server; `make services`).
 """
 
@@ -32,7 +37,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -168,14 +173,14 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             async with semaphore:
                 await submit(i)
 
-        at_submitted: dict[float, float] = {}
+        at_submitted: list[Histogram] = []
         submitted_at: list[float] = []
 
         async def submit_all() -> None:
             await asyncio.gather(*(bounded(i) for i in range(args.jobs)))
             submitted.set()
             submitted_at.append(time.time())
-            at_submitted.update(await _server_job_get_histogram(base_url))
+            at_submitted.append(await _server_job_get_histogram(base_url))
 
         async def probe() -> list[tuple[float, float]]:
             while not jobs and busy():
@@ -264,9 +269,9 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
 
         # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
         streams = [stream(n) for n in range(args.streams)]
-        _, probed, *_ = await asyncio.gather(
-            submit_all(), probe(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag()
-        )
+        probing = asyncio.create_task(probe())
+        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag())
+        probed = await probing
         total_seconds = time.monotonic() - submit_started
         at_end = await _server_job_get_histogram(base_url)
 
@@ -298,10 +303,8 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             round(percentile(stats.job_get_while_submitting_ms, p), 1) for p in (50, 99)
         ],
         "job_get_server_side": _summary(at_end),
-        "job_get_server_side_while_submitting": _summary(at_submitted),
-        "job_get_server_side_after_submitting": _summary(
-            {le: at_end[le] - at_submitted.get(le, 0.0) if le >= 0 else at_end[le] for le in at_end}
-        ),
+        "job_get_server_side_while_submitting": _summary(at_submitted[0]) if at_submitted else None,
+        "job_get_server_side_after_submitting": _summary(at_end.minus(at_submitted[0])) if at_submitted else None,
         "probe_job_get_p50_p99_ms": [round(percentile([ms for _, ms in probed], p), 1) for p in (50, 99)],
         "probe_job_get_while_submitting_p50_p99_ms": [
             round(percentile([ms for t, ms in probed if submitted_at and t <= submitted_at[0]], p), 1) for p in (50, 99)
@@ -344,7 +347,7 @@ def _probe(base_url: str, job_id: str, key: str, interval: float, stop: Any, res
     results.put(samples)
 
 
-async def _server_job_get_histogram(base_url: str) -> dict[float, float]:
+async def _server_job_get_histogram(base_url: str) -> Histogram:
     """The API's own view of GET /v1/jobs/{job_id} (request arrival to response headers, so without the
     load client's queueing): its Prometheus histogram (bucket bound -> requests up to it) summed over
     the API processes. Each scrape, on a new connection, reaches one process; its counts change only a
@@ -365,17 +368,26 @@ async def _server_job_get_histogram(base_url: str) -> dict[float, float]:
             seen = per_process.get(name)
             if seen is None or buckets.get(float("inf"), 0) >= seen.get(float("inf"), 0):
                 per_process[name] = buckets
-    total: dict[float, float] = {-1.0: len(per_process)}
+    total: dict[float, float] = {}
     for buckets in per_process.values():
         for le, value in buckets.items():
             total[le] = total.get(le, 0.0) + value
-    return total
+    return Histogram(len(per_process), total)
 
 
-def _summary(histogram: dict[float, float]) -> dict[str, Any]:
-    """Requests, p50 and p99 as the histogram's bucket bounds, the share under 50 ms; key -1: processes."""
-    histogram = dict(histogram)
-    processes = histogram.pop(-1.0, 0)
+class Histogram(NamedTuple):
+    processes: int
+    """API processes whose histograms were summed."""
+    counts: dict[float, float]
+    """Bucket bound (s) -> requests that took at most that long."""
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        return Histogram(self.processes, {le: n - earlier.counts.get(le, 0.0) for le, n in self.counts.items()})
+
+
+def _summary(h: Histogram) -> dict[str, Any]:
+    """Requests, p50 and p99 as the histogram's bucket bounds, and the share under 50 ms."""
+    histogram, processes = h.counts, h.processes
     n = histogram.get(float("inf"), 0.0)
 
     def upper_bound(p: float) -> str:  # the smallest bucket bound that holds p% of the requests
