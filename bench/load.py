@@ -6,11 +6,17 @@ migrates, starts the API (uvicorn, `--api-processes` processes) and real `alignd
 running the fast fake trainer (tests/worker/fake_worker.py), then, with httpx:
 
 - `--tenants` tenants each upload a dataset, then submit `--jobs` jobs in all, concurrently;
-- `--streams` clients follow jobs' SSE event streams to their end;
+- `--streams` clients follow jobs' SSE event streams to their end, each then the next job it is given,
+  so that many streams stay open for the whole run;
 - `--pollers` clients GET /v1/jobs/{id} (the latency measured) and list /v1/jobs until every job ends.
 
 It prints (and writes as JSON with --out) requests/s, p50/p95/p99 of job GETs, 5xx count, jobs/minute
 and whether every job ran exactly once (one claim: status events queued, running, succeeded; attempt 1).
+Job GET latency comes three ways, each also split into "while submitting" and "after": as the load
+client saw it (its own event loop's lateness included: `client_loop_lag_p50_p99_ms`), as a light
+prober in a process of its own saw it (`probe_job_get_*`), and by the API's own histogram
+(`job_get_server_side*`, bucket bounds). On a machine the workers share, the prober's and the API's
+figures are the API's; the load client's are mostly its own queueing.
 Needs the test services' binaries (postgres, redis-server; `make services`).
 """
 
@@ -19,9 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +37,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -46,8 +54,13 @@ class Stats:
         self.requests = 0
         self.errors_5xx = 0
         self.transport_errors = 0
+        self.streams_followed = 0
         self.job_get_ms: list[float] = []
+        self.job_get_while_submitting_ms: list[float] = []
+        """The job GETs answered before the last job was submitted (submissions, claims and streams all at once)."""
         self.load_average: list[float] = []
+        self.client_lag_ms: list[float] = []
+        """How late the load client's own event loop wakes from a 50 ms sleep: latency it adds to every figure."""
         """The machine's 1-minute load average, sampled every 5 s of the load phase."""
 
     def record(self, response: httpx.Response) -> None:
@@ -78,7 +91,7 @@ def start_processes(
         with open(root / f"worker-{i}.log", "wb") as log:
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.worker.fake_worker"],
+                    ["nice", "-n", str(args.worker_nice), sys.executable, "-m", "tests.worker.fake_worker"],
                     cwd=REPO,
                     env=worker_env,
                     stdout=log,
@@ -103,7 +116,12 @@ async def wait_healthy(client: httpx.AsyncClient, deadline: float) -> None:
 async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> dict[str, Any]:
     stats = Stats()
     rng = random.Random(args.seed)
-    limits = httpx.Limits(max_connections=args.streams + args.pollers + 50)
+    # A connection for every stream, poller and in-flight submission (50) at once, and room to spare:
+    # with fewer, job GETs wait in the client's pool behind submissions and their time is not the API's.
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would close them under a request.
+    limits = httpx.Limits(
+        max_connections=args.streams + args.pollers + 100, max_keepalive_connections=None, keepalive_expiry=4
+    )
     async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=limits) as client:
         await wait_healthy(client, time.monotonic() + 90)
 
@@ -155,17 +173,52 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             async with semaphore:
                 await submit(i)
 
+        at_submitted: list[Histogram] = []
+        submitted_at: list[float] = []
+
         async def submit_all() -> None:
             await asyncio.gather(*(bounded(i) for i in range(args.jobs)))
             submitted.set()
+            submitted_at.append(time.time())
+            at_submitted.append(await _server_job_get_histogram(base_url))
+
+        async def probe() -> list[tuple[float, float]]:
+            while not jobs and busy():
+                await asyncio.sleep(0.05)
+            if not jobs:
+                return []
+            context = multiprocessing.get_context("spawn")
+            stop, results = context.Event(), context.Queue()
+            prober = context.Process(target=_probe, args=(base_url, *jobs[0], args.poll_interval, stop, results))
+            prober.start()
+            while busy():
+                await asyncio.sleep(0.2)
+            stop.set()
+            samples: list[tuple[float, float]] = await asyncio.to_thread(results.get, True, 60)
+            await asyncio.to_thread(prober.join, 10)
+            return samples
+
+        async def lag() -> None:
+            while busy():
+                started = time.perf_counter()
+                await asyncio.sleep(0.05)
+                stats.client_lag_ms.append((time.perf_counter() - started) * 1000 - 50)
 
         def busy() -> bool:
             return (not submitted.is_set() or len(finished) < len(jobs)) and time.monotonic() < deadline
 
-        async def stream(n: int) -> None:  # follows the n-th job submitted, from submission to its end
-            while len(jobs) <= n and busy():
-                await asyncio.sleep(0.1)
-            job_id, key = jobs[n]
+        async def stream(n: int) -> None:
+            """One of `--streams` SSE clients open at once for the whole run: it follows the n-th job
+            submitted from submission to its end, then the (n + streams)-th, and so on."""
+            while busy():
+                while len(jobs) <= n and busy():
+                    await asyncio.sleep(0.1)
+                if len(jobs) <= n:
+                    return
+                await follow(*jobs[n])
+                n += args.streams
+
+        async def follow(job_id: str, key: str) -> None:
             while time.monotonic() < deadline:
                 try:
                     url = f"/v1/jobs/{job_id}/events/stream"
@@ -173,6 +226,7 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                         stats.record(r)
                         async for _ in r.aiter_lines():
                             pass
+                        stats.streams_followed += 1
                         return  # the stream ends once the job is final
                 except httpx.TransportError:
                     stats.transport_errors += 1
@@ -190,7 +244,10 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 except httpx.TransportError:
                     stats.transport_errors += 1
                     continue
-                stats.job_get_ms.append((time.perf_counter() - started) * 1000)
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                stats.job_get_ms.append(elapsed_ms)
+                if not submitted.is_set():
+                    stats.job_get_while_submitting_ms.append(elapsed_ms)
                 stats.record(r)
                 if r.status_code == 200 and r.json()["status"] in FINAL:
                     finished[job_id] = r.json()["status"]
@@ -211,9 +268,12 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
                 await asyncio.sleep(5)
 
         # Everything at once: submitting, streaming, polling and listing while the workers run jobs.
-        streams = [stream(n) for n in range(min(args.streams, args.jobs))]
-        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep())
+        streams = [stream(n) for n in range(args.streams)]
+        probing = asyncio.create_task(probe())
+        await asyncio.gather(submit_all(), *streams, *(poll() for _ in range(args.pollers)), sweep(), lag())
+        probed = await probing
         total_seconds = time.monotonic() - submit_started
+        at_end = await _server_job_get_histogram(base_url)
 
         # Exactly once: one claim per job (status events queued, running, succeeded; attempt 1).
         once, not_once = 0, []
@@ -239,11 +299,109 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
         "job_get_p95_ms": round(percentile(stats.job_get_ms, 95), 1),
         "job_get_p99_ms": round(percentile(stats.job_get_ms, 99), 1),
         "job_get_mean_ms": round(statistics.fmean(stats.job_get_ms), 1) if stats.job_get_ms else None,
+        "job_get_while_submitting_p50_p99_ms": [
+            round(percentile(stats.job_get_while_submitting_ms, p), 1) for p in (50, 99)
+        ],
+        "job_get_server_side": _summary(at_end),
+        "job_get_server_side_while_submitting": _summary(at_submitted[0]) if at_submitted else None,
+        "job_get_server_side_after_submitting": _summary(at_end.minus(at_submitted[0])) if at_submitted else None,
+        "probe_job_get_p50_p99_ms": [round(percentile([ms for _, ms in probed], p), 1) for p in (50, 99)],
+        "probe_job_get_while_submitting_p50_p99_ms": [
+            round(percentile([ms for t, ms in probed if submitted_at and t <= submitted_at[0]], p), 1) for p in (50, 99)
+        ],
+        "probe_job_get_after_submitting_p50_p99_ms": [
+            round(percentile([ms for t, ms in probed if submitted_at and t > submitted_at[0]], p), 1) for p in (50, 99)
+        ],
+        "probe_job_gets": len(probed),
+        "client_loop_lag_p50_p99_ms": [round(percentile(stats.client_lag_ms, p), 1) for p in (50, 99)],
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
+        "streams_followed_to_the_end": stats.streams_followed,
         "jobs_per_minute": round(len(finished) / (total_seconds / 60), 1),
         "load_average_mean": round(statistics.fmean(stats.load_average), 1) if stats.load_average else None,
         "load_average_max": round(max(stats.load_average), 1) if stats.load_average else None,
+    }
+
+
+def _probe(base_url: str, job_id: str, key: str, interval: float, stop: Any, results: Any) -> None:
+    """A second, light client in a process of its own: one kept-alive connection (http.client, no asyncio)
+    getting one job every `interval` s. Its times are the API's as a client sees them, without the
+    queueing of the main load client's busy event loop. Sends [(time.time(), ms)] when `stop` is set."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(base_url)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+    samples = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            conn.request("GET", f"/v1/jobs/{job_id}", headers=_auth(key))
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
+            continue
+        samples.append((time.time(), (time.perf_counter() - started) * 1000))
+        stop.wait(interval)
+    results.put(samples)
+
+
+async def _server_job_get_histogram(base_url: str) -> Histogram:
+    """The API's own view of GET /v1/jobs/{job_id} (request arrival to response headers, so without the
+    load client's queueing): its Prometheus histogram (bucket bound -> requests up to it) summed over
+    the API processes. Each scrape, on a new connection, reaches one process; its counts change only a
+    little between scrapes a few ms apart, so the scrape with the most requests stands for each
+    process's histogram, told apart by process_start_time_seconds (processes started in the same
+    10 ms would count as one: `processes` in the summary says how many were seen)."""
+    per_process: dict[str, dict[float, float]] = {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=60) as scraper:
+        for _ in range(20):
+            text = (await scraper.get("/metrics", headers={"Connection": "close"})).text
+            start = re.search(r"^process_start_time_seconds (\S+)", text, re.M)
+            name = start.group(1) if start else ""
+            buckets = {}
+            for labels, value in re.findall(r"^alignd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M):
+                parsed = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+                if parsed.get("method") == "GET" and parsed.get("route") == "/v1/jobs/{job_id}":
+                    buckets[float(parsed["le"])] = float(value)
+            seen = per_process.get(name)
+            if seen is None or buckets.get(float("inf"), 0) >= seen.get(float("inf"), 0):
+                per_process[name] = buckets
+    total: dict[float, float] = {}
+    for buckets in per_process.values():
+        for le, value in buckets.items():
+            total[le] = total.get(le, 0.0) + value
+    return Histogram(len(per_process), total)
+
+
+class Histogram(NamedTuple):
+    processes: int
+    """API processes whose histograms were summed."""
+    counts: dict[float, float]
+    """Bucket bound (s) -> requests that took at most that long."""
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        return Histogram(self.processes, {le: n - earlier.counts.get(le, 0.0) for le, n in self.counts.items()})
+
+
+def _summary(h: Histogram) -> dict[str, Any]:
+    """Requests, p50 and p99 as the histogram's bucket bounds, and the share under 50 ms."""
+    histogram, processes = h.counts, h.processes
+    n = histogram.get(float("inf"), 0.0)
+
+    def upper_bound(p: float) -> str:  # the smallest bucket bound that holds p% of the requests
+        for le in sorted(histogram):
+            if histogram[le] >= p / 100 * n:
+                return f"<= {le * 1000:g} ms" if le != float("inf") else "> the largest bucket"
+        return "no data"
+
+    return {
+        "processes": int(processes),
+        "requests": int(n),
+        "p50": upper_bound(50),
+        "p99": upper_bound(99),
+        "under_50ms": round(histogram.get(0.05, 0.0) / n, 4) if n else None,
     }
 
 
@@ -268,6 +426,13 @@ def main() -> int:
         default=0,
         help="`alignd worker` processes the slots are spread over (0: one per slot, as in a fleet of 1-GPU "
         "workers; 1: one worker process with --workers slots, which leaves a small machine's CPUs to the API)",
+    )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=0,
+        help="niceness of the worker processes and their trainers (10: the API, Postgres and the load client "
+        "come first on a machine they share with the workers, as if the workers had machines of their own)",
     )
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)

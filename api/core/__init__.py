@@ -8,7 +8,7 @@ def reset_caches() -> None:
     Celery app are all built once from Settings; after the environment changes they must be rebuilt.
     """
     from api.core.broker import get_celery
-    from api.core.db import get_engine, get_sessionmaker, get_writer_sessionmaker
+    from api.core.db import get_engine, get_reader_sessionmaker, get_sessionmaker, get_writer_sessionmaker
     from api.core.settings import get_settings
     from api.core.storage import get_storage
 
@@ -16,5 +16,13 @@ def reset_caches() -> None:
         get_engine().dispose()
     if get_celery.cache_info().currsize:
         get_celery().close()
-    for cached in (get_settings, get_engine, get_sessionmaker, get_writer_sessionmaker, get_storage, get_celery):
+    for cached in (
+        get_settings,
+        get_engine,
+        get_sessionmaker,
+        get_reader_sessionmaker,
+        get_writer_sessionmaker,
+        get_storage,
+        get_celery,
+    ):
         cached.cache_clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -102,7 +101,13 @@ def get_writer_sessionmaker() -> sessionmaker[Session]:
     return sessionmaker(get_engine().execution_options(**{WRITER: True}), expire_on_commit=False)
 
 
-def session_scope(writer: bool = False) -> Iterator[Session]:
-    """A session per request (FastAPI dependency) or per unit of worker work."""
-    with (get_writer_sessionmaker() if writer else get_sessionmaker())() as session:
-        yield session
+@lru_cache
+def get_reader_sessionmaker() -> sessionmaker[Session]:
+    """Sessions of requests that only read (the API's GETs, its event streams). On Postgres each statement
+    commits on its own (autocommit): a read costs its queries alone, not a BEGIN and a ROLLBACK round trip
+    around them, and under READ COMMITTED each statement had its own snapshot inside a transaction too.
+    On SQLite they are the reading sessions (its BEGIN costs no round trip)."""
+    engine = get_engine()
+    if engine.dialect.name == "sqlite":
+        return get_sessionmaker()
+    return sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     """Deadline of one POST /v1/reward-models/{id}/score; its scoring process is killed past it (504)."""
     max_concurrent_scores: int = Field(2, ge=1, le=64)
     """Scoring processes one API process runs at once; more requests get 503 scoring_busy."""
+    auth_cache_seconds: float = Field(5.0, ge=0, le=60)
+    """How long an API process trusts a key it has checked before looking it up again; a revoked key is
+    refused by every API process at most this long after the revocation (0: look every request's key up)."""
+    max_concurrent_submissions: int = Field(4, ge=1, le=64)
+    """Job submissions (POST /v1/jobs) one API process works on at once, on threads of their own; more
+    wait their turn, so a burst of submissions cannot take the threads that reads (job GETs, streams) need."""
     lease_seconds: int = Field(120, ge=5)
     """A running job whose lease is not renewed for this long goes back to the queue."""
     heartbeat_seconds: float = Field(15.0, gt=0)

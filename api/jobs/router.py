@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
+from weakref import WeakKeyDictionary
 
+import anyio
 from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy.orm import Session
 from sse_starlette import EventSourceResponse
 
 from api.checkpoints.schemas import CheckpointPublic
 from api.checkpoints.service import list_for_job
 from api.core.errors import InvalidRequest
 from api.core.pagination import AfterQuery, LimitQuery, Page, page_of
+from api.core.settings import Settings
 from api.core.validation import DB_INT_MAX
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import SessionDep, SettingsDep, TenantDep, read_on_thread
 from api.jobs import service
 from api.jobs.schemas import EventPage, EventPublic, JobCreate, JobPublic, JobStatus, MetricsSeries
 from api.jobs.stream import event_stream
@@ -33,7 +38,7 @@ SeqQuery = Annotated[int, Query(ge=0, le=DB_INT_MAX, description="Return events 
         422: {"description": "A reference, the dataset kind or a hyperparameter is invalid (param names it)."},
     },
 )
-def create_job(
+async def create_job(
     body: JobCreate,
     response: Response,
     session: SessionDep,
@@ -42,14 +47,37 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=300)] = None,
 ) -> JobPublic:
     """Submit a training or evaluation job."""
-    job, created = service.create_job(session, settings, tenant.id, body, idempotency_key)
+    job, created = await anyio.to_thread.run_sync(
+        _create_job, session, settings, tenant.id, body, idempotency_key, limiter=submission_threads(settings)
+    )
     if not created:
         response.status_code = 200
-    return JobPublic.of(job)
+    return job
+
+
+def _create_job(
+    session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None
+) -> tuple[JobPublic, bool]:
+    job, created = service.create_job(session, settings, tenant_id, body, idempotency_key)
+    return JobPublic.of(job), created
+
+
+_submission_threads: WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = WeakKeyDictionary()
+
+
+def submission_threads(settings: Settings) -> anyio.CapacityLimiter:
+    """This event loop's threads for job submissions (`max_concurrent_submissions`), apart from the default
+    pool every other sync route and dependency runs on: a burst of submissions (each a dozen queries,
+    two commits and a broker send) waits here instead of taking the threads job GETs and streams need."""
+    loop = asyncio.get_running_loop()
+    limiter = _submission_threads.get(loop)
+    if limiter is None:
+        limiter = _submission_threads[loop] = anyio.CapacityLimiter(settings.max_concurrent_submissions)
+    return limiter
 
 
 @router.get("")
-def list_jobs(
+async def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
     limit: LimitQuery = 20,
@@ -58,16 +86,20 @@ def list_jobs(
     algorithm: JobAlgorithm | None = None,
 ) -> Page[JobPublic]:
     """List jobs, newest first."""
-    items, has_more = service.list_jobs(
-        session, tenant.id, limit=limit, after=after, status=status, algorithm=algorithm
-    )
-    return page_of(items, has_more, JobPublic.of)
+
+    def read() -> Page[JobPublic]:
+        items, has_more = service.list_jobs(
+            session, tenant.id, limit=limit, after=after, status=status, algorithm=algorithm
+        )
+        return page_of(items, has_more, JobPublic.of)
+
+    return await read_on_thread(session, read)
 
 
 @router.get("/{job_id}")
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
+async def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Get a job."""
-    return JobPublic.of(service.get_job(session, tenant.id, job_id))
+    return await read_on_thread(session, lambda: JobPublic.of(service.get_job(session, tenant.id, job_id)))
 
 
 @router.post("/{job_id}/cancel", responses={409: {"description": "the job already finished"}})

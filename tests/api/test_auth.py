@@ -92,14 +92,54 @@ def test_v1_route_without_a_valid_key_is_401(client: TestClient, method: str, pa
         assert resp.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_revoked_key_is_401(client: TestClient, tenant: TenantKey, session: Session) -> None:
-    assert client.get("/v1/datasets", headers=tenant.headers).status_code == 200
-    key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).one()
-    from api.core.db import utcnow
+@pytest.mark.parametrize("cache_seconds", [0.0, 1.0])
+def test_a_key_revoked_by_another_process_is_refused_within_auth_cache_seconds(
+    client: TestClient, tenant: TenantKey, session: Session, monkeypatch: pytest.MonkeyPatch, cache_seconds: float
+) -> None:
+    import time
 
-    key.revoked_at = utcnow()
+    from api.core.db import utcnow
+    from api.core.settings import get_settings
+
+    monkeypatch.setenv("ALIGND_AUTH_CACHE_SECONDS", str(cache_seconds))
+    get_settings.cache_clear()
+    assert client.get("/v1/datasets", headers=tenant.headers).status_code == 200  # the key is now trusted
+    key = session.scalars(select(ApiKey).where(ApiKey.tenant_id == tenant.id)).one()
+    key.revoked_at = utcnow()  # written straight to the database, as `alignd keys revoke` does elsewhere
     session.commit()
-    assert_error(client.get("/v1/datasets", headers=tenant.headers), 401, "unauthorized")
+    revoked = time.monotonic()
+
+    answers = []
+    while time.monotonic() - revoked < cache_seconds + 1.0:
+        answers.append((time.monotonic() - revoked, client.get("/v1/datasets", headers=tenant.headers).status_code))
+        if answers[-1][1] == 401:
+            break
+        time.sleep(0.05)
+    refused_after, status = answers[-1]
+    assert status == 401, answers
+    assert refused_after <= cache_seconds + 0.2, answers  # the bound (plus one request's time)
+    if cache_seconds == 0:
+        assert len(answers) == 1  # no caching: the very next request is refused
+    assert_error(client.get("/v1/datasets", headers=tenant.headers), 401, "unauthorized")  # and stays refused
+
+
+def test_a_trusted_key_is_not_looked_up_again_on_every_request(
+    client: TestClient, auth: dict[str, str], settings: Settings
+) -> None:
+    from sqlalchemy import event
+
+    from api.core.db import get_engine
+
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 (conn, cursor, statement, ...)
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        for _ in range(3):
+            assert client.get("/v1/jobs", headers=auth).status_code == 200
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+    assert sum("api_keys" in s for s in statements) == 1, statements
+    assert_error(client.get("/v1/jobs", headers={"Authorization": "Bearer alignd_unknown"}), 401, "unauthorized")
 
 
 def test_keys_are_stored_as_sha256_only(tenant: TenantKey, session: Session) -> None:

@@ -479,6 +479,58 @@ def test_event_stream_delivers_events_written_while_it_is_open(
     assert [int(e["id"]) for e in parse_sse(text)] == [1, 2, 3, 4, 5, 6, 7]
 
 
+def test_many_open_streams_share_one_watcher_and_each_gets_every_event_in_order_without_gaps(
+    client: TestClient, auth: dict[str, str], session: Session, model: str, pairs: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from api.jobs import stream
+
+    reads: dict[str, int] = {}
+    ticks: list[int] = []
+    real_poll, real_states = stream._poll, stream._job_states
+
+    def counted_poll(job_id: str, after: int) -> Any:
+        reads[job_id] = reads.get(job_id, 0) + 1
+        return real_poll(job_id, after)
+
+    def counted_states(job_ids: list[str]) -> Any:
+        ticks.append(len(job_ids))
+        return real_states(job_ids)
+
+    monkeypatch.setattr(stream, "_poll", counted_poll)
+    monkeypatch.setattr(stream, "_job_states", counted_states)
+    jobs = [client.post("/v1/jobs", headers=auth, json=dpo(pairs)).json()["id"] for _ in range(5)]
+    texts: dict[str, str] = {}
+
+    def follow(job_id: str, headers: dict[str, str]) -> None:
+        with client.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers) as resp:
+            texts[job_id] = "".join(resp.iter_text())
+
+    # The last stream resumes after event 1 (Last-Event-ID), the others start from the beginning.
+    threads = [
+        threading.Thread(target=follow, args=(j, {**auth, "Last-Event-ID": "1"} if i == 4 else auth))
+        for i, j in enumerate(jobs)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)  # five idle streams: one query per tick for all of them, no reads of their events
+    assert all(reads.get(j) == 1 for j in jobs), reads
+    assert 2 <= len(ticks) <= 5 and max(ticks) == 5, ticks
+    for job_id in jobs:  # then events for every job, as a worker writes them
+        add_training_events(session, job_id)
+    time.sleep(0.7)
+    for job_id in jobs:
+        set_job_status(session, job_id, "succeeded")
+    for t in threads:
+        t.join(timeout=20)
+    for i, job_id in enumerate(jobs):
+        expected = [2, 3, 4, 5, 6, 7] if i == 4 else [1, 2, 3, 4, 5, 6, 7]
+        assert [int(e["id"]) for e in parse_sse(texts[job_id])] == expected, job_id
+        assert reads[job_id] <= 4, reads  # woken only when its job had something new
+
+
 def test_stream_rejects_a_last_event_id_that_is_not_a_seq(
     client: TestClient, auth: dict[str, str], model: str, pairs: str
 ) -> None:

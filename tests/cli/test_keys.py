@@ -1,4 +1,6 @@
-"""`alignd keys list` and `alignd keys revoke`: a revoked key is refused on its next request.
+"""`alignd keys list` and `alignd keys revoke`: a revoked key is refused on its next request (the CLI runs
+in the test's process here, which forgets the key at once; other API processes refuse it within
+`auth_cache_seconds`: tests/api/test_auth.py).
 
 On Postgres; the tests marked with `backend` run on the embedded SQLite too.
 """
