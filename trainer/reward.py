@@ -26,12 +26,14 @@ from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
 from trainer.models import load_policy, policy_tokenizer, unwrap_base
 from trainer.packing import (
+    forward_groups,
     last_hidden,
     model_inputs,
     pair_batch,
     partition,
     preference_size,
     real_tokens,
+    sub_batch,
     use_padding_free,
 )
 from trainer.run import Run
@@ -41,11 +43,15 @@ from trainer.state import seed_everything
 def pair_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen scores (B,), rejected scores (B,)) from one forward over the chosen+rejected batch.
 
-    Padded: the model pools its own score. Packed (one row): the score head is applied to the final hidden
+    Padded: the model pools its own score, over forwards of rows of similar length on CPU (see
+    trainer.packing.forward_groups). Packed (one row): the score head is applied to the final hidden
     state at each sequence's `last` token, the token the model's own pooling would pick.
     """
     if "position_ids" not in batch:
-        scores = model(**model_inputs(batch)).logits.squeeze(-1)  # (2B,)
+        groups = forward_groups(batch)  # rows of similar length together (trainer.packing), on CPU
+        parts = [model(**model_inputs(sub_batch(batch, rows))).logits.squeeze(-1) for rows in groups]
+        order = torch.tensor([i for rows in groups for i in rows], device=parts[0].device)
+        scores = torch.cat(parts)[torch.argsort(order)]  # (2B,) back in batch order
     else:
         hidden = last_hidden(model, batch, causal=False)  # (1, N, d)
         head: Any = unwrap_base(extract_model_from_parallel(model)).score
