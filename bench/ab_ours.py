@@ -74,7 +74,12 @@ def run_one(root: Path, spec: dict[str, Any], folder: Path, threads: int | None)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", required=True, help="name=checkout[:json overrides]")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="name=checkout[:json hyperparameter overrides; key lora: LoRA spec overrides]",
+    )
     parser.add_argument("--algorithm", choices=["dpo", "reward"], default="dpo")
     parser.add_argument("--data", choices=["orca", "hh"], default="orca")
     parser.add_argument("--lora", action="store_true")
@@ -98,7 +103,9 @@ def main() -> None:
     for r in range(args.repeats):
         for name, root, extra in variants:
             spec = our_spec(args, "defaults", model, files)
-            spec["hyperparameters"] |= extra
+            spec["hyperparameters"] |= {k: v for k, v in extra.items() if k != "lora"}
+            if "lora" in extra:
+                spec["lora"] = {**spec["lora"], **extra["lora"]}
             res = run_one(root, spec, work / f"{name}-{r}", args.threads)
             results[name].append(res)
             print(f"repeat {r} {name}: {json.dumps(res)}", flush=True)

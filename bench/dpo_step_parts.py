@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="weights (our precision option)")
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument("--variants", default="padded,split,padded-nockpt,split-nockpt")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +76,7 @@ def main() -> None:
     lengths = [len(f.prompt_ids) + len(getattr(f, k)) for k in ("chosen_ids", "rejected_ids") for f in features]
     print(f"sequence lengths {lengths}: real {sum(lengths)}, padded {len(lengths) * max(lengths)}")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    model = apply_lora(load_model(str(MODEL), "causal", dtype=dtype), LoraConfig(dropout=0.0))
+    model = apply_lora(load_model(str(MODEL), "causal", dtype=dtype), LoraConfig(dropout=args.lora_dropout))
     model.train()
     config = DPOConfig(max_length=args.max_length, max_prompt_length=min(512, args.max_length // 2))
     batch = pair_batch(features, tokenizer.pad_token_id, False)

@@ -211,7 +211,8 @@ class DPOConfig(OfflineConfig):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """Assumed rate of flipped labels (conservative DPO); sigmoid loss only."""
     precompute_ref_logps: bool = True
-    """Compute reference log-probs once before training so no reference model stays in memory."""
+    """Compute each pair's reference log-probs once and keep them, so no reference model stays in memory (LoRA: when
+    a pair is first used; full fine-tuning: before training, for the pairs the run will use)."""
 
     @model_validator(mode="after")
     def _check_smoothing(self) -> DPOConfig:
