@@ -37,7 +37,7 @@ from trainer.data import PreferenceFeatures, encode_preference_files
 from trainer.logprobs import batch_sequence_logps
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import dpo_loss
-from trainer.models import is_peft, load_policy, load_reference, policy_tokenizer
+from trainer.models import disable_dropout, is_peft, load_policy, load_reference, policy_tokenizer
 from trainer.packing import pair_batch, partition, preference_size, real_tokens, use_padding_free
 from trainer.run import Run, TrainError
 from trainer.state import TrainState, draw, seed_everything
@@ -159,6 +159,8 @@ def train(run: Run) -> None:
 
     # 2. policy, how micro-batches are cut and packed, optimizer, (resumed) state
     policy = load_policy(run, tokenizer, "causal")
+    if config.disable_dropout:
+        disable_dropout(policy, events.log)
     packed = use_padding_free(run, policy, True, tokenizer)
     sizes, eval_sizes = [preference_size(f) for f in features], [preference_size(f) for f in eval_features]
     cut, cut_eval = partition(run, sizes, packed), partition(run, eval_sizes, packed)

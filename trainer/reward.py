@@ -24,7 +24,7 @@ from trainer.config import RewardConfig
 from trainer.data import PreferenceFeatures, encode_preference_files
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
-from trainer.models import load_policy, policy_tokenizer, unwrap_base
+from trainer.models import disable_dropout, load_policy, policy_tokenizer, unwrap_base
 from trainer.packing import (
     forward_groups,
     last_hidden,
@@ -91,6 +91,8 @@ def train(run: Run) -> None:
     features, eval_features = encode_preference_files(run, tokenizer)
 
     model = load_policy(run, tokenizer, "seqcls")
+    if config.disable_dropout:
+        disable_dropout(model, run.events.log)
     # Packed rows need the score head at chosen positions: only decoders with a `score` head (Llama & co.).
     packed = hasattr(unwrap_base(model), "score") and use_padding_free(run, model, False, tokenizer)
     cut = partition(run, [preference_size(f) for f in features], packed)
