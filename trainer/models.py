@@ -160,6 +160,18 @@ def load_policy(run: Run, tokenizer: Any, kind: ModelKind = "causal") -> Any:
     return model.to(run.device)
 
 
+def disable_dropout(model: Any, log: Any = None) -> None:
+    """Set every dropout module's rate to 0 (LoRA's included), TRL's `disable_dropout`: a zero-rate dropout
+    returns its input, so it costs nothing. Logs the rates it zeroed."""
+    zeroed = sorted({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0})
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if zeroed and log is not None:
+        rates = ", ".join(f"{p:g}" for p in zeroed)
+        log(f"disable_dropout: dropout (rates {rates}) set to 0 for training; set disable_dropout false to keep it")
+
+
 def _load_adapter(model: PreTrainedModel, folder: Path) -> Any:
     """The trainable LoRA adapter of a checkpoint folder, from its safetensors file only."""
     from peft import PeftModel

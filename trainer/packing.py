@@ -148,11 +148,62 @@ def pair_batch(features: Sequence[PreferenceFeatures], pad_id: int, packed: bool
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The keyword arguments of the model forward for a `collate` batch (packed: no KV cache, which disables
+    """The keyword arguments of the model forward for a `collate` batch. Never a KV cache: training does not
+    decode, and a cache costs a copy of every layer's keys and values (packed, it would also disable
     transformers' packed-sequence mask)."""
     if "position_ids" in batch:
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+
+# --- a padded batch as forwards of similar lengths ------------------------------------------------
+
+SPLIT_BY_LENGTH: bool | None = None
+"""Run a padded batch as forwards of rows of similar length (`forward_groups`): None = on CPU only."""
+MAX_PADDING = 0.125
+"""Largest fraction of a forward's (rows x longest) area that `length_groups` lets padding take."""
+
+
+def length_groups(lengths: Sequence[int], max_padding: float = MAX_PADDING) -> list[list[int]]:
+    """Row indices grouped by length so that each group, padded to its longest, is at most `max_padding` padding.
+
+    Longest first; a group grows while its padding stays within the bound, so equal lengths always share
+    a group (equal-length data stays one forward).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            group = groups[-1]
+            area = lengths[group[0]] * (len(group) + 1)
+            real = sum(lengths[j] for j in group) + lengths[i]
+            if area - real <= max_padding * area:
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
+def forward_groups(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    """How a `collate` batch's rows are run: one forward of all rows (packed, or padded on a GPU, where batching
+    pays), or on CPU `length_groups` of the padded rows. On CPU a matmul over ~100+ tokens runs near the
+    machine's rate whatever the batch, so rows of similar length run apart at no loss and padding costs no FLOP;
+    attention without padding also takes the causal fast path (no mask). The values do not depend on it."""
+    rows = list(range(batch["input_ids"].shape[0]))
+    if "attention_mask" not in batch:
+        return [rows]
+    split = SPLIT_BY_LENGTH if SPLIT_BY_LENGTH is not None else batch["input_ids"].device.type == "cpu"
+    return length_groups(batch["attention_mask"].sum(1).tolist()) if split else [rows]
+
+
+def sub_batch(batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """Rows `rows` of a padded `collate` batch, in that order, cut to their longest (the batch itself when `rows`
+    is all of it in order). Its `seq_ids` still name the whole batch's rows; `last` is left out."""
+    if "attention_mask" not in batch or rows == list(range(batch["input_ids"].shape[0])):
+        return batch
+    index = torch.tensor(rows, device=batch["input_ids"].device)
+    width = int(batch["attention_mask"][index].sum(1).max())
+    return {k: v[index, :width] for k, v in batch.items() if v.dim() == 2}
 
 
 # --- is packing exact for this model? ------------------------------------------------------------

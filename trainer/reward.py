@@ -24,14 +24,16 @@ from trainer.config import RewardConfig
 from trainer.data import PreferenceFeatures, encode_preference_files
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
-from trainer.models import load_policy, policy_tokenizer, unwrap_base
+from trainer.models import disable_dropout, load_policy, policy_tokenizer, unwrap_base
 from trainer.packing import (
+    forward_groups,
     last_hidden,
     model_inputs,
     pair_batch,
     partition,
     preference_size,
     real_tokens,
+    sub_batch,
     use_padding_free,
 )
 from trainer.run import Run
@@ -41,11 +43,15 @@ from trainer.state import seed_everything
 def pair_scores(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen scores (B,), rejected scores (B,)) from one forward over the chosen+rejected batch.
 
-    Padded: the model pools its own score. Packed (one row): the score head is applied to the final hidden
+    Padded: the model pools its own score, over forwards of rows of similar length on CPU (see
+    trainer.packing.forward_groups). Packed (one row): the score head is applied to the final hidden
     state at each sequence's `last` token, the token the model's own pooling would pick.
     """
     if "position_ids" not in batch:
-        scores = model(**model_inputs(batch)).logits.squeeze(-1)  # (2B,)
+        groups = forward_groups(batch)  # rows of similar length together (trainer.packing), on CPU
+        parts = [model(**model_inputs(sub_batch(batch, rows))).logits.squeeze(-1) for rows in groups]
+        order = torch.tensor([i for rows in groups for i in rows], device=parts[0].device)
+        scores = torch.cat(parts)[torch.argsort(order)]  # (2B,) back in batch order
     else:
         hidden = last_hidden(model, batch, causal=False)  # (1, N, d)
         head: Any = unwrap_base(extract_model_from_parallel(model)).score
@@ -85,6 +91,8 @@ def train(run: Run) -> None:
     features, eval_features = encode_preference_files(run, tokenizer)
 
     model = load_policy(run, tokenizer, "seqcls")
+    if config.disable_dropout:
+        disable_dropout(model, run.events.log)
     # Packed rows need the score head at chosen positions: only decoders with a `score` head (Llama & co.).
     packed = hasattr(unwrap_base(model), "score") and use_padding_free(run, model, False, tokenizer)
     cut = partition(run, [preference_size(f) for f in features], packed)

@@ -128,6 +128,36 @@ def test_dpo_reference_on_the_fly_gives_the_same_losses_as_precomputed(
     assert pre.losses() == pytest.approx(live.losses(), rel=1e-4)
 
 
+def test_dpo_lora_reference_is_computed_when_a_pair_is_first_used_and_kept(
+    run_inprocess: Callable[..., Result], tiny_model: Path, data_dir: Path
+) -> None:
+    import torch
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}
+    hyper = {"learning_rate": 1e-2, "max_steps": 2, "save_every": 1, "eval_every": 1}
+    runs = {}
+    for name, precompute in (("cached", True), ("live", False)):
+        spec = base_spec(tiny_model, data_dir, "dpo", "pref.jsonl", precompute_ref_logps=precompute, **hyper)
+        spec["lora"], spec["eval_file"] = lora, str(data_dir / "pref_standard.jsonl")
+        runs[name] = run_inprocess(spec, output=name)
+        assert_well_formed(runs[name], 2)
+    cached = runs["cached"]
+    assert any("computed when a pair is first used" in e["message"] for e in cached.of_type("log"))
+    # the same reference (adapters disabled) whether kept or recomputed every step: the same losses
+    assert cached.losses() == pytest.approx(runs["live"].losses(), rel=1e-5)
+    evals = [e["values"]["eval/loss"] for e in cached.of_type("metrics") if "eval/loss" in e["values"]]
+    live = [e["values"]["eval/loss"] for e in runs["live"].of_type("metrics") if "eval/loss" in e["values"]]
+    assert evals == pytest.approx(live, rel=1e-5)
+    # after step 1: the 2 pairs of step 1 and every eval pair (evaluated at step 1), nothing else
+    extra = torch.load(
+        cached.output / "checkpoints" / "step-00000001" / "training_state" / "state.pt", weights_only=True
+    )["extra"]
+    ref_train, ref_eval = extra["ref_train"], extra["ref_eval"]
+    assert ref_train.shape == (6, 2) and int((~ref_train[:, 0].isnan()).sum()) == 2
+    assert bool((ref_train[~ref_train[:, 0].isnan()] < 0).all())
+    assert ref_eval.shape == (6, 2) and not bool(ref_eval.isnan().any())
+
+
 def test_dpo_with_lora_saves_adapter_and_merged_model_that_load(
     run_inprocess: Callable[..., Result], tiny_model: Path, data_dir: Path
 ) -> None:

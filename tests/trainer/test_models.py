@@ -117,3 +117,25 @@ def test_reward_models_load_with_safetensors_and_the_specs_trust_setting(
     assert {name for name, _ in calls} == {"AutoModelForSequenceClassification", "AutoTokenizer"}
     assert all(kwargs["trust_remote_code"] is True for _, kwargs in calls)
     assert all(kwargs["use_safetensors"] is True for name, kwargs in calls if name != "AutoTokenizer")
+
+
+def test_disable_dropout_zeroes_every_dropout_lora_s_included_and_says_so(tiny_model: Path) -> None:
+    from trainer.config import DPOConfig, LoraConfig, RewardConfig, SFTConfig
+    from trainer.models import apply_lora, disable_dropout
+
+    assert DPOConfig().disable_dropout and RewardConfig().disable_dropout  # TRL's default for both
+    assert "disable_dropout" not in SFTConfig.model_fields
+    model = apply_lora(load_model(str(tiny_model)), LoraConfig(r=4, alpha=8, dropout=0.3)).train()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)  # a fresh B is zero: make the adapter (and its dropout) matter
+    ids = torch.arange(3, 20).unsqueeze(0)
+    with torch.no_grad():
+        assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # dropout on
+    logged: list[str] = []
+    disable_dropout(model, logged.append)
+    assert all(m.p == 0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)
+    assert logged and "0.3" in logged[0]

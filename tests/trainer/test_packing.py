@@ -16,7 +16,7 @@ from trainer.config import DPOConfig, LoraConfig, RewardConfig
 from trainer.data import IGNORE, PreferenceFeatures
 from trainer.logprobs import batch_sequence_logps, chunked_token_logprobs, token_logprobs
 from trainer.models import apply_lora, load_model
-from trainer.packing import Size, collate, micro_batches, packing_is_exact, pair_batch
+from trainer.packing import Size, collate, length_groups, micro_batches, packing_is_exact, pair_batch
 
 PAD = 259  # <|pad|> of the tiny tokenizer (256 bytes, then 4 special tokens)
 
@@ -199,6 +199,93 @@ def test_sft_loss_and_gradients_are_the_same_packed_and_padded(tiny_model: Path,
         return lambda m: completion_nll(m, collate(seqs, labels, PAD, packed))[0]
 
     _assert_same(_loss_and_grads(model, loss_of(True)), _loss_and_grads(model, loss_of(False)))
+
+
+# --- a padded batch run as forwards of similar lengths: the same losses and gradients --------------
+
+
+def test_length_groups_bound_the_padding_and_cover_every_row_once() -> None:
+    lengths = [300, 1000, 980, 40, 310, 1000, 35, 500]
+    groups = length_groups(lengths, max_padding=0.125)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert groups[0] == [1, 5, 2]  # longest first; 980 pads 2% of a 3 x 1000 area
+    for g in groups:
+        area = len(g) * max(lengths[i] for i in g)
+        assert area - sum(lengths[i] for i in g) <= 0.125 * area
+    assert length_groups([7, 7, 7]) == [[0, 1, 2]]  # equal lengths: one forward, as before
+    assert length_groups([5, 9], max_padding=1.0) == [[1, 0]]
+
+
+def test_a_reward_batch_scores_its_rows_in_batch_order_whatever_the_forward_groups(
+    tiny_seqcls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import packing
+    from trainer.reward import pair_scores
+
+    model = _model(tiny_seqcls, "seqcls", False)
+    generator = torch.Generator().manual_seed(5)
+    ids = [torch.randint(0, 256, (n,), generator=generator).tolist() for n in (14, 24, 23, 23, 9, 30)]
+    # rows of 24, 23, 25, 25 tokens: one forward group, longest first, so not in batch order
+    pairs = [
+        PreferenceFeatures(ids[1][:2], ids[1][2:], ids[2]),
+        PreferenceFeatures(ids[3][:3], ids[3][3:], ids[1][:22]),
+    ]
+    assert packing.length_groups([24, 23, 25, 25]) == [[2, 3, 0, 1]]
+    wide = [*pairs, PreferenceFeatures(ids[4][:1], ids[4][1:], ids[5])]
+    for batch_pairs in (pairs, wide):  # one group of all rows in length order, then several groups
+        batch = pair_batch(batch_pairs, PAD, False)
+        monkeypatch.setattr(packing, "SPLIT_BY_LENGTH", False)
+        want = pair_scores(model, batch)
+        monkeypatch.setattr(packing, "SPLIT_BY_LENGTH", True)
+        got = pair_scores(model, batch)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "reward", "sft"])
+def test_split_forwards_give_the_one_padded_forward_s_loss_and_gradients(
+    tiny_model: Path, tiny_seqcls: Path, algorithm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import packing
+
+    pairs = _pairs(seed=4)
+    ref = torch.tensor([[-30.0, -40.0], [-25.0, -12.0], [-20.0, -33.0]])
+    if algorithm == "dpo":
+        from trainer.dpo import concatenated_logps
+        from trainer.dpo import pair_metrics as dpo_metrics
+
+        model = _model(tiny_model, "causal", True)
+
+        def loss_of(m: Any) -> torch.Tensor:
+            logps, lengths = concatenated_logps(m, pair_batch(pairs, PAD, False))
+            return dpo_metrics(DPOConfig(), logps, lengths, ref)[0]
+    elif algorithm == "reward":
+        from trainer.reward import pair_metrics, pair_scores
+
+        model = _model(tiny_seqcls, "seqcls", True)
+
+        def loss_of(m: Any) -> torch.Tensor:
+            chosen, rejected = pair_scores(m, pair_batch(pairs, PAD, False))
+            return pair_metrics(RewardConfig(), chosen, rejected, None)[0]
+    else:
+        from trainer.sft import completion_nll
+
+        model = _model(tiny_model, "causal", False)
+        seqs, labels = _random_sequences([8, 15, 5, 11, 15], prompt=3, seed=2)
+
+        def loss_of(m: Any) -> torch.Tensor:
+            return completion_nll(m, collate(seqs, labels, PAD, False))[0]
+
+    calls: list[int] = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    monkeypatch.setattr(packing, "SPLIT_BY_LENGTH", False)
+    one = _loss_and_grads(model, loss_of)
+    assert len(calls) == 1
+    monkeypatch.setattr(packing, "SPLIT_BY_LENGTH", True)
+    split = _loss_and_grads(model, loss_of)
+    assert len(calls) > 2  # several forwards
+    _assert_same(split, one)
 
 
 # --- micro-batches by a token budget --------------------------------------------------------------

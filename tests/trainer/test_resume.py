@@ -49,6 +49,8 @@ def test_resumed_run_reproduces_the_uninterrupted_losses(
             "max_prompt_length": 48,
         },
     }
+    if lora is not None:
+        spec["hyperparameters"]["disable_dropout"] = False  # keep the LoRA dropout whose RNG state is the point
     full = run_inprocess(spec, output="full")
     assert full.code == 0
     checkpoint = full.output / "checkpoints" / "step-00000002"

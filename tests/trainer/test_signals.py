@@ -35,7 +35,8 @@ HYPER = {
 def dpo_spec(model: Path, data: Path) -> dict[str, Any]:
     # dropout in the LoRA adapter: the random generators must be restored too
     lora = {"r": 4, "alpha": 8, "dropout": 0.1}
-    return {"algorithm": "dpo", "base_model": str(model), "train_file": str(data / "pref.jsonl"), "lora": lora}
+    spec = {"algorithm": "dpo", "base_model": str(model), "train_file": str(data / "pref.jsonl"), "lora": lora}
+    return spec | {"hyperparameters": {"disable_dropout": False}}
 
 
 def grpo_spec(model: Path, data: Path) -> dict[str, Any]:
@@ -99,7 +100,8 @@ def test_sigusr1_saves_at_the_next_step_boundary_and_resume_continues_the_uninte
 def test_a_run_asked_to_stop_where_its_checkpoint_exists_stops_without_saving_again(
     run_inprocess: Callable[..., Result], tiny_model: Path, data_dir: Path
 ) -> None:
-    spec = dpo_spec(tiny_model, data_dir) | {"hyperparameters": {**HYPER, "max_steps": 4, "save_every": 2}}
+    spec = dpo_spec(tiny_model, data_dir)
+    spec["hyperparameters"] |= {**HYPER, "max_steps": 4, "save_every": 2}
     first = run_inprocess(spec, output="first")
     assert first.code == 0
     request_save_and_stop()  # as if SIGUSR1 came while the resumed run was loading
