@@ -243,9 +243,10 @@ class PlanInput:
     reward_rules_only: bool = False
     """The online reward is rules only (no reward model at all)."""
     precompute_ref_logps: bool = True
-    grpo_beta_positive: bool = True
+    grpo_beta_positive: bool = False
+    """GRPO keeps a reference (beta > 0); the trainer's default is beta 0."""
     ppo_value_model: Literal["head", "separate"] = "head"
-    ppo_epochs: int = 4
+    ppo_epochs: int = 1
     num_minibatches: int = 1
 
     @property

@@ -26,7 +26,7 @@ from api.plan.estimate import (
     shape_from_config,
 )
 from api.plan.schemas import PlanHardware, PlanRequest, PlanResponse
-from trainer.config import LoraConfig
+from trainer.config import GRPOConfig, LoraConfig, PPOConfig
 
 
 class JobDoesNotFit(InvalidRequest):
@@ -251,9 +251,9 @@ def check_job_fits(
         reward_shapes=reward_shapes,
         reward_rules_only=not reward_shapes,
         precompute_ref_logps=hp.get("precompute_ref_logps", True),
-        grpo_beta_positive=hp.get("beta", 0.04) > 0,
+        grpo_beta_positive=hp.get("beta", GRPOConfig.model_fields["beta"].default) > 0,
         ppo_value_model=hp.get("value_model", "head"),
-        ppo_epochs=hp.get("ppo_epochs", 4),
+        ppo_epochs=hp.get("ppo_epochs", PPOConfig.model_fields["ppo_epochs"].default),
         num_minibatches=hp.get("num_minibatches", 1),
     )
     worker = Hardware("gpu", "worker GPU", 1, int(memory_gb * GIB), 1e12, 1e12, GPU_OVERHEAD_BYTES)
