@@ -6,6 +6,13 @@ rollout (G completions per prompt in one batched `generate`, trainer.online) -> 
 (only when beta > 0) -> clipped surrogate + beta * k3 KL, aggregated by `loss_type` -> update.
 trainer.loop runs the steps, logs them and saves the checkpoints.
 
+Forward passes per step: the sampler's (prefill + one decode step per token) and one forward + backward
+per micro-batch in the update, nothing else at the defaults. With num_iterations = 1 the "old" policy
+is the current one, so the ratio's denominator is the update forward's own detached log-probs (no
+pass; TRL does the same); with num_iterations > 1 the old log-probs are the sampler's (the cached
+engine returns them; one no-grad pass with the `generate` engine). A reference forward runs only when
+beta > 0 (default 0, TRL's default: no reference model is loaded at all).
+
 Models: the policy; the reference only when beta > 0 (with LoRA it is the policy with adapters
 disabled, so no second copy; without LoRA a frozen copy of the base model); reward models inside
 trainer.rewards. Rewards score decoded text, so a reward model's tokenizer need not match the policy's.
@@ -129,10 +136,15 @@ class GRPOStep:
                 level="warning",
             )
 
-        # old log-probs only to reuse the batch, reference log-probs only for the KL
+        # old log-probs only to reuse the batch (the sampler's when it has them: no forward), reference
+        # log-probs only for the KL
         t0 = time.perf_counter()
         rows = config.micro_batch_sequences
-        old = batched_logprobs(self.model, batch, rows, config.temperature) if config.num_iterations > 1 else None
+        old = None
+        if config.num_iterations > 1:
+            old = batch.sampler_logprobs
+            if old is None:
+                old = batched_logprobs(self.model, batch, rows, config.temperature)
         ref = None
         if config.beta > 0:
             with reference_of(self.model, self.ref_model) as reference:

@@ -87,7 +87,12 @@ class Rollout:
     has_eos: torch.Tensor  # (N,) bool
     completions: list[str]
     sampler_logprobs: torch.Tensor | None = None
-    """(N, T) the engine's log-probs of the drawn tokens at the sampling temperature (0 after the mask)."""
+    """(N, T) the engine's log-probs of the drawn tokens at the sampling temperature (0 after the mask):
+    the policy's log-probs of the rollout (equal to `batched_logprobs` in eval mode to ~1e-5 in fp32,
+    tests/trainer/test_generation.py), so GRPO reusing a batch runs no separate "old" forward. PPO does
+    not take them: its KL penalty compares them with the reference's full forward, and a difference of
+    rounding (~1e-7 in fp32, more in bf16) between a cached decode and a full forward, whitened into
+    the advantages, is noise the same kind of forward on both sides does not have (zero KL at step 1)."""
 
     @property
     def prompt_width(self) -> int:

@@ -1,0 +1,131 @@
+"""Which forward passes a GRPO or PPO step runs (issue 13): none that repeat what the sampler computed.
+
+- GRPO at num_iterations = 1 runs no "old" pass (the ratio's denominator is the update forward's own
+  detached log-probs) and at beta = 0 loads no reference model and runs no reference pass;
+- with num_iterations > 1 the old log-probs are the cached sampler's, so no no-grad pass over the
+  rollout runs at all, and the losses are those of the explicit pass, to float tolerance;
+- PPO at its defaults: one no-grad pass of the policy (log-probs and values), one of the reference,
+  one epoch of updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import trainer.grpo
+import trainer.ppo
+from tests.tiny import build_tiny_model
+from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
+
+REWARD = [{"type": "rule", "rule": "regex", "pattern": "[aeiou]"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return gsm8k_prompts(tmp_path_factory.mktemp("data") / "gsm8k-prompts.jsonl", rows=6)
+
+
+def spec(algorithm: str, model: Path, data: Path, **hyper: Any) -> dict[str, Any]:
+    sizes = {"batch_size": 2, "num_generations": 4} if algorithm == "grpo" else {"batch_size": 4}
+    return {
+        "algorithm": algorithm,
+        "base_model": str(model),
+        "train_file": str(data),
+        "reward": REWARD,
+        "seed": 0,
+        "hyperparameters": {
+            **sizes,
+            "max_new_tokens": 8,
+            "max_steps": 3,
+            "learning_rate": 1e-3,
+            "max_prompt_length": 64,
+            "max_length": 128,
+            "precision": "fp32",
+            **hyper,
+        },
+    }
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str], only_no_grad: bool = False) -> None:
+    """Record a call of `module.name` (under no_grad only, if asked) in `calls`."""
+    original = getattr(module, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not only_no_grad or not torch.is_grad_enabled():
+            calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def without_sampler_outputs(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
+    """Make `module.sample` drop the sampler's log-probs: the step must run the explicit old pass."""
+    original = module.sample
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        picked, batch = original(*args, **kwargs)
+        return picked, dataclasses.replace(batch, sampler_logprobs=None)
+
+    monkeypatch.setattr(module, "sample", wrapper)
+
+
+def losses(events: list[dict[str, Any]], *names: str) -> list[float]:
+    """The named metrics of every step, flattened: step 1's, then step 2's, ..."""
+    return [m["values"][n] for m in of_type(events, "metrics") for n in names]
+
+
+def test_grpo_at_its_defaults_loads_no_reference_and_runs_no_pass_besides_sampling_and_the_update(
+    tmp_path: Path, tiny: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    counting(monkeypatch, trainer.grpo, "batched_logprobs", calls)
+    counting(monkeypatch, trainer.grpo, "load_reference", calls)
+    counting(monkeypatch, trainer.grpo, "completion_logprobs", calls)
+    code, events, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts))  # beta and num_iterations at defaults
+    assert code == 0, events[-1]
+    assert calls == ["completion_logprobs"] * 3  # one update forward per step (one micro-batch), nothing else
+    assert any("reference: none (beta = 0)" in e["message"] for e in of_type(events, "log"))
+    assert "kl" not in of_type(events, "metrics")[0]["values"]
+
+
+def test_grpo_reusing_a_batch_takes_the_samplers_log_probs_as_old_ones_with_the_same_losses(
+    tmp_path: Path, tiny: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hyper = {"num_iterations": 2, "max_steps": 4, "epsilon_low": 0.02, "epsilon_high": 0.02}
+    calls: list[str] = []
+    counting(monkeypatch, trainer.grpo, "batched_logprobs", calls)
+    code, events, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts, **hyper), name="sampler")
+    assert code == 0, events[-1]
+    assert calls == []  # the old pass would be one call per generated batch
+
+    without_sampler_outputs(monkeypatch, trainer.grpo)
+    code, explicit, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts, **hyper), name="explicit")
+    assert code == 0, explicit[-1]
+    assert calls == ["batched_logprobs"] * 2  # steps 1 and 3 generate
+    got, want = losses(events, "loss", "clip_ratio"), losses(explicit, "loss", "clip_ratio")
+    assert got == pytest.approx(want, abs=1e-5)
+    assert any(c > 0 for c in got[1::2])  # the reused batch's ratios moved away from 1 and were clipped
+
+
+def test_ppo_at_its_defaults_runs_one_pass_over_the_rollout_one_reference_pass_and_one_epoch(
+    tmp_path: Path, tiny: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's log-probs and values of the rollout come from one no-grad pass (the shared head rides
+    on the policy's trunk), the reference's from another, then one epoch of updates (ppo_epochs = 1)."""
+    calls: list[str] = []
+    counting(monkeypatch, trainer.ppo, "forward_policy_and_values", calls)
+    counting(monkeypatch, trainer.ppo, "batched_logprobs", calls)
+    code, events, _ = run_trainer(tmp_path, spec("ppo", tiny, prompts))
+    assert code == 0, events[-1]
+    assert calls == ["forward_policy_and_values", "batched_logprobs", "forward_policy_and_values"] * 3
+    assert any("1 epochs x 1 minibatches" in e["message"] for e in of_type(events, "log"))
