@@ -8,7 +8,6 @@ import torch
 
 from trainer.config import CommonConfig
 
-
 FUSED_DEVICES = ("cpu", "cuda")
 """Devices whose fused AdamW kernel torch ships (one kernel over all parameters)."""
 

@@ -12,6 +12,15 @@ trainer.loop runs the steps, logs them and saves the checkpoints.
 Four roles: policy, reference (a frozen copy, or the LoRA base with adapters disabled), reward
 (trainer.rewards: models and rules on decoded text), value.
 
+Passes per step at the defaults (value head, ppo_epochs 1, one minibatch): the sampler's; one no-grad
+forward of the policy trunk over the rollout giving both its log-probs and the head's values; one
+no-grad forward of the reference; one forward + backward per micro-batch. `ppo_epochs` = k multiplies
+the last by k: the default is 1, as verl (`ppo_epochs`) and OpenRLHF (`max_epochs`), where TRL's old
+PPOTrainer used 4 (bench/README.md, "Online steps": 4 epochs made PPO's update 3.5x GRPO's). The old
+log-probs are not the sampler's (as GRPO's are when it reuses a batch): they feed the KL penalty against
+the reference's full forward, so both must be the same kind of forward (identical at step 1; a cached
+decode differs by rounding, which whitening of near-zero rewards blows up into noise).
+
 Value model (`value_model`):
 - "head" (default): a linear head on the policy's final hidden states. One trunk serves both, so PPO
   costs about what GRPO does in memory; the value loss also shapes the trunk (weighted by vf_coef).
@@ -19,7 +28,9 @@ Value model (`value_model`):
   value-head models; the head starts at zero so early values do not disturb the advantages.
 - "separate": a second copy of the policy's base model with a scalar head (a sequence classifier),
   fully trained. It must share the policy's tokenizer because it predicts a value for every policy
-  token, which is why it is built from the policy's base rather than from the reward model.
+  token, which is why it is built from the policy's base rather than from the reward model. It costs a
+  second trunk in every pass (the rollout pass and each update micro-batch) and, fully trained in fp32,
+  16 bytes per parameter more (weights, gradient, two AdamW moments): ~2.1 GB for SmolLM2-135M.
 
 Departures / choices:
 - One optimizer step per minibatch; the learning-rate schedule advances once per rollout.

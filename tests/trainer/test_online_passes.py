@@ -56,7 +56,9 @@ def spec(algorithm: str, model: Path, data: Path, **hyper: Any) -> dict[str, Any
     }
 
 
-def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str], only_no_grad: bool = False) -> None:
+def counting(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, calls: list[str], only_no_grad: bool = False
+) -> None:
     """Record a call of `module.name` (under no_grad only, if asked) in `calls`."""
     original = getattr(module, name)
 
