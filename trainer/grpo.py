@@ -45,7 +45,7 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import GRPOConfig
-from trainer.logprobs import completion_logprobs
+from trainer.logprobs import completion_logprobs, grouped_completion_logprobs
 from trainer.loop import StepResult, Updater, start_training, train_loop
 from trainer.losses import aggregate_token_loss, clipped_policy_loss, group_advantages, kl_penalty, masked_mean
 from trainer.models import load_policy, load_reference
@@ -144,11 +144,11 @@ class GRPOStep:
         if config.num_iterations > 1:
             old = batch.sampler_logprobs
             if old is None:
-                old = batched_logprobs(self.model, batch, rows, config.temperature)
+                old = batched_logprobs(self.model, batch, rows, config.temperature, G)
         ref = None
         if config.beta > 0:
             with reference_of(self.model, self.ref_model) as reference:
-                ref = batched_logprobs(reference, batch, rows, config.temperature)
+                ref = batched_logprobs(reference, batch, rows, config.temperature, G)
         timings["time/logprobs"] = time.perf_counter() - t0
 
         grouped = rewards.view(-1, G)
@@ -166,6 +166,18 @@ class GRPOStep:
         sample_events(run, step, picked, batch, local_rewards, local_parts)
         return Batch(batch, advantages, old, ref, metrics)
 
+    def logprobs(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-token log-probs (n, T) of whole groups of rows, each group's prompt forwarded once
+        (trainer.logprobs.grouped_completion_logprobs) unless gradient checkpointing is on (it drops the
+        KV cache the completions attend to), then every row is forwarded whole."""
+        if self.config.gradient_checkpointing and model.training:
+            return completion_logprobs(model, input_ids, attention_mask, completion_ids, self.config.temperature)
+        return grouped_completion_logprobs(
+            model, input_ids, attention_mask, completion_ids, self.config.num_generations, self.config.temperature
+        )
+
     def update(self, batch: Batch, updater: Updater) -> dict[str, float]:
         """4. clipped surrogate + beta * k3 KL, back-propagated over micro-batches; returns loss metrics.
 
@@ -181,9 +193,9 @@ class GRPOStep:
         for part in parts:
             idx = torch.tensor(part, device=self.run.device)
             mask = data.completion_mask[idx].float()
-            logprobs = completion_logprobs(
-                self.model, data.input_ids[idx], data.attention_mask[idx], data.completion_ids[idx], config.temperature
-            )  # (b, T)
+            logprobs = self.logprobs(
+                self.model, data.input_ids[idx], data.attention_mask[idx], data.completion_ids[idx]
+            )
             old = batch.old_logprobs[idx] if batch.old_logprobs is not None else logprobs.detach()
             per_token, clipped = clipped_policy_loss(
                 logprobs, old, batch.advantages[idx], config.epsilon_low, config.epsilon_high

@@ -2,6 +2,7 @@
 
 - GRPO at num_iterations = 1 runs no "old" pass (the ratio's denominator is the update forward's own
   detached log-probs) and at beta = 0 loads no reference model and runs no reference pass;
+- the update (and the old and reference passes) forwards each group's prompt once for its G rows;
 - with num_iterations > 1 the old log-probs are the cached sampler's, so no no-grad pass over the
   rollout runs at all, and the losses are those of the explicit pass, to float tolerance;
 - PPO at its defaults: one no-grad pass of the policy (log-probs and values), one of the reference,
@@ -21,6 +22,9 @@ import trainer.grpo
 import trainer.ppo
 from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
+from trainer.logprobs import completion_logprobs, grouped_completion_logprobs
+from trainer.models import load_model, load_tokenizer
+from trainer.online import rollout
 
 REWARD = [{"type": "rule", "rule": "regex", "pattern": "[aeiou]"}]
 
@@ -93,11 +97,48 @@ def test_grpo_at_its_defaults_loads_no_reference_and_runs_no_pass_besides_sampli
     counting(monkeypatch, trainer.grpo, "batched_logprobs", calls)
     counting(monkeypatch, trainer.grpo, "load_reference", calls)
     counting(monkeypatch, trainer.grpo, "completion_logprobs", calls)
+    counting(monkeypatch, trainer.grpo, "grouped_completion_logprobs", calls)
     code, events, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts))  # beta and num_iterations at defaults
     assert code == 0, events[-1]
-    assert calls == ["completion_logprobs"] * 3  # one update forward per step (one micro-batch), nothing else
+    # one update forward per step (one micro-batch), each prompt once for its group, nothing else
+    assert calls == ["grouped_completion_logprobs"] * 3
     assert any("reference: none (beta = 0)" in e["message"] for e in of_type(events, "log"))
     assert "kl" not in of_type(events, "metrics")[0]["values"]
+
+
+def test_a_groups_prompt_forwarded_once_gives_the_log_probs_and_gradients_of_whole_rows(tiny: Path) -> None:
+    tokenizer, model = load_tokenizer(str(tiny)), load_model(str(tiny))
+    texts = ["hello", "a longer prompt here", "x"]  # unequal lengths: left padding
+    batch = rollout(
+        model, tokenizer, [tokenizer(t)["input_ids"] for t in texts], num_generations=4, max_new_tokens=10,
+        temperature=1.0, top_p=1.0, device=torch.device("cpu"), seeds=list(range(12)),
+    )  # fmt: skip
+    model.train()
+    weights = torch.randn(batch.completion_mask.shape, generator=torch.Generator().manual_seed(0))
+    weights = weights * batch.completion_mask
+    results = []
+    for fn, extra in ((completion_logprobs, ()), (grouped_completion_logprobs, (4,))):
+        model.zero_grad()
+        logprobs = fn(model, batch.input_ids, batch.attention_mask, batch.completion_ids, *extra)
+        (logprobs * weights).sum().backward()
+        results.append((logprobs * batch.completion_mask, [p.grad.clone() for p in model.parameters()]))
+    (whole, whole_grads), (grouped, grouped_grads) = results
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grouped_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_grpo_losses_are_the_same_with_the_shared_prompt_forward_and_with_whole_rows(
+    tmp_path: Path, tiny: Path, prompts: Path
+) -> None:
+    """Gradient checkpointing takes the whole-row forward (it drops the KV cache); the math is the same."""
+    hyper = {"beta": 0.04, "num_iterations": 2, "max_steps": 4}
+    code, shared, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts, **hyper), name="shared")
+    assert code == 0, shared[-1]
+    code, whole, _ = run_trainer(tmp_path, spec("grpo", tiny, prompts, gradient_checkpointing=True, **hyper))
+    assert code == 0, whole[-1]
+    names = ("loss", "kl", "clip_ratio", "grad_norm")
+    assert losses(shared, *names) == pytest.approx(losses(whole, *names), abs=1e-5)
 
 
 def test_grpo_reusing_a_batch_takes_the_samplers_log_probs_as_old_ones_with_the_same_losses(
