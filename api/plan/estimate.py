@@ -243,8 +243,9 @@ class PlanInput:
     reward_rules_only: bool = False
     """The online reward is rules only (no reward model at all)."""
     precompute_ref_logps: bool = True
-    grpo_beta_positive: bool = False
-    """GRPO keeps a reference (beta > 0); the trainer's default is beta 0."""
+    grpo_beta_positive: bool = True
+    """GRPO keeps a reference (beta > 0). The trainer's default is beta 0 (no reference); a PlanRequest has no
+    beta, so /plan stays conservative and counts one, while job checks read the spec's beta (or that default)."""
     ppo_value_model: Literal["head", "separate"] = "head"
     ppo_epochs: int = 1
     num_minibatches: int = 1
