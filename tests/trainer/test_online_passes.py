@@ -5,8 +5,8 @@
 - the update (and the old and reference passes) forwards each group's prompt once for its G rows;
 - with num_iterations > 1 the old log-probs are the cached sampler's, so no no-grad pass over the
   rollout runs at all, and the losses are those of the explicit pass, to float tolerance;
-- PPO at its defaults: one no-grad pass of the policy (log-probs and values), one of the reference,
-  one epoch of updates.
+- PPO at its defaults (one epoch of one micro-batch, no dropout): the update's forward, run before the
+  advantages, gives the rollout's log-probs and values; the reference's is the only no-grad pass.
 """
 
 from __future__ import annotations
@@ -160,15 +160,35 @@ def test_grpo_reusing_a_batch_takes_the_samplers_log_probs_as_old_ones_with_the_
     assert any(c > 0 for c in got[1::2])  # the reused batch's ratios moved away from 1 and were clipped
 
 
-def test_ppo_at_its_defaults_runs_one_pass_over_the_rollout_one_reference_pass_and_one_epoch(
+def test_ppo_at_its_defaults_runs_one_forward_backward_and_one_reference_pass_with_the_same_losses(
     tmp_path: Path, tiny: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The policy's log-probs and values of the rollout come from one no-grad pass (the shared head rides
-    on the policy's trunk), the reference's from another, then one epoch of updates (ppo_epochs = 1)."""
+    """One epoch of one micro-batch: the update's forward, run first, gives the rollout's log-probs and
+    values, so no no-grad pass of the policy runs; the losses are those of the separate pass."""
     calls: list[str] = []
     counting(monkeypatch, trainer.ppo, "forward_policy_and_values", calls)
     counting(monkeypatch, trainer.ppo, "batched_logprobs", calls)
-    code, events, _ = run_trainer(tmp_path, spec("ppo", tiny, prompts))
+    code, events, _ = run_trainer(tmp_path, spec("ppo", tiny, prompts), name="one")
     assert code == 0, events[-1]
-    assert calls == ["forward_policy_and_values", "batched_logprobs", "forward_policy_and_values"] * 3
+    assert calls == ["forward_policy_and_values", "batched_logprobs"] * 3
     assert any("1 epochs x 1 minibatches" in e["message"] for e in of_type(events, "log"))
+
+    calls.clear()
+    monkeypatch.setattr(trainer.ppo.PPOStep, "one_update_pass", lambda self, batch: False)
+    code, separate, _ = run_trainer(tmp_path, spec("ppo", tiny, prompts), name="separate")
+    assert code == 0, separate[-1]
+    assert calls == ["forward_policy_and_values", "batched_logprobs", "forward_policy_and_values"] * 3
+    names = ("loss/policy", "loss/value", "objective/kl", "policy/approxkl", "val/mean", "grad_norm")
+    assert losses(events, *names) == pytest.approx(losses(separate, *names), abs=1e-5)
+
+
+def test_ppo_with_lora_dropout_keeps_the_separate_pass(
+    tmp_path: Path, tiny: Path, prompts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    counting(monkeypatch, trainer.ppo, "forward_policy_and_values", calls, only_no_grad=True)
+    lora_spec = spec("ppo", tiny, prompts, max_steps=1)
+    lora_spec["lora"] = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    code, events, _ = run_trainer(tmp_path, lora_spec)
+    assert code == 0, events[-1]
+    assert calls == ["forward_policy_and_values"]
