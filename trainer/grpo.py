@@ -7,7 +7,9 @@ rollout (G completions per prompt in one batched `generate`, trainer.online) -> 
 trainer.loop runs the steps, logs them and saves the checkpoints.
 
 Forward passes per step: the sampler's (prefill + one decode step per token) and one forward + backward
-per micro-batch in the update, nothing else at the defaults. With num_iterations = 1 the "old" policy
+per micro-batch in the update, nothing else at the defaults. Every pass over the rollout forwards each
+group's prompt once for its G completions (trainer.logprobs.grouped_completion_logprobs), except the
+update under gradient checkpointing, which forwards whole rows. With num_iterations = 1 the "old" policy
 is the current one, so the ratio's denominator is the update forward's own detached log-probs (no
 pass; TRL does the same); with num_iterations > 1 the old log-probs are the sampler's (the cached
 engine returns them; one no-grad pass with the `generate` engine). A reference forward runs only when
