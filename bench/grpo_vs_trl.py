@@ -12,8 +12,8 @@ The workload is the same on both sides in both modes: prompts per step, G comple
 max new tokens, steps, prompts, reward. Then:
 - defaults: everything else at each side's own default (ours: a spec naming nothing else; TRL:
   GRPOConfig with nothing else set), except precision: TRL runs fp32, not its bf16 autocast default,
-  which was ~30x slower on an AVX2-only CPU (see README: Precision). So ours keeps a reference model (beta 0.04) and no
-  gradient checkpointing; TRL has beta 0 (no reference) and gradient checkpointing on.
+  which was ~30x slower on an AVX2-only CPU (see README: Precision). Both have beta 0 (no reference model);
+  ours runs without gradient checkpointing, TRL with it.
 - matched: the same explicit settings on both: fp32, learning rate 1e-6 constant, beta 0.04 (a frozen
   reference copy), loss_type dapo, group-scaled advantages, temperature 1, top_p 1, no top-k, one
   update per batch, gradient checkpointing --gradient-checkpointing (default off).

@@ -291,8 +291,9 @@ class GRPOConfig(CommonConfig, SamplingConfig, OnlineEvalConfig):
     """Prompts per optimizer step, over all processes (each yields num_generations completions)."""
     num_generations: int = Field(8, ge=2, le=1024)
     """Completions sampled per prompt (the group size G)."""
-    beta: float = Field(0.04, ge=0, le=100)
-    """Weight of the k3 KL to the reference in the loss; 0 loads no reference model."""
+    beta: float = Field(0.0, ge=0, le=100)
+    """Weight of the k3 KL to the reference in the loss; 0 (default, as TRL's GRPOConfig, DAPO and Dr. GRPO)
+    loads no reference model: one model's memory and one forward per step less. DeepSeekMath used 0.04."""
     epsilon_low: float = Field(0.2, ge=0, le=10)
     """Lower clip of the probability ratio: ratio >= 1 - epsilon_low."""
     epsilon_high: float = Field(0.2, ge=0, le=10)
@@ -337,8 +338,9 @@ class PPOConfig(CommonConfig, SamplingConfig, OnlineEvalConfig):
     """Clip of the value prediction around its rollout-time value."""
     vf_coef: float = Field(0.1, ge=0, le=100)
     """Weight of the value loss against the policy loss."""
-    ppo_epochs: int = Field(4, ge=1, le=100)
-    """Passes of PPO updates over each rollout batch."""
+    ppo_epochs: int = Field(1, ge=1, le=100)
+    """Passes of PPO updates over each rollout batch: 1 (default, as verl's ppo_epochs and OpenRLHF's
+    max_epochs) costs one forward/backward per rollout; TRL's old PPOTrainer used 4 (4x the update time)."""
     num_minibatches: int = Field(1, ge=1, le=1024)
     """Minibatches each rollout batch is split into per PPO epoch."""
     missing_eos_penalty: float | None = Field(None, ge=0, le=1000)

@@ -6,6 +6,15 @@ rollout (G completions per prompt in one batched `generate`, trainer.online) -> 
 (only when beta > 0) -> clipped surrogate + beta * k3 KL, aggregated by `loss_type` -> update.
 trainer.loop runs the steps, logs them and saves the checkpoints.
 
+Forward passes per step: the sampler's (prefill + one decode step per token) and one forward + backward
+per micro-batch in the update, nothing else at the defaults. Every pass over the rollout forwards each
+group's prompt once for its G completions (trainer.logprobs.grouped_completion_logprobs), except the
+update under gradient checkpointing, which forwards whole rows. With num_iterations = 1 the "old" policy
+is the current one, so the ratio's denominator is the update forward's own detached log-probs (no
+pass; TRL does the same); with num_iterations > 1 the old log-probs are the sampler's (the cached
+engine returns them; one no-grad pass with the `generate` engine). A reference forward runs only when
+beta > 0 (default 0, TRL's default: no reference model is loaded at all).
+
 Models: the policy; the reference only when beta > 0 (with LoRA it is the policy with adapters
 disabled, so no second copy; without LoRA a frozen copy of the base model); reward models inside
 trainer.rewards. Rewards score decoded text, so a reward model's tokenizer need not match the policy's.
@@ -38,7 +47,7 @@ import torch
 
 from trainer.checkpoints import Checkpointer
 from trainer.config import GRPOConfig
-from trainer.logprobs import completion_logprobs
+from trainer.logprobs import completion_logprobs, grouped_completion_logprobs
 from trainer.loop import StepResult, Updater, start_training, train_loop
 from trainer.losses import aggregate_token_loss, clipped_policy_loss, group_advantages, kl_penalty, masked_mean
 from trainer.models import load_policy, load_reference
@@ -129,14 +138,19 @@ class GRPOStep:
                 level="warning",
             )
 
-        # old log-probs only to reuse the batch, reference log-probs only for the KL
+        # old log-probs only to reuse the batch (the sampler's when it has them: no forward), reference
+        # log-probs only for the KL
         t0 = time.perf_counter()
         rows = config.micro_batch_sequences
-        old = batched_logprobs(self.model, batch, rows, config.temperature) if config.num_iterations > 1 else None
+        old = None
+        if config.num_iterations > 1:
+            old = batch.sampler_logprobs
+            if old is None:
+                old = batched_logprobs(self.model, batch, rows, config.temperature, G)
         ref = None
         if config.beta > 0:
             with reference_of(self.model, self.ref_model) as reference:
-                ref = batched_logprobs(reference, batch, rows, config.temperature)
+                ref = batched_logprobs(reference, batch, rows, config.temperature, G)
         timings["time/logprobs"] = time.perf_counter() - t0
 
         grouped = rewards.view(-1, G)
@@ -154,6 +168,18 @@ class GRPOStep:
         sample_events(run, step, picked, batch, local_rewards, local_parts)
         return Batch(batch, advantages, old, ref, metrics)
 
+    def logprobs(
+        self, model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-token log-probs (n, T) of whole groups of rows, each group's prompt forwarded once
+        (trainer.logprobs.grouped_completion_logprobs) unless gradient checkpointing is on (it drops the
+        KV cache the completions attend to), then every row is forwarded whole."""
+        if self.config.gradient_checkpointing and model.training:
+            return completion_logprobs(model, input_ids, attention_mask, completion_ids, self.config.temperature)
+        return grouped_completion_logprobs(
+            model, input_ids, attention_mask, completion_ids, self.config.num_generations, self.config.temperature
+        )
+
     def update(self, batch: Batch, updater: Updater) -> dict[str, float]:
         """4. clipped surrogate + beta * k3 KL, back-propagated over micro-batches; returns loss metrics.
 
@@ -169,9 +195,9 @@ class GRPOStep:
         for part in parts:
             idx = torch.tensor(part, device=self.run.device)
             mask = data.completion_mask[idx].float()
-            logprobs = completion_logprobs(
-                self.model, data.input_ids[idx], data.attention_mask[idx], data.completion_ids[idx], config.temperature
-            )  # (b, T)
+            logprobs = self.logprobs(
+                self.model, data.input_ids[idx], data.attention_mask[idx], data.completion_ids[idx]
+            )
             old = batch.old_logprobs[idx] if batch.old_logprobs is not None else logprobs.detach()
             per_token, clipped = clipped_policy_loss(
                 logprobs, old, batch.advantages[idx], config.epsilon_low, config.epsilon_high

@@ -144,3 +144,52 @@ def batch_sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[to
     logps, ids = torch.cat(all_logps), torch.cat(all_ids)
     sums = torch.zeros(n, dtype=logps.dtype, device=logps.device).index_add(0, ids, logps)
     return sums, torch.bincount(ids, minlength=n)
+
+
+# --- GRPO: a group's shared prompt forwarded once ---------------------------------------------------
+
+
+def grouped_completion_logprobs(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    group: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """`completion_logprobs` of rows that come in groups of `group` completions of one prompt (GRPO's
+    rollout: rows g*G .. g*G + G-1 share their left-padded prompt), with each prompt forwarded once.
+
+    The prompt runs once per group and its KV cache is repeated to the group's rows (differentiably, so
+    the prompt's activations get the gradient of all G completions), then the completions run on that
+    cache. The same values and gradients as `completion_logprobs` to float rounding (tested), for
+    B * P + N * T tokens of forward and backward instead of N * (P + T): on GSM8K prompts of ~90 tokens
+    with G = 4 and 32 new tokens, 0.44x the tokens.
+    """
+    from transformers import DynamicCache
+
+    width = completion_ids.shape[1]
+    prompt_width = input_ids.shape[1] - width
+    prompt_ids, prompt_mask = input_ids[::group, :prompt_width], attention_mask[::group, :prompt_width]
+    cache = DynamicCache()
+    first = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(dim=1) - 1).clamp(min=0),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    ).logits  # (B, 1, V): predicts each completion's first token
+    logits = first.repeat_interleave(group, dim=0)
+    if width > 1:
+        cache.batch_repeat_interleave(group)
+        lengths = prompt_mask.sum(dim=1, keepdim=True).repeat_interleave(group, dim=0)  # (N, 1)
+        rest = model(
+            input_ids=completion_ids[:, :-1],
+            attention_mask=attention_mask[:, :-1],
+            position_ids=lengths + torch.arange(width - 1, device=input_ids.device),
+            cache=cache,
+            use_cache=True,
+        ).logits  # (N, T-1, V)
+        logits = torch.cat([logits, rest], dim=1)
+    return token_logprobs(logits, completion_ids, temperature)

@@ -29,7 +29,7 @@ from trainer.config import GRPOConfig, PPOConfig
 from trainer.data import DataError, encode_prompt, read_dataset
 from trainer.formats import PromptExample
 from trainer.generation import generate_completions, row_seed
-from trainer.logprobs import completion_logprobs
+from trainer.logprobs import completion_logprobs, grouped_completion_logprobs
 from trainer.models import policy_tokenizer
 from trainer.rewards import Reward, RewardError, build_reward
 from trainer.run import Run, TrainError
@@ -87,7 +87,12 @@ class Rollout:
     has_eos: torch.Tensor  # (N,) bool
     completions: list[str]
     sampler_logprobs: torch.Tensor | None = None
-    """(N, T) the engine's log-probs of the drawn tokens at the sampling temperature (0 after the mask)."""
+    """(N, T) the engine's log-probs of the drawn tokens at the sampling temperature (0 after the mask):
+    the policy's log-probs of the rollout (equal to `batched_logprobs` in eval mode to ~1e-5 in fp32,
+    tests/trainer/test_generation.py), so GRPO reusing a batch runs no separate "old" forward. PPO does
+    not take them: its KL penalty compares them with the reference's full forward, and a difference of
+    rounding (~1e-7 in fp32, more in bf16) between a cached decode and a full forward, whitened into
+    the advantages, is noise the same kind of forward on both sides does not have (zero KL at step 1)."""
 
     @property
     def prompt_width(self) -> int:
@@ -270,8 +275,11 @@ def reference_name(needed: bool, ref_model: Any) -> str:
 
 
 @torch.no_grad()
-def batched_logprobs(model: Any, batch: Rollout, rows: int, temperature: float) -> torch.Tensor:
-    """completion_logprobs (N, T) over a whole rollout in chunks of `rows` sequences, without gradients."""
+def batched_logprobs(model: Any, batch: Rollout, rows: int, temperature: float, group: int = 1) -> torch.Tensor:
+    """completion_logprobs (N, T) over a whole rollout in chunks of `rows` sequences, without gradients.
+
+    With `group` > 1 (GRPO: `rows` is a multiple of it) each group's shared prompt is forwarded once
+    (trainer.logprobs.grouped_completion_logprobs)."""
     was_training = model.training
     model.eval()
     parts = [
@@ -280,6 +288,15 @@ def batched_logprobs(model: Any, batch: Rollout, rows: int, temperature: float) 
             batch.input_ids[i : i + rows],
             batch.attention_mask[i : i + rows],
             batch.completion_ids[i : i + rows],
+            temperature,
+        )
+        if group == 1
+        else grouped_completion_logprobs(
+            model,
+            batch.input_ids[i : i + rows],
+            batch.attention_mask[i : i + rows],
+            batch.completion_ids[i : i + rows],
+            group,
             temperature,
         )
         for i in range(0, batch.input_ids.shape[0], rows)

@@ -12,6 +12,17 @@ trainer.loop runs the steps, logs them and saves the checkpoints.
 Four roles: policy, reference (a frozen copy, or the LoRA base with adapters disabled), reward
 (trainer.rewards: models and rules on decoded text), value.
 
+Passes per step at the defaults (value head, ppo_epochs 1, one minibatch of one micro-batch, no
+dropout): the sampler's; one no-grad forward of the reference; one forward + backward of the policy
+trunk, whose forward, run before the advantages, also gives the rollout's log-probs and the head's
+values (the "old" ones: at one update they are the current ones). Otherwise one more no-grad forward
+over the rollout gives them, and the update runs one forward + backward per micro-batch. `ppo_epochs` = k multiplies
+the last by k: the default is 1, as verl (`ppo_epochs`) and OpenRLHF (`max_epochs`), where TRL's old
+PPOTrainer used 4 (bench/README.md, "Online steps": 4 epochs made PPO's update 3.5x GRPO's). The old
+log-probs are not the sampler's (as GRPO's are when it reuses a batch): they feed the KL penalty against
+the reference's full forward, so both must be the same kind of forward (identical at step 1; a cached
+decode differs by rounding, which whitening of near-zero rewards blows up into noise).
+
 Value model (`value_model`):
 - "head" (default): a linear head on the policy's final hidden states. One trunk serves both, so PPO
   costs about what GRPO does in memory; the value loss also shapes the trunk (weighted by vf_coef).
@@ -19,7 +30,9 @@ Value model (`value_model`):
   value-head models; the head starts at zero so early values do not disturb the advantages.
 - "separate": a second copy of the policy's base model with a scalar head (a sequence classifier),
   fully trained. It must share the policy's tokenizer because it predicts a value for every policy
-  token, which is why it is built from the policy's base rather than from the reward model.
+  token, which is why it is built from the policy's base rather than from the reward model. It costs a
+  second trunk in every pass (the rollout pass and each update micro-batch) and, fully trained in fp32,
+  16 bytes per parameter more (weights, gradient, two AdamW moments): ~2.1 GB for SmolLM2-135M.
 
 Departures / choices:
 - One optimizer step per minibatch; the learning-rate schedule advances once per rollout.
@@ -96,6 +109,18 @@ def whiten(run: Run, values: torch.Tensor, mask: torch.Tensor, shift_mean: bool 
 def needs_reference(config: PPOConfig) -> bool:
     """A reference policy is needed for the KL penalty: a fixed kl_coef > 0 or an adaptive one."""
     return config.kl_coef > 0 or config.adaptive_kl_target is not None
+
+
+def has_dropout(*modules: nn.Module) -> bool:
+    """Whether any dropout is active in training: a Dropout module with p > 0 (LoRA's among them) or an
+    attention dropout in a transformers config."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Dropout) and m.p > 0:
+                return True
+            if float(getattr(getattr(m, "config", None), "attention_dropout", 0.0) or 0.0) > 0:
+                return True
+    return False
 
 
 # --- the value function --------------------------------------------------------------------------
@@ -200,9 +225,16 @@ class PPOStep:
             scores = scores - config.missing_eos_penalty * (~batch.has_eos).float()
         timings["time/scoring"] = time.perf_counter() - t0
 
-        # 3. log-probs and values of the rollout, reference log-probs
+        # 3. log-probs and values of the rollout (at one epoch of one micro-batch: the update's own
+        # forward, run first), reference log-probs
         t0 = time.perf_counter()
-        old_logprobs, old_values = self.rollout_values(batch)
+        live = None
+        if self.one_update_pass(batch):
+            self.model.train()
+            live = forward_policy_and_values(self.model, self.value_fn, batch, slice(None), config.temperature)
+            old_logprobs, old_values = live[0].detach(), live[1].detach()
+        else:
+            old_logprobs, old_values = self.rollout_values(batch)
         if needs_reference(config):
             with reference_of(self.model, self.ref_model) as reference:
                 ref_logprobs = batched_logprobs(reference, batch, config.micro_batch, config.temperature)
@@ -217,7 +249,7 @@ class PPOStep:
 
         # 5. PPO epochs over minibatches
         t0 = time.perf_counter()
-        stats = self.update(batch, mask, old_logprobs, old_values, advantages, returns, updater)
+        stats = self.update(batch, mask, old_logprobs, old_values, advantages, returns, updater, live)
         timings["time/update"] = time.perf_counter() - t0
 
         # 6. metrics, adapt the KL coefficient
@@ -266,6 +298,15 @@ class PPOStep:
         advantages, returns = gae(rewards, old_values * mask, mask, config.gamma, config.lam)
         return whiten(self.run, advantages, mask) * mask, returns
 
+    def one_update_pass(self, batch: Rollout) -> bool:
+        """Whether the update is one forward/backward over the whole rollout (one epoch, one minibatch,
+        one micro-batch) of a policy and value model without dropout: then its forward, run before the
+        advantages, is also the rollout's log-probs and values (the same numbers the no-grad pass would
+        give), and no separate pass runs. Dropout (e.g. LoRA's) would make them differ, so it keeps the pass."""
+        config = self.config
+        one = config.ppo_epochs == 1 and config.num_minibatches == 1 and config.micro_batch >= batch.input_ids.shape[0]
+        return one and not has_dropout(self.model, self.value_fn)
+
     @torch.no_grad()
     def rollout_values(self, batch: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs and values (N, T) of the rollout under the policy that generated it."""
@@ -287,11 +328,13 @@ class PPOStep:
         advantages: torch.Tensor,
         returns: torch.Tensor,
         updater: Updater,
+        live: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, list[float]]:
         """Clipped policy + value losses: one optimizer step per minibatch, ppo_epochs passes over the rollout.
 
         Each process takes its share of every minibatch; losses are divided by the minibatch's tokens
         over all processes, so "pg" and "vf" hold each minibatch's share of this process (summed later).
+        `live`: the (log-probs, values) of the whole rollout with gradients, when `one_update_pass`.
         """
         config, run = self.config, self.run
         world = run.accelerator.num_processes
@@ -303,11 +346,16 @@ class PPOStep:
                 stats["pg"].append(0.0)
                 stats["vf"].append(0.0)
                 for part in chunks(mb, config.micro_batch):
+                    if live is not None:  # the whole rollout, in its own order (one sum: order-free)
+                        part = list(range(batch.input_ids.shape[0]))
                     idx = torch.tensor(part, device=self.run.device)
                     m = mask[idx]
-                    logprobs, vpred = forward_policy_and_values(
-                        self.model, self.value_fn, batch, idx, config.temperature
-                    )
+                    if live is not None:
+                        logprobs, vpred = live
+                    else:
+                        logprobs, vpred = forward_policy_and_values(
+                            self.model, self.value_fn, batch, idx, config.temperature
+                        )
                     pg_losses, pg_clipped = clipped_policy_loss(
                         logprobs, old_logprobs[idx], advantages[idx], config.cliprange, config.cliprange
                     )

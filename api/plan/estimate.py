@@ -268,8 +268,10 @@ class PlanInput:
     """The online reward is rules only (no reward model at all)."""
     precompute_ref_logps: bool = True
     grpo_beta_positive: bool = True
+    """GRPO keeps a reference (beta > 0). The trainer's default is beta 0 (no reference); a PlanRequest has no
+    beta, so /plan stays conservative and counts one, while job checks read the spec's beta (or that default)."""
     ppo_value_model: Literal["head", "separate"] = "head"
-    ppo_epochs: int = 4
+    ppo_epochs: int = 1
     num_minibatches: int = 1
 
     @property
@@ -299,9 +301,9 @@ def job_plan_input(
         reward_shapes=reward_shapes,
         reward_rules_only=not reward_shapes,
         precompute_ref_logps=hp.get("precompute_ref_logps", True),
-        grpo_beta_positive=hp.get("beta", 0.04) > 0,
+        grpo_beta_positive=hp.get("beta", 0.0) > 0,  # trainer.config.GRPOConfig.beta defaults to 0
         ppo_value_model=hp.get("value_model", "head"),
-        ppo_epochs=hp.get("ppo_epochs", 4),
+        ppo_epochs=hp.get("ppo_epochs", 1),  # PPOConfig.ppo_epochs defaults to 1
         num_minibatches=hp.get("num_minibatches", 1),
     )
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from api.core.validation import RequestModel, SafeStr
 from api.plan.estimate import GPUS
-from trainer.config import Algorithm, LoraConfig
+from trainer.config import Algorithm, LoraConfig, PPOConfig
 
 GpuName = Literal["H100", "H200", "A100-80GB", "A100-40GB", "L40S", "L4", "A10G", "T4", "RTX 4090"]
 assert set(GpuName.__args__) == set(GPUS)  # type: ignore[attr-defined]
@@ -76,8 +76,8 @@ class PlanRequest(RequestModel):
     """DPO: reference log-probs computed once before training (no reference model in memory)."""
     value_model: Literal["head", "separate"] = "head"
     """PPO: a value head on the policy, or a separate value model."""
-    ppo_epochs: int = Field(4, ge=1, le=100)
-    """PPO: passes over each rollout batch."""
+    ppo_epochs: int = Field(PPOConfig.model_fields["ppo_epochs"].default, ge=1, le=100)
+    """PPO: passes over each rollout batch (the trainer's default)."""
     reward_models: list[SafeStr] = Field(default_factory=list, max_length=8)
     """Reward models (model references) grpo/ppo keep in memory; when empty, one of the base model's size
     is assumed unless `data` is verifiable_rules (rules only)."""

@@ -557,3 +557,15 @@ def test_job_creation_refuses_a_job_over_the_workers_gpu_memory_only_when_config
     # A model the planner cannot read (a hub id not in the hub cache) is not refused by the planner.
     unplannable = {**full, "base_model": "org/uncached"}
     assert client.post("/v1/jobs", headers=auth, json=unplannable).status_code == 201
+
+
+def test_a_job_plan_falls_back_to_the_trainers_own_online_defaults() -> None:
+    """job_plan_input fills what a job leaves out with trainer.config's defaults: GRPO loads no reference at
+    beta 0, PPO runs its default number of epochs (the planner must follow when those defaults move)."""
+    from api.plan.estimate import job_plan_input
+    from trainer.config import GRPOConfig, PPOConfig
+
+    hp = {"max_length": 512, "max_prompt_length": 256, "batch_size": 8}
+    x = job_plan_input(shape_from_config(QWEN_05B), hp, None, [])
+    assert x.grpo_beta_positive is (GRPOConfig.model_fields["beta"].default > 0)
+    assert x.ppo_epochs == PPOConfig.model_fields["ppo_epochs"].default
