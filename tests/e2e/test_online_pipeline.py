@@ -108,6 +108,7 @@ def test_a_reward_job_output_scores_completions_and_drives_a_grpo_job(
                 "max_prompt_length": 192,
                 "max_length": 256,
                 "learning_rate": 1e-3,
+                "beta": 0.04,  # a KL term (GRPO's default is 0, no reference model): its path runs here too
             },
         },
     )

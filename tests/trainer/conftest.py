@@ -48,6 +48,20 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny causal LM of the module's own (tests that save or change it do not touch another module's)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six GSM8K questions as chat prompts, for GRPO and PPO (a module may define its own)."""
+    from tests.trainer.online import gsm8k_prompts
+
+    return gsm8k_prompts(tmp_path_factory.mktemp("data") / "gsm8k-prompts.jsonl", rows=6)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("data")

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.tiny import build_tiny_model
 from tests.trainer.conftest import write_jsonl
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
 from trainer.config import DPOConfig, GRPOConfig, PPOConfig, SFTConfig, TrainSpec
@@ -89,11 +88,6 @@ def test_a_spec_with_best_metric_needs_an_eval_file_and_a_reward_component_it_na
 
 
 # --- GRPO and PPO evaluate on held-out prompts ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
 
 
 @pytest.fixture(scope="module")

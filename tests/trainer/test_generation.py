@@ -11,18 +11,12 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-from tests.tiny import build_tiny_model
 from trainer.generation import generate_completions
 from trainer.logprobs import completion_logprobs
 from trainer.models import load_model, load_tokenizer
 from trainer.online import left_pad, rollout
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
 from trainer.logprobs import completion_logprobs, token_logprobs
 from trainer.models import load_model, load_tokenizer
@@ -35,16 +34,6 @@ REQUIRED_METRICS = {
     "time/logprobs",
     "time/update",
 }
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return gsm8k_prompts(tmp_path_factory.mktemp("data") / "gsm8k-prompts.jsonl", rows=6)
 
 
 def grpo_spec(model: Path, data: Path, reward: list[dict[str, Any]] | None = None, **hyper: Any) -> dict[str, Any]:

@@ -20,23 +20,12 @@ import torch
 
 import trainer.grpo
 import trainer.ppo
-from tests.tiny import build_tiny_model
-from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
+from tests.trainer.online import of_type, run_trainer
 from trainer.logprobs import completion_logprobs, grouped_completion_logprobs
 from trainer.models import load_model, load_tokenizer
 from trainer.online import rollout
 
 REWARD = [{"type": "rule", "rule": "regex", "pattern": "[aeiou]"}]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return gsm8k_prompts(tmp_path_factory.mktemp("data") / "gsm8k-prompts.jsonl", rows=6)
 
 
 def spec(algorithm: str, model: Path, data: Path, **hyper: Any) -> dict[str, Any]:

@@ -14,15 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.tiny import build_tiny_model
 from tests.trainer.online import gsm8k_prompts, of_type
 from tests.trainer.processes import launch
 from trainer.online_eval import eval_share
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
 
 
 @pytest.fixture(scope="module")

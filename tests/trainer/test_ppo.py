@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.tiny import build_tiny_model
-from tests.trainer.online import gsm8k_prompts, of_type, run_trainer
+from tests.trainer.online import of_type, run_trainer
 from trainer.models import load_model
 from trainer.ppo import AdaptiveKLController
 
@@ -37,18 +37,8 @@ REQUIRED_METRICS = {
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "policy")
-
-
-@pytest.fixture(scope="module")
 def reward_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "reward", kind="seqcls", seed=1)
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return gsm8k_prompts(tmp_path_factory.mktemp("data") / "gsm8k-prompts.jsonl", rows=6)
 
 
 def ppo_spec(model: Path, data: Path, reward: list[dict[str, Any]], **hyper: Any) -> dict[str, Any]:
