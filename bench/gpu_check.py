@@ -131,7 +131,8 @@ def run_ours(name: str, spec: dict[str, Any], model: Path, work: Path, timeout: 
     errors = [e for e in lines if e["type"] == "error"]
     if proc.returncode or not metrics:
         return {"ok": False, "rc": proc.returncode, "error": errors[-1:] or proc.stderr[-2000:]}
-    devices = [e.get("message", "") for e in lines if e["type"] == "log" and "device" in str(e.get("message", ""))]
+    # the trainer's first log line names where it ran ("... 1 process(es) on cuda"); "device" never matched it
+    devices = [m for e in lines if e["type"] == "log" and "process(es) on" in (m := str(e.get("message", "")))]
     later = metrics[1:] or metrics
     return {
         "ok": True,
