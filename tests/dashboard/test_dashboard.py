@@ -355,31 +355,6 @@ def test_long_series_are_drawn_with_at_most_2000_points_keeping_the_extremes(pag
     assert time.monotonic() - started < 5
 
 
-def test_hundreds_of_jobs_are_paged_25_at_a_time(page: Page, live: Live) -> None:
-    headers = {"Authorization": f"Bearer {live.other_key}"}
-    dataset = api_upload(live, live.other_key, "pairs.jsonl", short_preference_pairs(4))
-    for i in range(30):  # one fake step each; the worker works through them while the list is paged
-        body = {
-            "algorithm": "dpo",
-            "base_model": "tiny",
-            "dataset_id": dataset["id"],
-            "name": f"many-{i:02d}",
-            "hyperparameters": {"max_steps": 1},
-        }
-        assert httpx.post(f"{live.url}/v1/jobs", headers=headers, json=body).status_code == 201
-    sign_in(page, live.other_key)
-    rows = page.locator("tr[data-job]")
-    expect(rows).to_have_count(25)
-    expect(rows.first).to_contain_text("many-29")
-    page.get_by_role("button", name="Older →").click()
-    expect(rows).to_have_count(5)
-    expect(rows.last).to_contain_text("many-00")
-    expect(page.get_by_role("button", name="Older →")).to_be_disabled()
-    page.get_by_role("button", name="← Newer").click()
-    expect(rows).to_have_count(25)
-    expect(rows.first).to_contain_text("many-29")
-
-
 def test_the_sse_reader_splits_events_across_chunks_and_line_endings(page: Page, live: Live) -> None:
     """The fetch-based reader (EventSource cannot send the Bearer header) against awkward chunking:
     CRLF split between chunks, comments (pings), multi-line data, an event cut mid-field."""
@@ -430,3 +405,31 @@ def test_the_pipelines_list_shows_each_stage_with_its_status_and_job(page: Page,
     row.locator("[data-stage=first] a").click()
     expect(page).to_have_url(re.compile(r"#/jobs/job_"))
     no_horizontal_scroll(page)
+
+
+# Last in the module on purpose: its 30 queued jobs would hold up the module's one worker (~1 s a job)
+# for every test after it (the pipelines test waited ~30 s for them when it came later); here the
+# module's teardown stops the worker instead.
+def test_hundreds_of_jobs_are_paged_25_at_a_time(page: Page, live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.other_key}"}
+    dataset = api_upload(live, live.other_key, "pairs.jsonl", short_preference_pairs(4))
+    for i in range(30):  # one fake step each; the worker works through them while the list is paged
+        body = {
+            "algorithm": "dpo",
+            "base_model": "tiny",
+            "dataset_id": dataset["id"],
+            "name": f"many-{i:02d}",
+            "hyperparameters": {"max_steps": 1},
+        }
+        assert httpx.post(f"{live.url}/v1/jobs", headers=headers, json=body).status_code == 201
+    sign_in(page, live.other_key)
+    rows = page.locator("tr[data-job]")
+    expect(rows).to_have_count(25)
+    expect(rows.first).to_contain_text("many-29")
+    page.get_by_role("button", name="Older →").click()
+    expect(rows).to_have_count(5)
+    expect(rows.last).to_contain_text("many-00")
+    expect(page.get_by_role("button", name="Older →")).to_be_disabled()
+    page.get_by_role("button", name="← Newer").click()
+    expect(rows).to_have_count(25)
+    expect(rows.first).to_contain_text("many-29")

