@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import select
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import select
 from sqlalchemy import JSON, DateTime, Engine, TypeDecorator, create_engine, event
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from api.core.settings import get_settings
