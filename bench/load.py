@@ -110,6 +110,15 @@ def _pinned(cpus: str | None) -> list[str]:
     return ["taskset", "-c", cpus] if cpus else []
 
 
+def _cpus(cpus: str) -> set[int]:
+    """A `taskset -c` style list ("0", "0,1", "0-1") as a set of CPU numbers."""
+    found: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
+
+
 async def wait_healthy(client: httpx.AsyncClient, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
@@ -199,6 +208,8 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             stop, results = context.Event(), context.Queue()
             prober = context.Process(target=_probe, args=(base_url, *jobs[0], args.poll_interval, stop, results))
             prober.start()
+            if args.probe_cpus and prober.pid is not None:
+                os.sched_setaffinity(prober.pid, _cpus(args.probe_cpus))
             while busy():
                 await asyncio.sleep(0.2)
             stop.set()
@@ -448,6 +459,8 @@ def main() -> int:
         help="niceness of the worker processes and their trainers (10: the API, Postgres and the load client "
         "come first on a machine they share with the workers, as if the workers had machines of their own)",
     )
+    parser.add_argument("--client-cpus", help="CPUs the load client runs on (Postgres and Redis stay on any)")
+    parser.add_argument("--probe-cpus", help="CPUs the prober runs on (default: the load client's)")
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.05)
@@ -498,6 +511,8 @@ def main() -> int:
             keys = [create_key(session, f"tenant-{i}")[1] for i in range(args.tenants)]
         port = free_port()
         procs = start_processes(args, env, root, port)
+        if args.client_cpus:  # after Postgres and Redis started: they stay on any CPU
+            os.sched_setaffinity(0, _cpus(args.client_cpus))
         try:
             result = asyncio.run(run_load(args, f"http://127.0.0.1:{port}", keys))
         finally:
