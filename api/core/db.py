@@ -87,7 +87,7 @@ def make_engine(url: str) -> Engine:
     # Instead of pool_pre_ping (a round trip before every checkout: a job GET's only query doubled), a
     # connection is checked without one: a server that restarted, or a backend that was terminated, has
     # sent its goodbye (an error message, then end of file), so the idle socket is readable. A readable or
-    # broken connection is dropped and the pool checks out another (up to three times, then a new one).
+    # broken connection is invalidated and the pool opens a new one in its place before handing it out.
     # An idle, healthy connection has nothing to read (a stray NOTICE only costs a reconnect).
     event.listen(engine, "checkout", _drop_if_closed_by_server)
     return engine
