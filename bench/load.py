@@ -78,20 +78,23 @@ def start_processes(
     args: argparse.Namespace, env: dict[str, str], root: Path, port: int
 ) -> list[subprocess.Popen[bytes]]:
     procs = []
-    api = [sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory", "--port", str(port)]
+    api = [*_pinned(args.api_cpus), sys.executable, "-m", "uvicorn", "api.main:create_app", "--factory"]
+    api += ["--port", str(port)]
     api += ["--workers", str(args.api_processes), "--log-level", "warning"]
     with open(root / "api.log", "wb") as log:
         procs.append(subprocess.Popen(api, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
     # --workers job slots over --worker-processes `alignd worker` processes (each gets an equal share of
     # slots as fake GPUs, so its Celery pool runs that many jobs at once).
     processes = min(args.worker_processes or args.workers, args.workers)
+    worker = [*_pinned(args.worker_cpus), "nice", "-n", str(args.worker_nice), sys.executable, "-m"]
+    worker.append("tests.worker.fake_worker")
     for i in range(processes):
         slots = args.workers // processes + (i < args.workers % processes)
         worker_env = {**env, "ALIGND_WORKER_ID": f"load-{i}", "ALIGND_WORKER_GPUS": str(slots)}
         with open(root / f"worker-{i}.log", "wb") as log:
             procs.append(
                 subprocess.Popen(
-                    ["nice", "-n", str(args.worker_nice), sys.executable, "-m", "tests.worker.fake_worker"],
+                    worker,
                     cwd=REPO,
                     env=worker_env,
                     stdout=log,
@@ -100,6 +103,20 @@ def start_processes(
                 )
             )
     return procs
+
+
+def _pinned(cpus: str | None) -> list[str]:
+    """`taskset -c CPUS` before a command (its children inherit the CPUs), or nothing."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
+def _cpus(cpus: str) -> set[int]:
+    """A `taskset -c` style list ("0", "0,1", "0-1") as a set of CPU numbers."""
+    found: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        found.update(range(int(low), int(high or low) + 1))
+    return found
 
 
 async def wait_healthy(client: httpx.AsyncClient, deadline: float) -> None:
@@ -191,6 +208,8 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             stop, results = context.Event(), context.Queue()
             prober = context.Process(target=_probe, args=(base_url, *jobs[0], args.poll_interval, stop, results))
             prober.start()
+            if args.probe_cpus and prober.pid is not None:
+                os.sched_setaffinity(prober.pid, _cpus(args.probe_cpus))
             while busy():
                 await asyncio.sleep(0.2)
             stop.set()
@@ -313,6 +332,9 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             round(percentile([ms for t, ms in probed if submitted_at and t > submitted_at[0]], p), 1) for p in (50, 99)
         ],
         "probe_job_gets": len(probed),
+        "probe_job_get_p95_ms": round(percentile([ms for _, ms in probed], 95), 1),
+        # every probe (seconds after the last submission: negative while submitting, ms), to pool runs
+        "probe_samples": [[round(t - submitted_at[0], 3), round(ms, 2)] for t, ms in probed] if submitted_at else [],
         "client_loop_lag_p50_p99_ms": [round(percentile(stats.client_lag_ms, p), 1) for p in (50, 99)],
         "http_5xx": stats.errors_5xx,
         "transport_errors": stats.transport_errors,
@@ -352,13 +374,16 @@ async def _server_job_get_histogram(base_url: str) -> Histogram:
     load client's queueing): its Prometheus histogram (bucket bound -> requests up to it) summed over
     the API processes. Each scrape, on a new connection, reaches one process; its counts change only a
     little between scrapes a few ms apart, so the scrape with the most requests stands for each
-    process's histogram, told apart by process_start_time_seconds (processes started in the same
-    10 ms would count as one: `processes` in the summary says how many were seen)."""
+    process's histogram, told apart by alignd_api_process_id (an API without it: by
+    process_start_time_seconds, where processes started in the same 10 ms count as one; `processes`
+    in the summary says how many were seen)."""
     per_process: dict[str, dict[float, float]] = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=60) as scraper:
         for _ in range(20):
             text = (await scraper.get("/metrics", headers={"Connection": "close"})).text
-            start = re.search(r"^process_start_time_seconds (\S+)", text, re.M)
+            start = re.search(r"^alignd_api_process_id (\S+)", text, re.M) or re.search(
+                r"^process_start_time_seconds (\S+)", text, re.M
+            )
             name = start.group(1) if start else ""
             buckets = {}
             for labels, value in re.findall(r"^alignd_http_request_duration_seconds_bucket\{(.*)\} (\S+)$", text, re.M):
@@ -434,10 +459,18 @@ def main() -> int:
         help="niceness of the worker processes and their trainers (10: the API, Postgres and the load client "
         "come first on a machine they share with the workers, as if the workers had machines of their own)",
     )
+    parser.add_argument("--client-cpus", help="CPUs the load client runs on (Postgres and Redis stay on any)")
+    parser.add_argument("--probe-cpus", help="CPUs the prober runs on (default: the load client's)")
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.05)
     parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--api-cpus", help="CPUs the API processes run on (`taskset -c` list, e.g. 0); default: any")
+    parser.add_argument(
+        "--worker-cpus",
+        help="CPUs the workers and their trainers run on (e.g. 1: with --api-cpus 0, the API has a core the "
+        "workers never take, as when they run on machines of their own); default: any",
+    )
     parser.add_argument("--steps", type=int, default=4, help="fake trainer steps per job")
     parser.add_argument("--deadline", type=float, default=900, help="seconds the load phase may last")
     parser.add_argument("--seed", type=int, default=0)
@@ -478,6 +511,8 @@ def main() -> int:
             keys = [create_key(session, f"tenant-{i}")[1] for i in range(args.tenants)]
         port = free_port()
         procs = start_processes(args, env, root, port)
+        if args.client_cpus:  # after Postgres and Redis started: they stay on any CPU
+            os.sched_setaffinity(0, _cpus(args.client_cpus))
         try:
             result = asyncio.run(run_load(args, f"http://127.0.0.1:{port}", keys))
         finally:

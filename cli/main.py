@@ -48,6 +48,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Start the embedded worker (embedded SQLite broker only).")] = True,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes sharing the port (uvicorn's --workers): each has its own connection pool, "
+            "key cache and event-stream watcher. More than one lets the API use more than one core.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API (and, with the embedded defaults, a worker beside it)."""
     import uvicorn
@@ -73,7 +81,10 @@ def serve(
     # installed before it started; make that handler an exit so the `finally` stops the worker cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        uvicorn.run(create_app(), host=host, port=port)
+        if processes > 1:  # each process builds its app from the environment settings_for() set up
+            uvicorn.run("api.main:create_app", factory=True, host=host, port=port, workers=processes)
+        else:
+            uvicorn.run(create_app(), host=host, port=port)
     finally:
         if embedded is not None:
             embedded.stop()

@@ -109,8 +109,10 @@ def live_server(
     postgres_url: str | None = None,
     redis_url: str | None = None,
     tiny_model_dir: Path | None = None,
+    api_processes: int = 1,
 ) -> Iterator[LiveServer]:
-    """Start the flavour's processes under `root`; yields the server once it answers /readyz."""
+    """Start the flavour's processes under `root` (`alignd serve --processes api_processes`); yields the
+    server once it answers /readyz."""
     data_dir = root / "data"
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGND_")}
     base_env["ALIGND_DATA_DIR"] = str(data_dir)
@@ -150,7 +152,8 @@ def live_server(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     fake_worker = flavour != "embedded-real"
-    serve = [ALIGND, "serve", "--port", str(port)] + (["--no-worker"] if fake_worker else [])
+    serve = [ALIGND, "serve", "--port", str(port), "--processes", str(api_processes)]
+    serve += ["--no-worker"] if fake_worker else []
     logs.append(root / f"serve-{flavour}.log")
     processes.append(_start(serve, env, logs[-1]))
     try:

@@ -265,10 +265,20 @@ def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
         except Exception:
             log.exception("could not send job %s to the broker; it stays queued and is sent again later", job_id)
             continue
-        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
-        session.commit()
+        _mark_sent(session, job_id)
         sent.append(job_id)
     return sent
+
+
+def _mark_sent(session: Session, job_id: str) -> None:
+    """Record that `job_id` reached the broker. On Postgres one statement that commits on its own
+    (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it, and a submission pays
+    this on its request. The session holds no transaction here (enqueue committed it), so the
+    connection it checks out for this statement can be put in autocommit."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.commit()  # in autocommit, nothing was begun: no COMMIT goes to the server
 
 
 def _entered(

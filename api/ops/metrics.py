@@ -20,6 +20,7 @@ download) is measured to its first byte, not to its end.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -216,9 +217,20 @@ class _Collected(Collector):
         return self.source.collect()
 
 
+class _ProcessId(Collector):
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily(
+            "alignd_api_process_id",
+            "The process id of the API process that answered this scrape: tells apart the processes behind one "
+            "port (`uvicorn --workers N`), whose process_start_time_seconds may be equal.",
+            value=os.getpid(),
+        )
+
+
 def exposition(session: Session) -> bytes:
     """The text exposition of one scrape: this process's metrics and the database's gauges."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collected(REGISTRY))
+    registry.register(_ProcessId())
     registry.register(DatabaseCollector(session))
     return generate_latest(registry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -363,6 +364,31 @@ def test_a_job_id_is_sent_only_once_its_row_is_visible_to_another_session(
     assert seen == [(job.id, "queued", False)]  # committed before the send, marked sent only after it
     with second_session(settings) as other:
         assert other.get_one(Job, job.id).enqueued_at is not None
+
+
+def test_marking_a_job_sent_on_postgres_is_one_statement_outside_a_transaction(session: Session, new_job: Job) -> None:
+    """No BEGIN and COMMIT round trips around the UPDATE: a submission pays for it on its request."""
+    from sqlalchemy import event
+
+    updates: list[bool] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE JOBS"):
+            updates.append(conn.connection.dbapi_connection.autocommit)
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert lifecycle.enqueue(session, [new_job.id], lambda _: None) == [new_job.id]
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert updates == [True]  # the mark, in autocommit
+    session.expire_all()
+    assert session.get_one(Job, new_job.id).enqueued_at is not None
+    # The pooled connection went back as it was: the next use of it begins a transaction again.
+    assert session.connection().connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+    session.rollback()
 
 
 def test_a_failed_send_leaves_the_committed_job_queued_and_unsent(session: Session, new_job: Job) -> None:
