@@ -42,7 +42,8 @@ def empty_cache() -> None:
 
 
 def pairs(prompt_lengths: list[int], completion: int) -> bytes:
-    rows = [{"prompt": "p" * n, "chosen": "c" * completion, "rejected": "r" * (completion // 2)} for n in prompt_lengths]
+    rejected = "r" * (completion // 2)
+    rows = [{"prompt": "p" * n, "chosen": "c" * completion, "rejected": rejected} for n in prompt_lengths]
     return b"".join(json.dumps(row).encode() + b"\n" for row in rows)
 
 
