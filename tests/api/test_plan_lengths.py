@@ -206,3 +206,30 @@ def test_the_planned_lengths_follow_the_trainers_truncation() -> None:
     assert (offline.max_length, offline.max_length - offline.max_prompt_length) == (75, 70)
     assert at_data_lengths("grpo", x, measured).max_prompt_length == 60
     assert at_data_lengths("dpo", x, None) is x
+
+
+def test_job_creation_plans_at_the_lengths_a_plan_measured(
+    client: TestClient, auth: dict[str, str], model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.core import reset_caches
+    from api.plan.estimate import GIB, Hardware, estimate_plan, job_plan_input
+    from trainer.config import parse_hyperparameters
+
+    dataset = upload_ok(client, auth, pairs([10, 20], 40))["id"]
+    hyperparameters = {"max_length": 8192, "max_prompt_length": 4096, "batch_size": 16, "gradient_checkpointing": False}
+    job = {"algorithm": "dpo", "base_model": MODEL, "dataset_id": dataset, "hyperparameters": hyperparameters}
+    # a worker GPU between the job's peak at this data's lengths and its peak at the caps
+    x = job_plan_input(
+        shape_from_config(QWEN_05B), parse_hyperparameters("dpo", hyperparameters).model_dump(), None, []
+    )
+    worker = Hardware.gpu("H100", precision="bf16")
+    at_caps = estimate_plan("dpo", x, worker)["memory"]["peak_bytes"]
+    short = DatasetLengths(dataset, MODEL, 2, 2, 0, False, None, Percentiles(41, 41, 41, 41), None, raw=((20, 41),))
+    at_data = estimate_plan("dpo", at_data_lengths("dpo", x, short), worker)["memory"]["peak_bytes"]
+    assert at_data < at_caps / 2
+    monkeypatch.setenv("ALIGND_WORKER_GPU_MEMORY_GB", f"{(at_data + at_caps) / 2 / GIB:.1f}")
+    reset_caches()
+    assert_error(client.post("/v1/jobs", headers=auth, json=job), 422, "job_does_not_fit")  # nothing measured yet
+    measured = plan(client, auth, dataset_id=dataset).json()["dataset"]
+    assert measured["prompt_tokens"]["max"] == 20 and measured["completion_tokens"]["max"] <= 41
+    assert client.post("/v1/jobs", headers=auth, json=job).status_code == 201
