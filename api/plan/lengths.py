@@ -187,7 +187,6 @@ def _measure_here(task: LengthsTask, settings: Settings) -> forked.Outcome:
     """("ok", DatasetLengths), ("invalid_model", message, param), or ("unreadable", message)."""
     from api.core.storage import storage_from_url
     from api.datasets.models import Dataset
-    from api.datasets.preview import PreviewTask, _render_row
     from api.datasets.service import preview_rows
     from trainer.models import ModelLoadError, load_tokenizer
 
@@ -208,7 +207,17 @@ def _measure_here(task: LengthsTask, settings: Settings) -> forked.Outcome:
             rows = [row for i in offsets for row in preview_rows(storage, stored, offset=i, limit=1)[0]]
     except Exception as exc:  # a missing or corrupt file: the plan says so, never a 500
         return ("unreadable", f"{type(exc).__name__}: {exc}")
-    render = PreviewTask(task.source, [], task.fmt, UNCAPPED, UNCAPPED - 1)
+    lengths = measure_rows(tokenizer, rows, task.fmt, task.dataset_id, task.model, task.rows)
+    return ("ok", lengths)
+
+
+def measure_rows(
+    tokenizer: Any, rows: list[Any], fmt: str, dataset_id: str, model: str, total_rows: int
+) -> DatasetLengths:
+    """Token counts of `rows` (of a dataset of `total_rows`) as the trainer renders them with `tokenizer`."""
+    from api.datasets.preview import PreviewTask, _render_row
+
+    render = PreviewTask(references.Source("models_dir", model), [], fmt, UNCAPPED, UNCAPPED - 1)
     raw: list[tuple[int, int]] = []
     has_completions = False
     unreadable = 0
@@ -225,19 +234,18 @@ def _measure_here(task: LengthsTask, settings: Settings) -> forked.Outcome:
         completions = [n for name, n in tokens.items() if name != "prompt"]
         has_completions = has_completions or bool(completions)
         raw.append((tokens["prompt"], max(completions, default=0)))
-    lengths = DatasetLengths(
-        dataset_id=task.dataset_id,
-        model=task.model,
-        rows=task.rows,
+    return DatasetLengths(
+        dataset_id=dataset_id,
+        model=model,
+        rows=total_rows,
         rows_measured=len(raw),
         rows_unreadable=unreadable,
-        sampled=len(offsets) < task.rows,
+        sampled=len(rows) < total_rows,
         prompt_tokens=Percentiles.of([p for p, _ in raw]) if raw else None,
         completion_tokens=Percentiles.of([c for _, c in raw]) if raw and has_completions else None,
         sequence_tokens=Percentiles.of([p + c for p, c in raw]) if raw else None,
         raw=tuple(raw),
     )
-    return ("ok", lengths)
 
 
 def at_data_lengths(algorithm: str, x: PlanInput, lengths: DatasetLengths | None) -> PlanInput:
