@@ -30,13 +30,33 @@ sys.path.insert(0, str(ROOT))
 MIB = 2**20
 
 
-def predict(run: dict[str, Any], gpu: str = "H100", prompt_length: int | None = None) -> dict[str, Any]:
+def data_lengths(run: dict[str, Any], tokenizer_dir: Path) -> Any:
+    """The token lengths of the run's train file as a length-aware plan measures them (api/plan/lengths.py:
+    the same renderer and a seeded sample of at most 2,000 rows), or None when the file is not here."""
+    from api.plan.lengths import measure_rows, sample_offsets
+    from trainer.formats import detect_format
+    from trainer.models import load_tokenizer
+
+    path = Path(str((run.get("spec") or {}).get("train_file", "")))
+    if not path.is_file():
+        return None
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(lines[i]) for i in sample_offsets(len(lines))]
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    return measure_rows(tokenizer, rows, detect_format(rows[0]), path.name, str(tokenizer_dir), len(lines))
+
+
+def predict(
+    run: dict[str, Any], gpu: str = "H100", prompt_length: int | None = None, tokenizer_dir: Path | None = None
+) -> dict[str, Any]:
     """The planner's answer for one run on one GPU of kind `gpu` (bf16), with notes on what was assumed.
 
     `prompt_length`: plan GRPO/PPO at prompts of at most this many tokens (the longest prompt of the run's
     data) instead of `max_prompt_length`; job creation cannot know it, a comparison with a real run can.
+    `tokenizer_dir`: plan every algorithm at its train file's token lengths (a length-aware plan).
     """
     from api.plan.estimate import Hardware, Lora, estimate_plan, job_plan_input, shape_from_config
+    from api.plan.lengths import at_data_lengths
     from trainer.config import parse_hyperparameters
 
     algorithm = run["algorithm"]
@@ -62,14 +82,29 @@ def predict(run: dict[str, Any], gpu: str = "H100", prompt_length: int | None = 
             reward_shapes.append(shape)
             notes.append(f"reward model {component.get('model')!r}: no config.json here, planned as the policy's shape")
     x = job_plan_input(shape, hyperparameters, lora_input, reward_shapes)
+    if tokenizer_dir is not None:
+        lengths = data_lengths(run, tokenizer_dir)
+        if lengths is None:
+            notes.append("train file not here: planned at the caps")
+        else:
+            x = at_data_lengths(algorithm, x, lengths)
+            online = algorithm in ("grpo", "ppo")
+            planned = (
+                f"prompt {x.max_prompt_length} + {x.max_new_tokens} new"
+                if online
+                else f"sequence {x.max_length}, completion {x.max_length - x.max_prompt_length}"
+            )
+            notes.append(f"planned at the train file's lengths ({lengths.rows_measured} rows): {planned}")
     plan = estimate_plan(algorithm, x, Hardware.gpu(gpu, precision="bf16"))
     return {"plan": plan, "notes": notes + plan["notes"]}
 
 
-def compare(runs: list[dict[str, Any]], gpu: str = "H100", prompt_length: int | None = None) -> list[dict[str, Any]]:
+def compare(
+    runs: list[dict[str, Any]], gpu: str = "H100", prompt_length: int | None = None, tokenizer_dir: Path | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for i, run in enumerate(runs):
-        answer = predict(run, gpu, prompt_length)
+        answer = predict(run, gpu, prompt_length, tokenizer_dir)
         memory = answer["plan"]["memory"]
         predicted = memory["peak_bytes"] / MIB
         without_overhead = (memory["peak_bytes"] - memory["overhead_bytes"]) / MIB
@@ -117,8 +152,14 @@ def main() -> None:
     parser.add_argument(
         "--prompt-length", type=int, help="GRPO/PPO: plan at prompts of this many tokens (the data's longest)"
     )
+    parser.add_argument(
+        "--data-lengths",
+        type=Path,
+        metavar="TOKENIZER_DIR",
+        help="plan each run at its train file's token lengths through this tokenizer (a length-aware plan)",
+    )
     args = parser.parse_args()
-    rows = compare(json.loads(args.runs.read_text())["runs"], args.gpu, args.prompt_length)
+    rows = compare(json.loads(args.runs.read_text())["runs"], args.gpu, args.prompt_length, args.data_lengths)
     print(json.dumps(rows, indent=1) if args.json else table(rows, args.gpu))
 
 

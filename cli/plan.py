@@ -55,13 +55,18 @@ def plan_command(
     data: Annotated[
         str | None, typer.Option(help="What you have: preference_pairs, reward_model or verifiable_rules.")
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="A stored dataset id: plan at its rows' token lengths (needs --tenant, its owner)."),
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="The tenant (name) that owns --dataset.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the planner's JSON answer.")] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Plan before you train: models in memory, bytes, fit, largest micro-batch and time per step."""
     from pydantic import ValidationError
 
-    from api.core.errors import InvalidRequest
+    from api.core.errors import AlignError
     from api.core.validation import invalid_from_pydantic
     from api.plan import service
     from api.plan.schemas import PlanRequest
@@ -84,6 +89,7 @@ def plan_command(
         "num_generations": num_generations,
         "gradient_checkpointing": gradient_checkpointing,
         "data": data,
+        "dataset_id": dataset,
         "hardware": hardware,
     }
     if lora_r is not None:
@@ -93,17 +99,40 @@ def plan_command(
     try:
         request = PlanRequest.model_validate(body, strict=False)
         config = service.read_config_file(folder / "config.json") if (folder / "config.json").is_file() else None
-        answer = service.plan(settings, request, config)
+        measured = _dataset_lengths(settings, request, tenant) if dataset is not None else None
+        answer = service.plan(settings, request, config, measured)
     except ValidationError as exc:
         typer.echo(f"error: {invalid_from_pydantic(exc).message}", err=True)
         raise typer.Exit(2) from exc
-    except InvalidRequest as exc:
+    except AlignError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     if as_json:
         typer.echo(json.dumps(answer.model_dump(), indent=2))
         return
     _print(answer)
+
+
+def _dataset_lengths(settings: Any, request: Any, tenant: str | None) -> Any:
+    """The token lengths of `request.dataset_id`, read as its owner `tenant` would (404 for anyone else's)."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from api.auth.models import Tenant
+    from api.auth.service import TenantNotFound
+    from api.core.db import get_sessionmaker
+    from api.core.errors import InvalidRequest
+    from api.plan import lengths
+
+    if tenant is None:
+        raise InvalidRequest("--dataset needs --tenant: the name of the tenant that owns the dataset")
+    session = get_sessionmaker()()
+    row = session.execute(select(Tenant).where(Tenant.name == tenant)).scalar_one_or_none()
+    if row is None:
+        session.close()
+        raise TenantNotFound(f"no tenant {tenant!r}")
+    return asyncio.run(lengths.dataset_lengths(session, settings, row.id, request.dataset_id, request.base_model))
 
 
 def _print(answer: Any) -> None:
@@ -148,6 +177,15 @@ def _print(answer: Any) -> None:
             f"{plan.time.seconds_per_step:.3g}",
         )
     console.print(table)
+    if answer.dataset is not None:
+        d = answer.dataset
+        measured = f"{d.rows_measured} of {d.rows} rows" + (" (a sample)" if d.sampled else "")
+        console.print(f"dataset {d.id}: {measured} tokenised; percentiles p50/p90/p99/max:")
+        for label, p in (("prompt", d.prompt_tokens), ("completion", d.completion_tokens), ("row", d.sequence_tokens)):
+            if p is not None:
+                console.print(f"  {label}: {p.p50}/{p.p90}/{p.p99}/{p.max} tokens")
+        for x in d.planned:
+            console.print(f"  {x.algorithm} planned at {x.sequence_tokens} tokens ({x.completion_tokens} completion)")
     for plan in answer.plans:
         held = "; ".join(f"{x.role}: {x.kind} ({_gib(x.weights_bytes)} GiB)" for x in plan.models)
         console.print(f"{plan.algorithm}: {held}")

@@ -29,7 +29,14 @@ from api.core.settings import Settings
 Outcome = tuple[Any, ...]
 """What a child answers: ("ok", result) or (error kind, ...) for its caller to map onto an AlignError."""
 
-PRELOAD = ["trainer.rewards", "trainer.data", "trainer.models", "api.reward_models.scoring", "api.datasets.preview"]
+PRELOAD = [
+    "trainer.rewards",
+    "trainer.data",
+    "trainer.models",
+    "api.reward_models.scoring",
+    "api.datasets.preview",
+    "api.plan.lengths",
+]
 """Imported once by the forkserver, so that no child pays for torch and transformers (nor for the modules
 whose functions the children run)."""
 

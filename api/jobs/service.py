@@ -108,11 +108,13 @@ def prepare_job(
     references.check(session, settings, tenant_id, body.base_model, "base_model")
     models = evaluation.check_models(session, settings, tenant_id, body)
     if settings.worker_gpu_memory_gb is not None and not evaluate:  # opt-in: refuse what cannot fit the workers' GPUs
+        from api.plan.lengths import cached as cached_lengths
         from api.plan.service import check_job_fits
 
         stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
         components = reward if reward is not None else (stored.components if stored is not None else None)
-        check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components)
+        lengths = cached_lengths(body.dataset_id, body.base_model)  # measured by an earlier plan of this dataset
+        check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components, lengths)
 
     return Job(
         id=new_id("job"),

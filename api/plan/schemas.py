@@ -81,6 +81,10 @@ class PlanRequest(RequestModel):
     reward_models: list[SafeStr] = Field(default_factory=list, max_length=8)
     """Reward models (model references) grpo/ppo keep in memory; when empty, one of the base model's size
     is assumed unless `data` is verifiable_rules (rules only)."""
+    dataset_id: SafeStr | None = Field(None, min_length=1, max_length=64)
+    """One of your datasets: plan at the token lengths its rows have through base_model's tokenizer (the
+    longest prompt and completion, capped by max_prompt_length / max_length; at most 2,000 rows measured,
+    a seeded sample of larger datasets) instead of every sequence at the caps."""
     data: Situation | None = None
     """What the user has: preference pairs only, a reward model, or verifiable rules; drives the recommendation."""
     hardware: PlanHardware
@@ -182,9 +186,49 @@ class Recommendation(BaseModel):
     reasons: list[str]
 
 
+class TokenPercentiles(BaseModel):
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+class PlannedLengths(BaseModel):
+    algorithm: str
+    sequence_tokens: int
+    """The longest sequence planned (offline: prompt + completion; grpo/ppo: prompt + max_new_tokens)."""
+    prompt_tokens: int
+    """grpo/ppo: the longest prompt kept; offline: sequence_tokens - completion_tokens."""
+    completion_tokens: int
+    """Offline: the longest completion kept (every row of the micro-batch counted at it, where the vocabulary
+    head runs); grpo/ppo: max_new_tokens (sampled, not in the data)."""
+
+
+class DatasetLengthsSummary(BaseModel):
+    """Token counts of the named dataset through the base model's tokenizer, before truncation."""
+
+    id: str
+    rows: int
+    rows_measured: int
+    rows_unreadable: int
+    """Rows the trainer would refuse or a chat template failed on: left out of the counts."""
+    sampled: bool
+    """More rows than the planner measures: the counts (and max) are those of a seeded sample."""
+    cached: bool
+    """Measured by an earlier plan (no tokenising this time)."""
+    prompt_tokens: TokenPercentiles | None
+    completion_tokens: TokenPercentiles | None
+    """The longest completion of each row (null for prompt-only data)."""
+    sequence_tokens: TokenPercentiles | None
+    planned: list[PlannedLengths]
+    """The lengths each algorithm was planned at (its longest micro-batch)."""
+
+
 class PlanResponse(BaseModel):
     model: ModelSummary
     hardware: HardwareSummary
     plans: list[AlgorithmPlan]
     recommendation: Recommendation
+    dataset: DatasetLengthsSummary | None = None
+    """When the request named a dataset: its token lengths and what each algorithm was planned at."""
     assumptions: list[str]

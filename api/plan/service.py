@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from api.plan.estimate import (
     recommend,
     shape_from_config,
 )
+from api.plan.lengths import DatasetLengths, at_data_lengths
 from api.plan.schemas import PlanHardware, PlanRequest, PlanResponse
 from trainer.config import LoraConfig
 
@@ -131,8 +134,14 @@ def hardware_of(request: PlanHardware, precision: str) -> tuple[Hardware, list[s
     return hardware, assumptions
 
 
-def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None = None) -> PlanResponse:
-    """The planner's answer for `request` (`config`: an already-read config.json, e.g. from the CLI)."""
+def plan(
+    settings: Settings,
+    request: PlanRequest,
+    config: dict[str, Any] | None = None,
+    lengths: DatasetLengths | None = None,
+) -> PlanResponse:
+    """The planner's answer for `request` (`config`: an already-read config.json, e.g. from the CLI;
+    `lengths`: the token lengths of the dataset the request names, api/plan/lengths.py)."""
     if config is None:
         config = read_config(settings, request.base_model)
     shape = _shape(config, "base_model")
@@ -172,11 +181,16 @@ def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None
     )
     assumptions += [
         f"a Llama-style decoder ({shape.model_type}): gated MLP, RMSNorm, RoPE",
-        "every sequence at its length budget (max_length; grpo/ppo: max_prompt_length + max_new_tokens); "
-        "the LM head runs on completion positions only (max_length - max_prompt_length, or max_new_tokens)",
+        (
+            "every micro-batch padded to the dataset's longest row as the trainer cuts it (see dataset.planned)"
+            if lengths is not None
+            else "every sequence at its length budget (max_length; grpo/ppo: max_prompt_length + max_new_tokens)"
+        )
+        + "; the LM head runs on completion positions only",
         f"step time at {hardware.efficiency:.0%} of peak throughput (and of memory bandwidth while generating)",
     ]
-    plans = [estimate_plan(a, x, hardware) for a in request.algorithms]
+    inputs: dict[str, PlanInput] = {a: at_data_lengths(a, x, lengths) for a in request.algorithms}
+    plans = [estimate_plan(a, inputs[a], hardware) for a in request.algorithms]
     return PlanResponse.model_validate(
         {
             "model": {
@@ -199,9 +213,40 @@ def plan(settings: Settings, request: PlanRequest, config: dict[str, Any] | None
             },
             "plans": plans,
             "recommendation": recommend(request.data, plans, x, hardware),
+            "dataset": _dataset_summary(lengths, inputs),
             "assumptions": assumptions,
         }
     )
+
+
+def _dataset_summary(lengths: DatasetLengths | None, inputs: Mapping[str, PlanInput]) -> dict[str, Any] | None:
+    if lengths is None:
+        return None
+    planned = []
+    for algorithm, x in inputs.items():
+        online = algorithm in ("grpo", "ppo")
+        prompt = x.max_prompt_length
+        completion = x.max_new_tokens if online else x.max_length - x.max_prompt_length
+        planned.append(
+            {
+                "algorithm": algorithm,
+                "sequence_tokens": prompt + completion,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+            }
+        )
+    return {
+        "id": lengths.dataset_id,
+        "rows": lengths.rows,
+        "rows_measured": lengths.rows_measured,
+        "rows_unreadable": lengths.rows_unreadable,
+        "sampled": lengths.sampled,
+        "cached": lengths.cached,
+        "prompt_tokens": asdict(lengths.prompt_tokens) if lengths.prompt_tokens else None,
+        "completion_tokens": asdict(lengths.completion_tokens) if lengths.completion_tokens else None,
+        "sequence_tokens": asdict(lengths.sequence_tokens) if lengths.sequence_tokens else None,
+        "planned": planned,
+    }
 
 
 def _shape(config: dict[str, Any], param: str) -> ModelShape:
@@ -218,12 +263,15 @@ def check_job_fits(
     lora: LoraConfig | None,
     base_model: str,
     reward: list[dict[str, Any]] | None,
+    lengths: DatasetLengths | None = None,
 ) -> None:
     """Refuse (422 job_does_not_fit) a job whose planned peak exceeds `worker_gpu_memory_gb`.
 
     Only what can be planned is refused: a base model whose config.json is not readable here (a
     checkpoint, a hub model not in the hub cache) or not a decoder the planner knows passes unchecked.
     `hyperparameters` are the job's, with defaults filled in; precision auto plans bf16 (a GPU worker).
+    `lengths`: the train file's token lengths when a plan already measured them (never measured here: job
+    creation does not tokenise), else every sequence at the caps.
     """
     memory_gb = settings.worker_gpu_memory_gb
     if memory_gb is None:
@@ -240,7 +288,7 @@ def check_job_fits(
             except (InvalidModelRef, ConfigError):
                 continue
     lora_input = Lora(lora.r, lora.target_modules, lora.dropout) if lora else None
-    x = job_plan_input(shape, hyperparameters, lora_input, reward_shapes)
+    x = at_data_lengths(algorithm, job_plan_input(shape, hyperparameters, lora_input, reward_shapes), lengths)
     worker = Hardware("gpu", "worker GPU", 1, int(memory_gb * GIB), 1e12, 1e12, GPU_OVERHEAD_BYTES)
     answer = estimate_plan(algorithm, x, worker)  # type: ignore[arg-type]
     if answer["fits"]:

@@ -94,3 +94,27 @@ def test_plan_says_what_is_wrong(data_dir: Path, args: list[str], message: str) 
     result = alignd(data_dir, *args)
     assert result.exit_code != 0
     assert message in result.output
+
+
+def test_plan_of_a_stored_dataset_uses_its_token_lengths_for_its_owner_only(
+    client: Any, auth: dict[str, str], settings: Any
+) -> None:
+    from tests.api.helpers import upload_ok
+    from tests.api.test_plan_lengths import MODEL, pairs
+    from tests.tiny import build_tiny_tokenizer
+
+    build_tiny_tokenizer(settings.resolved_models_dir / MODEL)
+    (settings.resolved_models_dir / MODEL / "config.json").write_text(json.dumps(QWEN_05B))
+    dataset = upload_ok(client, auth, pairs([10, 30], 40))["id"]
+    args = ["plan", MODEL, "-a", "dpo", "--gpu", "H100", "--dataset", dataset]
+    result = CliRunner().invoke(app, [*args, "--tenant", "acme", "--json"])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["dataset"]["id"] == dataset and answer["dataset"]["prompt_tokens"]["max"] == 30
+    table = CliRunner().invoke(app, [*args, "--tenant", "acme"])
+    assert table.exit_code == 0, table.output
+    assert f"dataset {dataset}: 2 of 2 rows tokenised" in table.output
+    assert "prompt: 10/30/30/30 tokens" in table.output
+    other = CliRunner().invoke(app, [*args, "--tenant", "nobody"])
+    assert other.exit_code == 1 and "no tenant 'nobody'" in other.output
+    assert CliRunner().invoke(app, args).exit_code == 1  # whose dataset? --tenant is required
