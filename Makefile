@@ -34,7 +34,9 @@ $(VENV)/.installed: pyproject.toml
 services:
 	bash scripts/install-services.sh
 
-test: install services
+# The Python install and the Debian packages go side by side (both mostly wait on downloads and unpacking).
+test:
+	$(MAKE) -j2 install services
 	$(VENV)/bin/pytest
 
 test-fast: install services
