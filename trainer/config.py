@@ -206,7 +206,7 @@ def auto_checkpoints(tokens: int, bytes_per_token: int, free_bytes: int) -> bool
 class OfflineConfig(CommonConfig, EvalConfig):
     """Settings of the algorithms that train on a fixed dataset (dpo, reward, sft) and can evaluate."""
 
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    gradient_checkpointing: bool | Literal["auto"] = "auto"  # type: ignore[assignment]  # offline only: "auto"
     """Recompute activations in the backward pass: much less memory for ~20-30% more compute. true: every
     micro-batch (TRL's default); false: none; auto: a micro-batch is checkpointed only when its activations
     without checkpointing (`activation_bytes_per_token` x the tokens its forwards run) would exceed

@@ -10,14 +10,20 @@ from typing import Any
 import pytest
 import torch
 
+from tests.tiny import build_tiny_model
 from tests.trainer.conftest import Result
 from tests.trainer.test_algorithms import base_spec
-from tests.trainer.test_packing import PAD, _model, _pairs, tiny_seqcls  # noqa: F401 (a fixture)
+from tests.trainer.test_packing import PAD, _model, _pairs
 from trainer import packing
 from trainer.config import DPOConfig, activation_bytes_per_token, auto_checkpoints
 from trainer.dpo import concatenated_logps, pair_metrics
 from trainer.models import enable_gradient_checkpointing
 from trainer.packing import checkpoint_rule, examples_per_pass, pair_batch, preference_size
+
+
+@pytest.fixture(scope="module")
+def tiny_seqcls(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_seqcls") / "model", "seqcls")
 
 
 def _run(device: str, **hyper: Any) -> Any:
