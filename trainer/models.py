@@ -252,7 +252,11 @@ class SwitchableCheckpointing:
 
         base = unwrap_base(extract_model_from_parallel(model))
         self.config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-        self.layers = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)]
+        self.layers: list[Any] = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)] or [
+            m
+            for m in base.modules()
+            if hasattr(m, "gradient_checkpointing")  # older-style modules
+        ]
         self.checkpointed = 0
         self.passes = 0
 

@@ -316,9 +316,8 @@ def checkpoint_rule(run: Run, model: Any, sizes: Sequence[Size], packed: bool) -
     switch = SwitchableCheckpointing(model)
     shape = switch.config
     dtype_bytes = next(model.parameters()).element_size()
-    per_token = activation_bytes_per_token(
-        shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers, dtype_bytes
-    )
+    intermediate = getattr(shape, "intermediate_size", None) or 4 * shape.hidden_size  # GPT-2 & co. leave it out
+    per_token = activation_bytes_per_token(shape.hidden_size, intermediate, shape.num_hidden_layers, dtype_bytes)
     # what the first optimizer step will still allocate: the trainable parameters' gradients and AdamW's 2 states
     reserve = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     free = max(free_memory_bytes(run) - reserve, 0)
