@@ -49,7 +49,7 @@ def plan_command(
         bool | None,
         typer.Option(
             "--gradient-checkpointing/--no-gradient-checkpointing",
-            help="Default: as a job's (on for dpo/reward/sft, off for grpo/ppo).",
+            help="Default: as a job's (auto for dpo/reward/sft: only when needed to fit; off for grpo/ppo).",
         ),
     ] = None,
     data: Annotated[

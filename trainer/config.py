@@ -180,11 +180,39 @@ class EvalConfig(_Config):
         return self
 
 
+AUTO_CHECKPOINT_FRACTION = 0.5
+"""gradient_checkpointing "auto": largest share of the memory free at the start of training that one micro-batch's
+activations may take without checkpointing (the rest is for the optimizer state, logits and the allocator)."""
+ACTIVATION_HIDDEN_ELEMENTS = 24
+ACTIVATION_INTERMEDIATE_ELEMENTS = 8
+"""Elements autograd keeps per token and decoder layer without checkpointing, in units of hidden_size and
+intermediate_size (a Llama-style layer). Calibrated on SmolLM2-135M (fp32, LoRA): a step without checkpointing
+grew RSS by 5.1 GB for 1,646 tokens (3.1 MB/token, bench/README.md); 24 h + 8 I gives 3.1 MB. Larger than the
+planner's count of named tensors (7 h + 4 I, api/plan/estimate.py) because autograd also keeps RMSNorm's fp32
+intermediates, RoPE's and repeat_kv's copies and attention's outputs."""
+
+
+def activation_bytes_per_token(hidden_size: int, intermediate_size: int, num_layers: int, dtype_bytes: int) -> int:
+    """Activation bytes one token of a training forward keeps until backward, without gradient checkpointing."""
+    per_layer = ACTIVATION_HIDDEN_ELEMENTS * hidden_size + ACTIVATION_INTERMEDIATE_ELEMENTS * intermediate_size
+    return num_layers * per_layer * dtype_bytes
+
+
+def auto_checkpoints(tokens: int, bytes_per_token: int, free_bytes: int) -> bool:
+    """gradient_checkpointing "auto": whether a micro-batch whose forwards run `tokens` tokens is checkpointed."""
+    return tokens * bytes_per_token > AUTO_CHECKPOINT_FRACTION * free_bytes
+
+
 class OfflineConfig(CommonConfig, EvalConfig):
     """Settings of the algorithms that train on a fixed dataset (dpo, reward, sft) and can evaluate."""
 
-    gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass: much less memory for ~20-30% more compute (TRL's default)."""
+    gradient_checkpointing: bool | Literal["auto"] = "auto"  # type: ignore[assignment]  # offline only: "auto"
+    """Recompute activations in the backward pass: much less memory for ~20-30% more compute. true: every
+    micro-batch (TRL's default); false: none; auto: a micro-batch is checkpointed only when its activations
+    without checkpointing (`activation_bytes_per_token` x the tokens its forwards run) would exceed
+    AUTO_CHECKPOINT_FRACTION (1/2) of the memory free when training starts (CPU: MemAvailable within the cgroup
+    limit, shared by the node's processes; GPU: the device's free memory), so short micro-batches skip the
+    recomputation and long ones stay within memory."""
     padding_free: bool = False
     """Pack each micro-batch into one row with per-sequence position ids: no padding (best with flash-attention)."""
     max_tokens_per_batch: int | None = Field(None, ge=16, le=1_048_576)

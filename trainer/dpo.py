@@ -38,7 +38,7 @@ from trainer.logprobs import batch_sequence_logps
 from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import dpo_loss
 from trainer.models import disable_dropout, is_peft, load_policy, load_reference, policy_tokenizer
-from trainer.packing import pair_batch, partition, preference_size, real_tokens, use_padding_free
+from trainer.packing import checkpoint_rule, pair_batch, partition, preference_size, real_tokens, use_padding_free
 from trainer.run import Run, TrainError
 from trainer.state import TrainState, draw, seed_everything
 
@@ -241,7 +241,13 @@ def train(run: Run) -> None:
     train_loop(
         run,
         training,
-        accumulate(run, training, lambda indices: batch_loss(features, indices, ref_train), micro_batches=cut),
+        accumulate(
+            run,
+            training,
+            lambda indices: batch_loss(features, indices, ref_train),
+            micro_batches=cut,
+            before=checkpoint_rule(run, model, sizes, packed),
+        ),
         checkpointer,
         eval_fn=eval_fn if eval_features else None,
         eval_every=config.eval_every,

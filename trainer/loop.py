@@ -215,6 +215,7 @@ def accumulate(
     *,
     micro_batches: Callable[[list[int]], list[list[int]]] | None = None,
     weight: Callable[[list[int]], float] = len,
+    before: Callable[[list[int]], None] | None = None,
 ) -> StepFn:
     """The step of the offline algorithms: draw batch_size examples, accumulate `loss_fn` over micro-batches.
 
@@ -223,6 +224,8 @@ def accumulate(
     completion token). Each micro-batch's loss and metrics are scaled by its weight over the weight of the
     whole step, times the number of processes (which DDP's gradient average divides out), so the step's
     loss is the mean over all its examples (or tokens) however they are cut into micro-batches and processes.
+    `before` runs before each micro-batch's forward (trainer.packing.checkpoint_rule: gradient checkpointing
+    "auto" decides per micro-batch).
     """
     config, acc = run.config, run.accelerator
 
@@ -236,6 +239,8 @@ def accumulate(
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             share = weight(part) / total
+            if before is not None:
+                before(part)
             with acc.no_sync(training.model) if not last and acc.num_processes > 1 else nullcontext():
                 loss, metrics, n_tokens = loss_fn(part)
                 updater.backward(loss * share)

@@ -155,7 +155,7 @@ def load_policy(run: Run, tokenizer: Any, kind: ModelKind = "causal") -> Any:
         model = _load_adapter(model, run.resume)
     elif lora is not None:
         model = apply_lora(model, lora, kind)
-    if run.config.gradient_checkpointing:
+    if run.config.gradient_checkpointing is not False:  # true, or "auto" (switched per micro-batch: trainer.packing)
         enable_gradient_checkpointing(model)
     return model.to(run.device)
 
@@ -239,6 +239,56 @@ def enable_gradient_checkpointing(model: Any) -> None:
     if is_peft(model):
         model.enable_input_require_grads()
     model.config.use_cache = False
+
+
+class SwitchableCheckpointing:
+    """Turns a model's gradient checkpointing (enabled by `enable_gradient_checkpointing`, non-reentrant) on or
+    off between forwards, through its decoder layers' `gradient_checkpointing` flag (transformers'
+    GradientCheckpointingLayer); counts the training micro-batches it checkpointed."""
+
+    def __init__(self, model: Any) -> None:
+        from accelerate.utils import extract_model_from_parallel
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        base = unwrap_base(extract_model_from_parallel(model))
+        self.config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+        self.layers: list[Any] = [m for m in base.modules() if isinstance(m, GradientCheckpointingLayer)] or [
+            m
+            for m in base.modules()
+            if hasattr(m, "gradient_checkpointing")  # older-style modules
+        ]
+        self.checkpointed = 0
+        self.passes = 0
+
+    def set(self, on: bool) -> None:
+        for layer in self.layers:
+            layer.gradient_checkpointing = on
+        self.passes += 1
+        self.checkpointed += int(on)
+
+
+def free_memory_bytes(run: Any) -> int:
+    """Memory this process may use now: a GPU's free memory, or on CPU MemAvailable (within the cgroup's limit
+    when there is one) shared equally by the processes of this machine."""
+    if run.device.type == "cuda":
+        return int(torch.cuda.mem_get_info(run.device)[0])
+    free = _meminfo_available()
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
+    return max(free, 0) // max(local, 1)
+
+
+def _meminfo_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def unwrap_base(model: Any) -> PreTrainedModel:

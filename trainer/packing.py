@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainer.config import activation_bytes_per_token, auto_checkpoints
 from trainer.data import IGNORE, PreferenceFeatures, SFTFeatures, pad
+from trainer.models import SwitchableCheckpointing, free_memory_bytes
 
 if TYPE_CHECKING:
     from trainer.run import Run
@@ -277,11 +279,58 @@ def use_padding_free(run: Run, model: Any, causal: bool, tokenizer: Any) -> bool
     return exact
 
 
+def examples_per_pass(run: Run) -> int:
+    """Most examples one forward/backward pass takes: micro_batch, except on CPU when the user set neither
+    micro_batch_size nor max_tokens_per_batch: one. A CPU pass already runs its rows as forwards of similar
+    length (`forward_groups`), so batching several examples buys no speed there, but holds all their
+    activations until backward; one example at a time changes no loss or gradient (trainer.loop.accumulate
+    weights each micro-batch by its share of the step). GPUs keep batched passes."""
+    config = run.config
+    unset = config.micro_batch_size is None and getattr(config, "max_tokens_per_batch", None) is None
+    return 1 if unset and run.device.type == "cpu" else config.micro_batch
+
+
 def partition(run: Run, sizes: Sequence[Size], packed: bool) -> Callable[[list[int]], list[list[int]]]:
     """How `trainer.loop.accumulate` cuts a process's share of a step: `micro_batches` with the run's limits."""
-    config = run.config
-    max_tokens = getattr(config, "max_tokens_per_batch", None)
-    return lambda indices: micro_batches(indices, sizes, config.micro_batch, max_tokens, packed)
+    max_tokens = getattr(run.config, "max_tokens_per_batch", None)
+    rows = examples_per_pass(run)
+    return lambda indices: micro_batches(indices, sizes, rows, max_tokens, packed)
+
+
+def pass_tokens(part: list[int], sizes: Sequence[Size], packed: bool, device: torch.device) -> int:
+    """Tokens the forwards of micro-batch `part` run (and keep activations of until backward): its real tokens
+    when packed or split by length on CPU (`forward_groups`), else its rows x its longest (one padded forward)."""
+    split = SPLIT_BY_LENGTH if SPLIT_BY_LENGTH is not None else device.type == "cpu"
+    if packed or split:
+        return sum(sizes[i].tokens for i in part)
+    return _cost(part, sizes, packed=False)
+
+
+def checkpoint_rule(run: Run, model: Any, sizes: Sequence[Size], packed: bool) -> Callable[[list[int]], None] | None:
+    """gradient_checkpointing "auto" (trainer.config.auto_checkpoints): a callable that, before each training
+    micro-batch, turns the model's checkpointing on or off for it; None when the setting is true or false.
+    The free memory is read once, here (call it when the model is loaded and on its device), less what the
+    first optimizer step allocates (gradients and AdamW state of the trainable parameters)."""
+    if getattr(run.config, "gradient_checkpointing", False) != "auto":
+        return None
+    switch = SwitchableCheckpointing(model)
+    shape = switch.config
+    dtype_bytes = next(model.parameters()).element_size()
+    intermediate = getattr(shape, "intermediate_size", None) or 4 * shape.hidden_size  # GPT-2 & co. leave it out
+    per_token = activation_bytes_per_token(shape.hidden_size, intermediate, shape.num_hidden_layers, dtype_bytes)
+    # what the first optimizer step will still allocate: the trainable parameters' gradients and AdamW's 2 states
+    reserve = 3 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    free = max(free_memory_bytes(run) - reserve, 0)
+    mib = 2**20
+    run.events.log(
+        f"gradient_checkpointing auto: a micro-batch is checkpointed when its activations (~{per_token / mib:.2f} "
+        f"MiB/token) would exceed half of the {free / mib:.0f} MiB free ({free / 2 / per_token:.0f} tokens)"
+    )
+
+    def before(part: list[int]) -> None:
+        switch.set(auto_checkpoints(pass_tokens(part, sizes, packed, run.device), per_token, free))
+
+    return before
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:

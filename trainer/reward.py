@@ -26,6 +26,7 @@ from trainer.loop import accumulate, average_metrics, start_training, train_loop
 from trainer.losses import reward_loss
 from trainer.models import disable_dropout, load_policy, policy_tokenizer, unwrap_base
 from trainer.packing import (
+    checkpoint_rule,
     forward_groups,
     last_hidden,
     model_inputs,
@@ -95,7 +96,8 @@ def train(run: Run) -> None:
         disable_dropout(model, run.events.log)
     # Packed rows need the score head at chosen positions: only decoders with a `score` head (Llama & co.).
     packed = hasattr(unwrap_base(model), "score") and use_padding_free(run, model, False, tokenizer)
-    cut = partition(run, [preference_size(f) for f in features], packed)
+    sizes = [preference_size(f) for f in features]
+    cut = partition(run, sizes, packed)
     cut_eval = partition(run, [preference_size(f) for f in eval_features], packed)
     training = start_training(run, model, len(features))
 
@@ -114,7 +116,13 @@ def train(run: Run) -> None:
     train_loop(
         run,
         training,
-        accumulate(run, training, lambda indices: batch_loss(features, indices), micro_batches=cut),
+        accumulate(
+            run,
+            training,
+            lambda indices: batch_loss(features, indices),
+            micro_batches=cut,
+            before=checkpoint_rule(run, training.model, sizes, packed),
+        ),
         Checkpointer(run, training, tokenizer),
         eval_fn=eval_fn if eval_features else None,
         eval_every=config.eval_every,

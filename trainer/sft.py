@@ -25,7 +25,7 @@ from trainer.data import IGNORE, SFTFeatures, encode_sft, pack_sft, read_dataset
 from trainer.logprobs import batch_sequence_logps
 from trainer.loop import accumulate, start_training, train_loop
 from trainer.models import load_policy, policy_tokenizer
-from trainer.packing import collate, partition, real_tokens, sft_size, use_padding_free
+from trainer.packing import checkpoint_rule, collate, partition, real_tokens, sft_size, use_padding_free
 from trainer.run import Run
 from trainer.state import seed_everything
 
@@ -69,7 +69,8 @@ def train(run: Run) -> None:
 
     model = load_policy(run, tokenizer, "causal")
     packed = use_padding_free(run, model, True, tokenizer)
-    cut = partition(run, [sft_size(f) for f in features], packed)
+    sizes = [sft_size(f) for f in features]
+    cut = partition(run, sizes, packed)
     cut_eval = partition(run, [sft_size(f) for f in eval_features], packed)
     completion_tokens = [sum(label != IGNORE for label in f.labels[1:]) for f in features]
     training = start_training(run, model, len(features))
@@ -96,7 +97,12 @@ def train(run: Run) -> None:
         run,
         training,
         accumulate(
-            run, training, loss_fn, micro_batches=cut, weight=lambda part: sum(completion_tokens[i] for i in part)
+            run,
+            training,
+            loss_fn,
+            micro_batches=cut,
+            weight=lambda part: sum(completion_tokens[i] for i in part),
+            before=checkpoint_rule(run, training.model, sizes, packed),
         ),
         Checkpointer(run, training, tokenizer),
         eval_fn=eval_fn if eval_features else None,

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from trainer.config import activation_bytes_per_token, auto_checkpoints
+
 Algorithm = Literal["dpo", "reward", "sft", "grpo", "ppo"]
 Precision = Literal["fp32", "bf16"]
 MIB = 2**20
@@ -37,8 +39,14 @@ are recomputed there): the upcast logits logsumexp keeps, and its backward's exp
 with the incoming gradient. In bf16 the head's own bf16 output is alive beside them."""
 FORWARD_CHUNK_FP32_COPIES = 2
 """The same in a no-grad pass (DPO's reference log-probs): the upcast logits and logsumexp's (x - max)."""
-OFFLINE_CHECKPOINTING = {"dpo": True, "reward": True, "sft": True, "grpo": False, "ppo": False}
-"""gradient_checkpointing when a request or job leaves it out: trainer.config's defaults (on offline)."""
+OFFLINE_CHECKPOINTING: dict[str, bool | Literal["auto"]] = {
+    "dpo": "auto",
+    "reward": "auto",
+    "sft": "auto",
+    "grpo": False,
+    "ppo": False,
+}
+"""gradient_checkpointing when a request or job leaves it out: trainer.config's defaults (auto offline)."""
 GPU_OVERHEAD_BYTES = 1 * GIB
 """CUDA context, cuBLAS workspaces and allocator slack on a GPU (a stated allowance, not measured here)."""
 CPU_RUNTIME_BASELINE_MB = 402
@@ -256,8 +264,8 @@ class PlanInput:
     batch_size: int = 8
     micro_batch_size: int | None = None
     num_generations: int = 8
-    gradient_checkpointing: bool | None = None
-    """None: the trainer's default for the algorithm (on for dpo/reward/sft, off for grpo/ppo)."""
+    gradient_checkpointing: bool | Literal["auto"] | None = None
+    """None: the trainer's default for the algorithm (auto for dpo/reward/sft, off for grpo/ppo)."""
     padding_free: bool = False
     """Offline: each micro-batch packed into one row (worst case: the same tokens as padded)."""
     max_tokens_per_batch: int | None = None
@@ -374,9 +382,28 @@ def chunked_logits_bytes(shape: ModelShape, positions: int, dtype_bytes: int, fp
     return positions * shape.hidden_size * dtype_bytes + chunk * shape.vocab_size * (own + 4 * fp32_copies)
 
 
-def checkpointing_in_effect(algorithm: Algorithm, x: PlanInput) -> bool:
-    """gradient_checkpointing in effect: as asked, else the trainer's default for the algorithm."""
-    return OFFLINE_CHECKPOINTING[algorithm] if x.gradient_checkpointing is None else x.gradient_checkpointing
+def checkpointing_in_effect(algorithm: Algorithm, x: PlanInput, micro: int, free_bytes: int) -> bool:
+    """gradient_checkpointing in effect: as asked, else the trainer's default for the algorithm. "auto" is the
+    trainer's rule (trainer.config.auto_checkpoints) for the worst micro-batch (every sequence at max_length):
+    checkpointed when its activations would take more than half of `free_bytes`, the memory left once the
+    models, their gradients and optimizer state are in memory (the trainer: free memory at start less the
+    trainable parameters' gradients and AdamW state)."""
+    asked = OFFLINE_CHECKPOINTING[algorithm] if x.gradient_checkpointing is None else x.gradient_checkpointing
+    if asked != "auto":
+        return bool(asked)
+    s = x.shape
+    tokens = examples_per_pass(algorithm, x, micro) * (2 if algorithm in ("dpo", "reward") else 1) * x.max_length
+    per_token = activation_bytes_per_token(s.hidden_size, s.intermediate_size, s.num_layers, x.param_bytes)
+    return auto_checkpoints(tokens, per_token, free_bytes)
+
+
+def offline_micro_batch(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> int:
+    """Examples per pass as the trainer cuts them (trainer.packing.examples_per_pass): micro_batch_size, else
+    batch_size, except offline on a CPU with neither micro_batch_size nor max_tokens_per_batch: one."""
+    if x.micro_batch_size is not None:
+        return x.micro_batch_size
+    offline = algorithm in ("dpo", "reward", "sft")
+    return 1 if offline and hw.kind == "cpu" and x.max_tokens_per_batch is None else x.batch_size
 
 
 def examples_per_pass(algorithm: Algorithm, x: PlanInput, micro: int) -> int:
@@ -519,13 +546,13 @@ def peak_bytes(models: list[dict[str, Any]], phases: dict[str, int], overhead: i
     return overhead + static + transient
 
 
-def step_flops(algorithm: Algorithm, x: PlanInput) -> dict[str, float]:
+def step_flops(algorithm: Algorithm, x: PlanInput, checkpointing: bool) -> dict[str, float]:
     """FLOPs of one optimizer step: 6·N·tokens to train (4·N with LoRA: no weight gradients of the frozen
     base; +2·N with gradient checkpointing), 2·N·tokens for forward-only passes; N counts matmul parameters.
     Offline, the checkpointed log-prob chunks run the vocabulary head once more per completion token."""
     s = x.shape
     n = s.matmul_params("score" if algorithm == "reward" else "lm")
-    recompute = 2 * n if checkpointing_in_effect(algorithm, x) else 0
+    recompute = 2 * n if checkpointing else 0
     train_per_token = (4 if x.lora is not None else 6) * n + recompute
     T, Tp, Tn = x.max_length, x.max_prompt_length, x.max_new_tokens
     if algorithm in ("dpo", "reward", "sft"):
@@ -567,13 +594,14 @@ def step_seconds(algorithm: Algorithm, x: PlanInput, hw: Hardware, flops: dict[s
 def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str, Any]:
     """Everything the planner answers for one algorithm (plain JSON-able dict)."""
     notes: list[str] = list(hw.notes)
-    micro = x.micro_batch_size or x.batch_size
+    micro = offline_micro_batch(algorithm, x, hw)
     if x.batch_size % micro:
         raise ValueError("batch_size must be a multiple of micro_batch_size")
     if algorithm == "ppo":
         micro = min(micro, x.batch_size // x.num_minibatches)
     models = models_in_memory(algorithm, x)
-    ckpt = checkpointing_in_effect(algorithm, x)
+    static = sum(m["weights_bytes"] + m["gradients_bytes"] + m["optimizer_bytes"] for m in models)
+    ckpt = checkpointing_in_effect(algorithm, x, micro, hw.memory_bytes - hw.overhead_bytes - static)
     phases = _phases(algorithm, x, micro, ckpt)
     peak = peak_bytes(models, phases, hw.overhead_bytes)
     with_ckpt = _phases(algorithm, x, micro, True)["activations_bytes"]
@@ -604,7 +632,7 @@ def estimate_plan(algorithm: Algorithm, x: PlanInput, hw: Hardware) -> dict[str,
 
     if algorithm in ("grpo", "ppo") and hw.count > 1:
         notes.append(f"{algorithm} runs in one process: it uses 1 of the {hw.count} devices")
-    flops = step_flops(algorithm, x)
+    flops = step_flops(algorithm, x, ckpt)
     time = step_seconds(algorithm, x, hw, flops)
     return {
         "algorithm": algorithm,

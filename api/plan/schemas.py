@@ -65,9 +65,10 @@ class PlanRequest(RequestModel):
     """Per forward/backward pass (defaults to batch_size)."""
     num_generations: int = Field(8, ge=2, le=1024)
     """Completions per prompt (grpo)."""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations in backward (less memory, ~1/3 more compute); default: as a job's (on for
-    dpo/reward/sft, off for grpo/ppo)."""
+    gradient_checkpointing: bool | Literal["auto"] | None = None
+    """Recompute activations in backward (less memory, ~1/3 more compute); default: as a job's (auto for
+    dpo/reward/sft: only when a micro-batch's activations would take over half the free memory; off for
+    grpo/ppo)."""
     padding_free: bool = False
     """dpo/reward/sft: pack each micro-batch into one row (as a job's padding_free)."""
     max_tokens_per_batch: int | None = Field(None, ge=16, le=1_048_576)
@@ -171,7 +172,8 @@ class AlgorithmPlan(BaseModel):
     fits: bool
     micro_batch_size: int
     gradient_checkpointing: bool
-    """In effect: as asked, else the trainer's default for the algorithm."""
+    """In effect: as asked, else the trainer's default for the algorithm (auto: what its rule picks for a
+    micro-batch of max_length sequences)."""
     largest_micro_batch_size: int | None
     """Largest divisor of batch_size that fits as asked (null: not even 1)."""
     largest_micro_batch_size_with_checkpointing: int | None
