@@ -64,10 +64,12 @@ def test_a_dataset_of_short_rows_plans_less_memory_than_the_caps_and_reports_its
     client: TestClient, auth: dict[str, str], model: str
 ) -> None:
     dataset = upload_ok(client, auth, pairs(list(range(10, 110)), 40))["id"]
-    at_caps = plan(client, auth)
+    # Checkpointing pinned: under "auto" (the offline default) shorter rows may plan MORE memory, because the
+    # trainer then skips checkpointing them (tested below); here only the lengths may differ.
+    at_caps = plan(client, auth, gradient_checkpointing=True)
     assert at_caps.status_code == 200, at_caps.text
     assert at_caps.json()["dataset"] is None
-    resp = plan(client, auth, dataset_id=dataset)
+    resp = plan(client, auth, dataset_id=dataset, gradient_checkpointing=True)
     assert resp.status_code == 200, resp.text
     answer = resp.json()
     measured = answer["dataset"]
@@ -233,3 +235,15 @@ def test_job_creation_plans_at_the_lengths_a_plan_measured(
     measured = plan(client, auth, dataset_id=dataset).json()["dataset"]
     assert measured["prompt_tokens"]["max"] == 20 and measured["completion_tokens"]["max"] <= 41
     assert client.post("/v1/jobs", headers=auth, json=job).status_code == 201
+
+
+def test_under_auto_checkpointing_short_rows_plan_the_unrecomputed_step_the_trainer_will_run(
+    client: TestClient, auth: dict[str, str], model: str
+) -> None:
+    dataset = upload_ok(client, auth, pairs(list(range(10, 110)), 40))["id"]
+    measured = plan(client, auth, dataset_id=dataset, algorithms=["dpo"]).json()["plans"][0]
+    at_caps = plan(client, auth, algorithms=["dpo"]).json()["plans"][0]
+    assert measured["gradient_checkpointing"] is False  # 149-token pairs: their activations fit, none recomputed
+    pinned = plan(client, auth, dataset_id=dataset, algorithms=["dpo"], gradient_checkpointing=False).json()
+    assert measured["memory"]["peak_bytes"] == pinned["plans"][0]["memory"]["peak_bytes"]
+    assert at_caps["memory"]["peak_bytes"] != measured["memory"]["peak_bytes"]
