@@ -13,6 +13,7 @@ router = APIRouter(
     prefix="/plan",
     tags=["plan"],
     responses={
+        404: {"description": "`not_found`: `dataset_id` names no dataset of this tenant."},
         503: {"description": "`plan_busy`: measuring a dataset's lengths needs a child slot; all are in use."},
         504: {"description": "`plan_timeout`: measuring the dataset's lengths ran past ALIGND_SCORE_TIMEOUT_SECONDS."},
     },
