@@ -75,16 +75,12 @@ def _timeout(seconds: float) -> PreviewTimeout:
 def _render_here(task: PreviewTask, settings: Settings) -> forked.Outcome:
     """("ok", rows), or ("invalid_model", message, param) when the model or its tokenizer cannot be had."""
     from api.core.storage import storage_from_url
-    from trainer.models import ModelLoadError, load_tokenizer
 
     storage = storage_from_url(settings.resolved_storage_url)
     try:
-        folder = references.local_folder(task.source, settings, storage, param="model")
-        tokenizer = load_tokenizer(str(folder), trust_remote_code=settings.trust_remote_code)
+        tokenizer = references.load_tokenizer(task.source, settings, storage, param="model")
     except references.InvalidModelRef as exc:
         return ("invalid_model", exc.message, exc.param)
-    except ModelLoadError as exc:
-        return ("invalid_model", str(exc).replace(str(folder), task.source.name), "model")
     return ("ok", [_render_row(tokenizer, row, task) for row in task.rows])
 
 

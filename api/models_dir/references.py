@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
@@ -161,6 +161,19 @@ def local_folder(source: Source, settings: Settings, storage: Storage, param: st
         return cached_checkpoint(source.name, source.storage_key, settings, storage)
     _hub_allowed(settings, source.name, param)
     return hub_snapshot(source.name, settings, param)
+
+
+def load_tokenizer(source: Source, settings: Settings, storage: Storage, param: str) -> Any:
+    """The tokenizer of a checked reference (in a forked child: it imports transformers). Raises InvalidModelRef
+    when the model or its tokenizer cannot be had; the message names the reference, never the server's path."""
+    from trainer.models import ModelLoadError
+    from trainer.models import load_tokenizer as load
+
+    folder = local_folder(source, settings, storage, param=param)
+    try:
+        return load(str(folder), trust_remote_code=settings.trust_remote_code)
+    except ModelLoadError as exc:
+        raise InvalidModelRef(str(exc).replace(str(folder), source.name), param=param) from exc
 
 
 def hub_snapshot(repo_id: str, settings: Settings, param: str | None = None) -> Path:

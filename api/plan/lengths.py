@@ -188,16 +188,12 @@ def _measure_here(task: LengthsTask, settings: Settings) -> forked.Outcome:
     from api.core.storage import storage_from_url
     from api.datasets.models import Dataset
     from api.datasets.service import preview_rows
-    from trainer.models import ModelLoadError, load_tokenizer
 
     storage = storage_from_url(settings.resolved_storage_url)
     try:
-        folder = references.local_folder(task.source, settings, storage, param="base_model")
-        tokenizer = load_tokenizer(str(folder), trust_remote_code=settings.trust_remote_code)
+        tokenizer = references.load_tokenizer(task.source, settings, storage, param="base_model")
     except references.InvalidModelRef as exc:
         return ("invalid_model", exc.message, exc.param)
-    except ModelLoadError as exc:
-        return ("invalid_model", str(exc).replace(str(folder), task.source.name), "base_model")
     stored = Dataset(id=task.dataset_id, rows=task.rows, storage_key=task.storage_key, format=task.fmt)
     offsets = sample_offsets(task.rows)
     try:
