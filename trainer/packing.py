@@ -194,8 +194,13 @@ def forward_groups(batch: dict[str, torch.Tensor]) -> list[list[int]]:
     rows = list(range(batch["input_ids"].shape[0]))
     if "attention_mask" not in batch:
         return [rows]
-    split = SPLIT_BY_LENGTH if SPLIT_BY_LENGTH is not None else batch["input_ids"].device.type == "cpu"
+    split = splits_by_length(batch["input_ids"].device)
     return length_groups(batch["attention_mask"].sum(1).tolist()) if split else [rows]
+
+
+def splits_by_length(device: torch.device) -> bool:
+    """Whether padded batches on `device` run as `length_groups` (SPLIT_BY_LENGTH, else on CPU only)."""
+    return SPLIT_BY_LENGTH if SPLIT_BY_LENGTH is not None else device.type == "cpu"
 
 
 def sub_batch(batch: dict[str, torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
@@ -300,8 +305,7 @@ def partition(run: Run, sizes: Sequence[Size], packed: bool) -> Callable[[list[i
 def pass_tokens(part: list[int], sizes: Sequence[Size], packed: bool, device: torch.device) -> int:
     """Tokens the forwards of micro-batch `part` run (and keep activations of until backward): its real tokens
     when packed or split by length on CPU (`forward_groups`), else its rows x its longest (one padded forward)."""
-    split = SPLIT_BY_LENGTH if SPLIT_BY_LENGTH is not None else device.type == "cpu"
-    if packed or split:
+    if packed or splits_by_length(device):
         return sum(sizes[i].tokens for i in part)
     return _cost(part, sizes, packed=False)
 
