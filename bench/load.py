@@ -210,6 +210,10 @@ async def run_load(args: argparse.Namespace, base_url: str, keys: list[str]) -> 
             prober.start()
             if args.probe_cpus and prober.pid is not None:
                 os.sched_setaffinity(prober.pid, _cpus(args.probe_cpus))
+            if args.probe_realtime and prober.pid is not None:
+                # SCHED_FIFO: the prober runs the moment its answer arrives, as a client on a machine of
+                # its own would, instead of waiting behind the workers for its share of a saturated core.
+                os.sched_setscheduler(prober.pid, os.SCHED_FIFO, os.sched_param(args.probe_realtime))
             while busy():
                 await asyncio.sleep(0.2)
             stop.set()
@@ -459,8 +463,27 @@ def main() -> int:
         help="niceness of the worker processes and their trainers (10: the API, Postgres and the load client "
         "come first on a machine they share with the workers, as if the workers had machines of their own)",
     )
-    parser.add_argument("--client-cpus", help="CPUs the load client runs on (Postgres and Redis stay on any)")
+    parser.add_argument("--client-cpus", help="CPUs the load client runs on")
     parser.add_argument("--probe-cpus", help="CPUs the prober runs on (default: the load client's)")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="niceness of the load client (e.g. -10, root: it offers its load on a core it shares with the "
+        "workers, as a client on a machine of its own would; 0: unchanged)",
+    )
+    parser.add_argument(
+        "--probe-realtime",
+        type=int,
+        default=0,
+        help="SCHED_FIFO priority of the prober (root; e.g. 10): its clock then holds the API's latency, not "
+        "its own wait for a core the workers saturate (0: normal scheduling)",
+    )
+    parser.add_argument(
+        "--server-cpus",
+        help="CPUs Postgres and Redis run on (e.g. 0: beside the API, off the workers' core, as on a database "
+        "host of their own); default: any",
+    )
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--pollers", type=int, default=20)
     parser.add_argument("--poll-interval", type=float, default=0.05)
@@ -480,8 +503,12 @@ def main() -> int:
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="alignd-load-")))
         # Every worker holds a few connections (reaper, heartbeat, relay) and each API process a pool.
+        everywhere = os.sched_getaffinity(0)
+        if args.server_cpus:  # Postgres and Redis inherit the CPUs they start on
+            os.sched_setaffinity(0, _cpus(args.server_cpus))
         pg = create_database(stack.enter_context(postgres_server("-c max_connections=400")), "alignd_load")
         redis = stack.enter_context(redis_server())
+        os.sched_setaffinity(0, everywhere)
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -511,8 +538,10 @@ def main() -> int:
             keys = [create_key(session, f"tenant-{i}")[1] for i in range(args.tenants)]
         port = free_port()
         procs = start_processes(args, env, root, port)
-        if args.client_cpus:  # after Postgres and Redis started: they stay on any CPU
+        if args.client_cpus:  # after Postgres and Redis started: they keep --server-cpus (default: any)
             os.sched_setaffinity(0, _cpus(args.client_cpus))
+        if args.client_nice:  # after the API and the workers started: they keep their own niceness
+            os.setpriority(os.PRIO_PROCESS, 0, args.client_nice)
         try:
             result = asyncio.run(run_load(args, f"http://127.0.0.1:{port}", keys))
         finally:
