@@ -25,8 +25,9 @@ applies, to `ON_CANCEL`, `ON_PAUSE`, `ON_LEASE_EXPIRY` or `HELD_STATUSES`.
 Enqueue-after-commit: `enqueue` commits the session first, then sends each job id and marks it sent
 (`enqueued_at`). So a worker that receives an id always finds the row, and the row stays the truth
 when a send fails: the job stays queued with `enqueued_at` NULL and a worker's reaper sends it again.
-The API (create, resume), the reaper (requeued and unsent jobs), the runner (a job handed back on
-shutdown) and nothing else call it.
+The API (resume; a new job through its dispatcher thread, api/jobs/dispatch.py, after the create's
+commit), the reaper (requeued and unsent jobs), the runner (a job handed back on shutdown) and
+nothing else call it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ log = logging.getLogger("alignd.jobs")
 
 Send = Callable[[str], None]
 """Sends "job X is ready" to the broker (api.core.broker.sender); raises when it could not."""
+
+SendAll = Callable[[Sequence[str]], None]
+"""Sends "job X is ready" for many jobs at once (api.core.broker.send_jobs); raises when it could not."""
 
 TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
@@ -265,19 +269,36 @@ def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
         except Exception:
             log.exception("could not send job %s to the broker; it stays queued and is sent again later", job_id)
             continue
-        _mark_sent(session, job_id)
         sent.append(job_id)
+    if sent:  # a crash before this UPDATE leaves them unmarked: the reaper sends them again (harmless)
+        _mark_sent(session, sent)
     return sent
 
 
-def _mark_sent(session: Session, job_id: str) -> None:
-    """Record that `job_id` reached the broker. On Postgres one statement that commits on its own
-    (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it, and a submission pays
-    this on its request. The session holds no transaction here (enqueue committed it), so the
-    connection it checks out for this statement can be put in autocommit."""
+def enqueue_all(session: Session, job_ids: Sequence[str], send_all: SendAll) -> list[str]:
+    """`enqueue` for a sender that sends many ids at once (api.core.broker.send_jobs): commit, send them
+    all, mark them all sent in one UPDATE; returns the ids sent. When the send raises, none is marked
+    sent (some may have reached the broker: the reaper sends those again too, harmlessly)."""
+    session.commit()
+    if not job_ids:
+        return []
+    try:
+        send_all(job_ids)
+    except Exception:
+        log.exception("could not send jobs %s to the broker; they stay queued and are sent again later", job_ids)
+        return []
+    _mark_sent(session, list(job_ids))
+    return list(job_ids)
+
+
+def _mark_sent(session: Session, job_ids: list[str]) -> None:
+    """Record that `job_ids` reached the broker, in one UPDATE. On Postgres one statement that commits
+    on its own (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it. The session
+    holds no transaction here (enqueue committed it), so the connection it checks out for this
+    statement can be put in autocommit."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
     session.commit()  # in autocommit, nothing was begun: no COMMIT goes to the server
 
 
