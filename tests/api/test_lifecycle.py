@@ -5,7 +5,7 @@ the job row is committed."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from sqlalchemy.pool import NullPool
 
 from api.core.settings import Settings
 from api.datasets.models import Dataset
-from api.jobs import lifecycle
+from api.jobs import dispatch, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.lifecycle import TRANSITIONS, ForbiddenTransition, transition
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
@@ -404,8 +404,6 @@ def test_a_failed_send_leaves_the_committed_job_queued_and_unsent(session: Sessi
 def test_the_api_sends_a_new_job_after_its_commit(
     client: TestClient, tenant: TenantKey, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.jobs import service
-
     with second_session(settings) as s:
         dataset = Dataset(
             tenant_id=tenant.id,
@@ -424,15 +422,17 @@ def test_the_api_sends_a_new_job_after_its_commit(
     (settings.resolved_models_dir / "m" / "config.json").write_text("{}")
     visible: list[str | None] = []
 
-    def send(job_id: str) -> None:
+    def send(job_ids: Sequence[str]) -> None:
         with second_session(settings) as other:
-            row = other.get(Job, job_id)
-            visible.append(row.status if row else None)
+            for job_id in job_ids:
+                row = other.get(Job, job_id)
+                visible.append(row.status if row else None)
 
-    monkeypatch.setattr(service, "send_job", send)
+    monkeypatch.setattr(dispatch, "send_jobs", send)
     resp = client.post(
         "/v1/jobs", headers=tenant.headers, json={"algorithm": "dpo", "base_model": "m", "dataset_id": dataset_id}
     )
 
     assert resp.status_code == 201, resp.text
+    assert dispatch.flush()
     assert visible == ["queued"]
