@@ -38,8 +38,8 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import inspect, insert, literal, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from api.core.db import utcnow
 from api.core.ids import new_id
@@ -114,6 +114,47 @@ def submit(session: Session, job: Job) -> JobEvent:
     job.status, job.attempt, job.last_event_seq = "queued", 0, 0
     session.add(job)
     return append_events(session, job, [("status", {"status": "queued", "previous": None})])[0]
+
+
+def submit_now(session: Session, job: Job) -> None:
+    """`submit`, written at once: on Postgres the job row and its first status event go in one
+    statement (`WITH new_job AS (INSERT INTO jobs ...) INSERT INTO job_events ...`), one round trip
+    where the unit of work's flush makes two, and the job is then in the session as if flushed
+    (a job submission pays this on its request). Raises IntegrityError here, not at the commit, when
+    the job's Idempotency-Key is taken. Elsewhere (SQLite, whose WITH cannot hold an INSERT) it is
+    `submit` and a flush."""
+    if session.get_bind().dialect.name != "postgresql":
+        submit(session, job)
+        session.flush()
+        return
+    now = utcnow()
+    job.id = job.id or new_id("job")
+    job.status, job.attempt, job.last_event_seq = "queued", 0, 1
+    job.created_at = job.created_at or now
+    jobs, events = Job.__table__, JobEvent.__table__
+    state = inspect(job)
+    given = {}
+    for prop in state.mapper.column_attrs:
+        column = prop.columns[0]
+        if prop.key not in state.dict and column.default is not None:  # the column's default, known to the object
+            default = column.default
+            setattr(job, prop.key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+        if prop.key in state.dict:
+            given[column.name] = state.dict[prop.key]
+    new_job = insert(jobs).values(given).returning(jobs.c.id).cte("new_job")
+    first_event = select(
+        new_job.c.id,
+        literal(1, events.c.seq.type),
+        literal("status", events.c.type.type),
+        literal({"status": "queued", "previous": None}, events.c.data.type),
+        literal(now, events.c.created_at.type),
+    )
+    session.execute(insert(events).from_select(["job_id", "seq", "type", "data", "created_at"], first_event))
+    for prop in state.mapper.column_attrs:  # what the INSERT left out is NULL: loaded as such, never read back
+        if prop.key not in state.dict:
+            setattr(job, prop.key, None)
+    make_transient_to_detached(job)
+    session.add(job)  # persistent, nothing to flush
 
 
 def transition(

@@ -71,7 +71,7 @@ def create_job(
     """
     try:
         job = prepare_job(session, settings, tenant_id, body, idempotency_key)
-        lifecycle.submit(session, job)
+        lifecycle.submit_now(session, job)
         session.commit()
     except (AlignError, IntegrityError):
         session.rollback()
