@@ -36,9 +36,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import inspect, insert, literal, select, update
+from sqlalchemy import Table, insert, inspect, literal, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from api.core.db import utcnow
@@ -131,14 +131,14 @@ def submit_now(session: Session, job: Job) -> None:
     job.id = job.id or new_id("job")
     job.status, job.attempt, job.last_event_seq = "queued", 0, 1
     job.created_at = job.created_at or now
-    jobs, events = Job.__table__, JobEvent.__table__
+    jobs, events = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
     state = inspect(job)
     given = {}
     for prop in state.mapper.column_attrs:
         column = prop.columns[0]
         if prop.key not in state.dict and column.default is not None:  # the column's default, known to the object
             default = column.default
-            setattr(job, prop.key, default.arg(None) if default.is_callable else default.arg)  # type: ignore[attr-defined]
+            setattr(job, prop.key, default.arg(None) if default.is_callable else default.arg)
         if prop.key in state.dict:
             given[column.name] = state.dict[prop.key]
     new_job = insert(jobs).values(given).returning(jobs.c.id).cte("new_job")

@@ -444,7 +444,14 @@ def test_a_job_submitted_at_once_is_one_statement_with_its_status_event_and_stay
     from sqlalchemy import event
 
     dataset = Dataset(
-        tenant_id=tenant.id, name="d", kind="preference", format="openai_dpo", rows=1, bytes=1, sha256="0", storage_key="k"
+        tenant_id=tenant.id,
+        name="d",
+        kind="preference",
+        format="openai_dpo",
+        rows=1,
+        bytes=1,
+        sha256="0",
+        storage_key="k",
     )
     session.add(dataset)
     session.commit()
