@@ -35,10 +35,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, inspect, literal, select, update
+from sqlalchemy import Executable, Table, bindparam, insert, inspect, literal, select, update
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from api.core.db import utcnow
@@ -131,7 +132,6 @@ def submit_now(session: Session, job: Job) -> None:
     job.id = job.id or new_id("job")
     job.status, job.attempt, job.last_event_seq = "queued", 0, 1
     job.created_at = job.created_at or now
-    jobs, events = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
     state = inspect(job)
     given = {}
     for prop in state.mapper.column_attrs:
@@ -141,20 +141,31 @@ def submit_now(session: Session, job: Job) -> None:
             setattr(job, prop.key, default.arg(None) if default.is_callable else default.arg)
         if prop.key in state.dict:
             given[column.name] = state.dict[prop.key]
-    new_job = insert(jobs).values(given).returning(jobs.c.id).cte("new_job")
-    first_event = select(
-        new_job.c.id,
-        literal(1, events.c.seq.type),
-        literal("status", events.c.type.type),
-        literal({"status": "queued", "previous": None}, events.c.data.type),
-        literal(now, events.c.created_at.type),
-    )
-    session.execute(insert(events).from_select(["job_id", "seq", "type", "data", "created_at"], first_event))
+    statement = _submit_statement(tuple(given))
+    session.execute(statement, {**{f"job_{name}": value for name, value in given.items()}, "event_created_at": now})
     for prop in state.mapper.column_attrs:  # what the INSERT left out is NULL: loaded as such, never read back
         if prop.key not in state.dict:
             setattr(job, prop.key, None)
     make_transient_to_detached(job)
     session.add(job)  # persistent, nothing to flush
+
+
+@lru_cache(maxsize=16)
+def _submit_statement(columns: tuple[str, ...]) -> Executable:
+    """submit_now's statement for a job row that gives `columns`, built once (building it for every
+    submission cost more than sending it): the values are bound at execution (`job_<column>` and
+    `event_created_at`)."""
+    jobs, events = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
+    values = {name: bindparam(f"job_{name}", type_=jobs.c[name].type) for name in columns}
+    new_job = insert(jobs).values(values).returning(jobs.c.id).cte("new_job")
+    first_event = select(
+        new_job.c.id,
+        literal(1, events.c.seq.type),
+        literal("status", events.c.type.type),
+        literal({"status": "queued", "previous": None}, events.c.data.type),
+        bindparam("event_created_at", type_=events.c.created_at.type),
+    )
+    return insert(events).from_select(["job_id", "seq", "type", "data", "created_at"], first_event)
 
 
 def transition(
