@@ -5,7 +5,7 @@ sends it to the broker and marks it sent through the job life cycle's `enqueue_a
 (api/jobs/lifecycle.py). The request no longer waits for the Celery send (a Redis round trip) nor
 the "sent" UPDATE (a Postgres round trip), and the thread gathers the ids that arrive within
 LINGER_SECONDS of each other: their messages go to Redis in one pipeline and one UPDATE marks them
-all sent (per job, a third of the send's CPU and a tenth of the UPDATE's at 10 ids a batch).
+all sent (per job, 40% of the send's CPU and a tenth of the UPDATE's at 10 ids a batch).
 
 Nothing is weaker than sending on the request: the job is committed before its id reaches the
 dispatcher (enqueue-after-commit), and an id that is never sent (the broker is down, the send
