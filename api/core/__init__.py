@@ -11,6 +11,9 @@ def reset_caches() -> None:
     from api.core.db import get_engine, get_reader_sessionmaker, get_sessionmaker, get_writer_sessionmaker
     from api.core.settings import get_settings
     from api.core.storage import get_storage
+    from api.jobs import dispatch
+
+    dispatch.flush()  # job ids still waiting to be sent go out through the engine and broker they were made for
 
     if get_engine.cache_info().currsize:
         get_engine().dispose()

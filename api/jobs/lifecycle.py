@@ -25,8 +25,9 @@ applies, to `ON_CANCEL`, `ON_PAUSE`, `ON_LEASE_EXPIRY` or `HELD_STATUSES`.
 Enqueue-after-commit: `enqueue` commits the session first, then sends each job id and marks it sent
 (`enqueued_at`). So a worker that receives an id always finds the row, and the row stays the truth
 when a send fails: the job stays queued with `enqueued_at` NULL and a worker's reaper sends it again.
-The API (create, resume), the reaper (requeued and unsent jobs), the runner (a job handed back on
-shutdown) and nothing else call it.
+The API (resume; a new job through its dispatcher thread, api/jobs/dispatch.py, after the create's
+commit), the reaper (requeued and unsent jobs), the runner (a job handed back on shutdown) and
+nothing else call it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import Executable, Table, bindparam, insert, inspect, literal, select, update
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from api.core.db import utcnow
 from api.core.ids import new_id
@@ -49,6 +51,9 @@ log = logging.getLogger("alignd.jobs")
 
 Send = Callable[[str], None]
 """Sends "job X is ready" to the broker (api.core.broker.sender); raises when it could not."""
+
+SendAll = Callable[[Sequence[str]], None]
+"""Sends "job X is ready" for many jobs at once (api.core.broker.send_jobs); raises when it could not."""
 
 TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
@@ -110,6 +115,57 @@ def submit(session: Session, job: Job) -> JobEvent:
     job.status, job.attempt, job.last_event_seq = "queued", 0, 0
     session.add(job)
     return append_events(session, job, [("status", {"status": "queued", "previous": None})])[0]
+
+
+def submit_now(session: Session, job: Job) -> None:
+    """`submit`, written at once: on Postgres the job row and its first status event go in one
+    statement (`WITH new_job AS (INSERT INTO jobs ...) INSERT INTO job_events ...`), one round trip
+    where the unit of work's flush makes two, and the job is then in the session as if flushed
+    (a job submission pays this on its request). Raises IntegrityError here, not at the commit, when
+    the job's Idempotency-Key is taken. Elsewhere (SQLite, whose WITH cannot hold an INSERT) it is
+    `submit` and a flush."""
+    if session.get_bind().dialect.name != "postgresql":
+        submit(session, job)
+        session.flush()
+        return
+    now = utcnow()
+    job.id = job.id or new_id("job")
+    job.status, job.attempt, job.last_event_seq = "queued", 0, 1
+    job.created_at = job.created_at or now
+    state = inspect(job)
+    given = {}
+    for prop in state.mapper.column_attrs:
+        column = prop.columns[0]
+        if prop.key not in state.dict and column.default is not None:  # the column's default, known to the object
+            default = column.default
+            setattr(job, prop.key, default.arg(None) if default.is_callable else default.arg)
+        if prop.key in state.dict:
+            given[column.name] = state.dict[prop.key]
+    statement = _submit_statement(tuple(given))
+    session.execute(statement, {**{f"job_{name}": value for name, value in given.items()}, "event_created_at": now})
+    for prop in state.mapper.column_attrs:  # what the INSERT left out is NULL: loaded as such, never read back
+        if prop.key not in state.dict:
+            setattr(job, prop.key, None)
+    make_transient_to_detached(job)
+    session.add(job)  # persistent, nothing to flush
+
+
+@lru_cache(maxsize=16)
+def _submit_statement(columns: tuple[str, ...]) -> Executable:
+    """submit_now's statement for a job row that gives `columns`, built once (building it for every
+    submission cost more than sending it): the values are bound at execution (`job_<column>` and
+    `event_created_at`)."""
+    jobs, events = cast(Table, Job.__table__), cast(Table, JobEvent.__table__)
+    values = {name: bindparam(f"job_{name}", type_=jobs.c[name].type) for name in columns}
+    new_job = insert(jobs).values(values).returning(jobs.c.id).cte("new_job")
+    first_event = select(
+        new_job.c.id,
+        literal(1, events.c.seq.type),
+        literal("status", events.c.type.type),
+        literal({"status": "queued", "previous": None}, events.c.data.type),
+        bindparam("event_created_at", type_=events.c.created_at.type),
+    )
+    return insert(events).from_select(["job_id", "seq", "type", "data", "created_at"], first_event)
 
 
 def transition(
@@ -265,19 +321,36 @@ def enqueue(session: Session, job_ids: Sequence[str], send: Send) -> list[str]:
         except Exception:
             log.exception("could not send job %s to the broker; it stays queued and is sent again later", job_id)
             continue
-        _mark_sent(session, job_id)
         sent.append(job_id)
+    if sent:  # a crash before this UPDATE leaves them unmarked: the reaper sends them again (harmless)
+        _mark_sent(session, sent)
     return sent
 
 
-def _mark_sent(session: Session, job_id: str) -> None:
-    """Record that `job_id` reached the broker. On Postgres one statement that commits on its own
-    (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it, and a submission pays
-    this on its request. The session holds no transaction here (enqueue committed it), so the
-    connection it checks out for this statement can be put in autocommit."""
+def enqueue_all(session: Session, job_ids: Sequence[str], send_all: SendAll) -> list[str]:
+    """`enqueue` for a sender that sends many ids at once (api.core.broker.send_jobs): commit, send them
+    all, mark them all sent in one UPDATE; returns the ids sent. When the send raises, none is marked
+    sent (some may have reached the broker: the reaper sends those again too, harmlessly)."""
+    session.commit()
+    if not job_ids:
+        return []
+    try:
+        send_all(job_ids)
+    except Exception:
+        log.exception("could not send jobs %s to the broker; they stay queued and are sent again later", job_ids)
+        return []
+    _mark_sent(session, list(job_ids))
+    return list(job_ids)
+
+
+def _mark_sent(session: Session, job_ids: list[str]) -> None:
+    """Record that `job_ids` reached the broker, in one UPDATE. On Postgres one statement that commits
+    on its own (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it. The session
+    holds no transaction here (enqueue committed it), so the connection it checks out for this
+    statement can be put in autocommit."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
     session.commit()  # in autocommit, nothing was begun: no COMMIT goes to the server
 
 

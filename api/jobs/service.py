@@ -1,7 +1,8 @@
 """Jobs: create (checking everything checkable first), read, list, cancel, pause, resume, events, metrics.
 
 Status changes and sending ids to the broker go through api/jobs/lifecycle.py: create and resume
-commit the job row and its status event, then send the id (enqueue-after-commit); cancel, pause and
+commit the job row and its status event, then send the id (enqueue-after-commit; a new job's from
+the dispatcher thread, api/jobs/dispatch.py, after the response); cancel, pause and
 resume ask the life cycle what they do to the job's status, all three through `_change_status`.
 """
 
@@ -17,13 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.core.broker import send_job
-from api.core.errors import Conflict, InvalidRequest, NotFound
+from api.core.errors import AlignError, Conflict, InvalidRequest, NotFound
 from api.core.ids import new_id
 from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.core.validation import invalid_from_pydantic
 from api.datasets.models import Dataset
-from api.jobs import evaluation, lifecycle
+from api.jobs import dispatch, evaluation, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
 from api.jobs.schemas import JobCreate
@@ -61,25 +62,27 @@ class JobNotResumable(Conflict):
 def create_job(
     session: Session, settings: Settings, tenant_id: str, body: JobCreate, idempotency_key: str | None
 ) -> tuple[Job, bool]:
-    """Validate and create a queued job; returns (job, created). A repeated Idempotency-Key returns the first job."""
-    if idempotency_key is not None:
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
-        if existing is not None:
-            return existing, False
-    job = prepare_job(session, settings, tenant_id, body, idempotency_key)
-    lifecycle.submit(session, job)
+    """Validate and create a queued job; returns (job, created). A repeated Idempotency-Key returns the first job.
+
+    The key is not looked up first (a round trip every submission would pay for the few that are
+    retries): a repeated key's INSERT hits the key's unique constraint (also when two requests with
+    one key race), and a repeated key whose request no longer validates (its dataset deleted since,
+    say) is looked up before the error is returned. Either way the first job is returned, as it is.
+    """
     try:
+        job = prepare_job(session, settings, tenant_id, body, idempotency_key)
+        lifecycle.submit_now(session, job)
         session.commit()
-    except IntegrityError:
-        # Two requests with the same Idempotency-Key raced; the other one won.
+    except (AlignError, IntegrityError):
         session.rollback()
         existing = _by_idempotency_key(session, tenant_id, idempotency_key) if idempotency_key else None
         if existing is None:
             raise
         return existing, False
-    # A send that fails leaves the committed job queued for the workers' reaper to send again; a 5xx
-    # here would only invite a duplicate submission.
-    lifecycle.enqueue(session, [job.id], send_job)
+    # Sent (and marked sent) by this process's dispatcher thread after the response: the request waits
+    # for neither the broker nor that UPDATE. A send that fails, or never happens (the process died),
+    # leaves the committed job queued with enqueued_at NULL for the workers' reaper to send again.
+    dispatch.send_after_commit(job.id)
     return job, True
 
 

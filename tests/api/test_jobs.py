@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.checkpoints.models import Checkpoint
 from api.core.settings import Settings
+from api.jobs import dispatch
 from api.jobs.events import append_events, lock_job
 from api.jobs.lifecycle import transition
 from api.jobs.models import Job, JobEvent
@@ -26,7 +27,9 @@ def dpo(dataset_id: str, **extra: Any) -> dict[str, Any]:
 
 
 def broker_messages(settings: Settings) -> list[dict[str, Any]]:
-    """Celery messages waiting in this test's queue on the Redis broker (task name, args)."""
+    """Celery messages waiting in this test's queue on the Redis broker (task name, args), once this
+    process's dispatcher sent what it holds (api/jobs/dispatch.py: new jobs are sent after the response)."""
+    assert dispatch.flush()
     r = redis.Redis.from_url(settings.resolved_broker_url)
     out = []
     for raw in r.lrange(settings.queue, 0, -1):
@@ -79,6 +82,22 @@ def test_same_idempotency_key_returns_the_same_job_with_200(
     assert len(broker_messages(settings)) == 1
     other = client.post("/v1/jobs", headers={**auth, "Idempotency-Key": "submit-43"}, json=dpo(pairs))
     assert other.status_code == 201 and other.json()["id"] != first.json()["id"]
+
+
+def test_same_idempotency_key_returns_the_first_job_even_once_the_request_no_longer_validates(
+    client: TestClient, auth: dict[str, str], settings: Settings, session: Session, model: str, pairs: str
+) -> None:
+    headers = {**auth, "Idempotency-Key": "submit-44"}
+    first = client.post("/v1/jobs", headers=headers, json=dpo(pairs))
+    assert first.status_code == 201
+    assert client.post(f"/v1/jobs/{first.json()['id']}/cancel", headers=auth).status_code == 200
+    assert client.delete(f"/v1/datasets/{pairs}", headers=auth).status_code in (200, 204)
+
+    again = client.post("/v1/jobs", headers=headers, json=dpo(pairs))  # its dataset is gone now
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    assert again.json()["status"] == "cancelled"
+    assert job_count(session) == 1
+    assert_error(client.post("/v1/jobs", headers=auth, json=dpo(pairs)), 422, "invalid_request", "dataset_id")
 
 
 def test_preference_dataset_given_to_grpo_or_ppo_is_422_and_creates_nothing(
@@ -573,6 +592,7 @@ def test_broker_down_still_returns_the_committed_queued_job(
     reset_caches()
     resp = client.post("/v1/jobs", headers=auth, json=dpo(pairs))
     assert resp.status_code == 201 and resp.json()["status"] == "queued"
+    assert dispatch.flush()  # the dispatcher tried, and failed, to send it
     assert job_count(session) == 1
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(JobEvent)) == 1

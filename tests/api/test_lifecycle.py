@@ -5,18 +5,18 @@ the job row is committed."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from api.core.settings import Settings
 from api.datasets.models import Dataset
-from api.jobs import lifecycle
+from api.jobs import dispatch, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.lifecycle import TRANSITIONS, ForbiddenTransition, transition
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
@@ -404,8 +404,6 @@ def test_a_failed_send_leaves_the_committed_job_queued_and_unsent(session: Sessi
 def test_the_api_sends_a_new_job_after_its_commit(
     client: TestClient, tenant: TenantKey, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from api.jobs import service
-
     with second_session(settings) as s:
         dataset = Dataset(
             tenant_id=tenant.id,
@@ -424,15 +422,74 @@ def test_the_api_sends_a_new_job_after_its_commit(
     (settings.resolved_models_dir / "m" / "config.json").write_text("{}")
     visible: list[str | None] = []
 
-    def send(job_id: str) -> None:
+    def send(job_ids: Sequence[str]) -> None:
         with second_session(settings) as other:
-            row = other.get(Job, job_id)
-            visible.append(row.status if row else None)
+            for job_id in job_ids:
+                row = other.get(Job, job_id)
+                visible.append(row.status if row else None)
 
-    monkeypatch.setattr(service, "send_job", send)
+    monkeypatch.setattr(dispatch, "send_jobs", send)
     resp = client.post(
         "/v1/jobs", headers=tenant.headers, json={"algorithm": "dpo", "base_model": "m", "dataset_id": dataset_id}
     )
 
     assert resp.status_code == 201, resp.text
+    assert dispatch.flush()
     assert visible == ["queued"]
+
+
+def test_a_job_submitted_at_once_is_one_statement_with_its_status_event_and_stays_in_the_session(
+    session: Session, tenant: TenantKey, settings: Settings
+) -> None:
+    from sqlalchemy import event
+
+    dataset = Dataset(
+        tenant_id=tenant.id,
+        name="d",
+        kind="preference",
+        format="openai_dpo",
+        rows=1,
+        bytes=1,
+        sha256="0",
+        storage_key="k",
+    )
+    session.add(dataset)
+    session.commit()
+    job = Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=dataset.id, hyperparameters={})
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement.lstrip().split()[0].upper())
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        lifecycle.submit_now(session, job)
+        session.commit()
+        assert (job.status, job.attempt, job.last_event_seq, job.progress) == ("queued", 0, 1, None)
+        assert (job.seed, job.max_attempts) == (0, 3)  # the columns' defaults, as a flush would have filled in
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert statements == ["WITH"]  # the job and its event in one statement; nothing left to flush, nothing read back
+    with second_session(settings) as other:
+        stored = other.get_one(Job, job.id)
+        assert (stored.status, stored.last_event_seq, stored.created_at) == ("queued", 1, job.created_at)
+        assert (stored.seed, stored.max_attempts, stored.progress, stored.reward) == (0, 3, None, None)
+        assert [(e.seq, e.type, e.data) for e in other.scalars(select(JobEvent).where(JobEvent.job_id == job.id))] == [
+            (1, "status", {"status": "queued", "previous": None})
+        ]
+
+
+def test_a_job_submitted_at_once_with_a_taken_idempotency_key_raises_at_once(
+    session: Session, new_job: Job, tenant: TenantKey
+) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    session.execute(update(Job).where(Job.id == new_job.id).values(idempotency_key="k"))
+    session.commit()
+    again = Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=new_job.dataset_id, hyperparameters={})
+    again.idempotency_key = "k"
+    with pytest.raises(IntegrityError):
+        lifecycle.submit_now(session, again)
+    session.rollback()
