@@ -164,6 +164,10 @@ def test_deleting_a_dataset_deletes_its_lengths(
     session.execute(delete(Dataset).where(Dataset.id == purged))  # the row itself (its tenant deleted): CASCADE
     session.commit()
     assert session.scalars(select(DatasetTokenLengths.dataset_id)).all() == [kept]
+    # a plan that measured the dataset while it was being deleted stores nothing
+    late = DatasetLengths(deleted, MODEL, 1, 1, 0, False, None, None, None, raw=((11, 41),))
+    lengths._store(session, late)
+    assert session.scalars(select(DatasetTokenLengths.dataset_id)).all() == [kept]
 
 
 def test_another_tenants_dataset_is_a_404_like_an_unknown_one(
@@ -245,6 +249,7 @@ def test_the_planned_lengths_follow_the_trainers_truncation() -> None:
     assert at_data_lengths("dpo", x, None) is x
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
 def test_job_creation_plans_at_the_lengths_a_plan_measured_in_another_api_process(
     client: TestClient,
     auth: dict[str, str],
