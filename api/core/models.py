@@ -3,7 +3,7 @@
 from api.auth.models import ApiKey, Tenant
 from api.checkpoints.models import Checkpoint
 from api.core.db import Base
-from api.datasets.models import Dataset
+from api.datasets.models import Dataset, DatasetTokenLengths
 from api.jobs.models import Job, JobEvent
 from api.pipelines.models import Pipeline, PipelineStage
 from api.reward_models.models import RewardModel
@@ -13,6 +13,7 @@ __all__ = [
     "Base",
     "Checkpoint",
     "Dataset",
+    "DatasetTokenLengths",
     "Job",
     "JobEvent",
     "Pipeline",

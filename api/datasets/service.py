@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from api.core.db import utcnow
@@ -46,7 +46,7 @@ from api.core.ids import new_id
 from api.core.pagination import fetch_page
 from api.core.settings import Settings
 from api.core.storage import Storage
-from api.datasets.models import Dataset
+from api.datasets.models import Dataset, DatasetTokenLengths
 from api.datasets.preview import PreviewTask
 from api.jobs.models import LIVE_STATUSES, Job
 from api.models_dir import references
@@ -513,6 +513,7 @@ def delete_dataset(session: Session, storage: Storage, tenant_id: str, dataset_i
             "cancel the pipeline first"
         )
     dataset.deleted_at = utcnow()
+    session.execute(delete(DatasetTokenLengths).where(DatasetTokenLengths.dataset_id == dataset.id))
     session.commit()
     storage.delete(dataset.storage_key)
     storage.delete(index_key(dataset.storage_key))

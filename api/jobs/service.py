@@ -116,7 +116,8 @@ def prepare_job(
 
         stored = session.get(RewardModel, body.reward_model_id) if body.reward_model_id else None
         components = reward if reward is not None else (stored.components if stored is not None else None)
-        lengths = cached_lengths(body.dataset_id, body.base_model)  # measured by an earlier plan of this dataset
+        # measured by an earlier plan of this dataset (any API process); _check_dataset made sure it is the tenant's
+        lengths = cached_lengths(session, body.dataset_id, body.base_model)
         check_job_fits(settings, body.algorithm, hyperparameters, body.lora, body.base_model, components, lengths)
 
     return Job(

@@ -5,31 +5,34 @@ longest prompt and completion the trainer will see (capped by max_prompt_length 
 trainer's truncation policy in trainer/data.py) instead of at the caps. The rows are tokenised in the
 forked child that the dataset preview uses (api/core/forked.py: off the event loop, no transformers
 in the API process, a deadline on a chat template nobody bounds) with the preview's own renderer, so
-the counts are the trainer's. At most SAMPLE_ROWS rows are read (a seeded sample when there are more);
-results are cached per (dataset id, model reference): a dataset's content never changes under its id.
+the counts are the trainer's. At most SAMPLE_ROWS rows are read (a seeded sample when there are more).
+The result is stored in the database per (dataset id, model reference), table dataset_lengths (a
+dataset's content never changes under its id), so every API process, and a restarted one, plans a job
+at the same lengths; deleting the dataset deletes them.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from dataclasses import replace as dataclass_replace
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.core import forked
 from api.core.errors import AlignError, InvalidRequest
 from api.core.settings import Settings
+from api.datasets.models import Dataset, DatasetTokenLengths
 from api.models_dir import references
 from api.plan.estimate import PlanInput
 
 SAMPLE_ROWS = 2000
 """Rows tokenised at most; more rows are sampled (SAMPLE_SEED) and the maximum is the sample's."""
 SAMPLE_SEED = 0
-CACHE_SIZE = 256
 UNCAPPED = 1 << 30
 """max_length handed to the renderer: counts before any truncation."""
 
@@ -117,46 +120,97 @@ class LengthsTask:
     model: str
 
 
-_cache: OrderedDict[tuple[str, str], DatasetLengths] = OrderedDict()
-"""Touched only from the event loop (and job creation's thread reads a snapshot), so no lock."""
-
-
-def cached(dataset_id: str, model: str) -> DatasetLengths | None:
-    """The lengths already measured for this dataset and model reference, if any (no tokenising)."""
-    found = _cache.get((dataset_id, model.strip()))
-    return replace(found, cached=True) if found is not None else None
+def cached(session: Session, dataset_id: str, model: str) -> DatasetLengths | None:
+    """The lengths already measured for this dataset and model reference, if any (one primary-key
+    SELECT, no tokenising). The caller has checked that the dataset is the tenant's."""
+    row = session.get(DatasetTokenLengths, (dataset_id, model.strip()))
+    return _from_row(row) if row is not None else None
 
 
 async def dataset_lengths(
     session: Session, settings: Settings, tenant_id: str, dataset_id: str, model: str
 ) -> DatasetLengths:
-    """The token lengths of the tenant's dataset through `model`'s tokenizer (404: not the tenant's)."""
-    task = await run_in_threadpool(_task, session, settings, tenant_id, dataset_id, model)
-    key = (task.dataset_id, task.model)
-    if key in _cache:
-        _cache.move_to_end(key)
-        return replace(_cache[key], cached=True)
+    """The token lengths of the tenant's dataset through `model`'s tokenizer (404: not the tenant's):
+    the stored ones (cached=True), else measured in a forked child and stored."""
+    task, stored = await run_in_threadpool(_task, session, settings, tenant_id, dataset_id, model)
+    if stored is not None:
+        return stored
     outcome = await forked.run_in_child(_measure_here, (task, settings), settings, busy=_busy, timeout=_timeout)
     match outcome:
         case ("ok", DatasetLengths() as lengths):
-            _cache[key] = lengths
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
+            await run_in_threadpool(_store, session, lengths)
             return lengths
         case ("invalid_model", message, _):
             raise references.InvalidModelRef(message, param="base_model")
     raise DatasetUnreadable(f"the dataset's token lengths could not be measured: {outcome[-1]}", param="dataset_id")
 
 
-def _task(session: Session, settings: Settings, tenant_id: str, dataset_id: str, model: str) -> LengthsTask:
+def _task(
+    session: Session, settings: Settings, tenant_id: str, dataset_id: str, model: str
+) -> tuple[LengthsTask, DatasetLengths | None]:
     from api.datasets.service import get_dataset
 
     try:
         dataset = get_dataset(session, tenant_id, dataset_id)
         source = references.check(session, settings, tenant_id, model, "base_model")
-        return LengthsTask(source, dataset.id, dataset.storage_key, dataset.rows, dataset.format, model.strip())
+        task = LengthsTask(source, dataset.id, dataset.storage_key, dataset.rows, dataset.format, model.strip())
+        return task, cached(session, dataset.id, task.model)
     finally:
         session.close()  # tokenising takes a while; hold no connection meanwhile
+
+
+def _store(session: Session, lengths: DatasetLengths) -> None:
+    """Insert the measured lengths unless another request (of any API process) stored them first; nothing
+    when the dataset was deleted while it was measured (its delete locks the row, as this share lock does)."""
+    try:
+        live = session.scalar(
+            select(Dataset.id)
+            .where(Dataset.id == lengths.dataset_id, Dataset.deleted_at.is_(None))
+            .with_for_update(read=True)
+        )
+        if live is not None:
+            dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+            session.execute(dialect.insert(DatasetTokenLengths).values(_to_row(lengths)).on_conflict_do_nothing())
+        session.commit()
+    finally:
+        session.close()
+
+
+def _to_row(lengths: DatasetLengths) -> dict[str, Any]:
+    def percentiles(p: Percentiles | None) -> dict[str, int] | None:
+        return asdict(p) if p is not None else None
+
+    return {
+        "dataset_id": lengths.dataset_id,
+        "model": lengths.model,
+        "rows": lengths.rows,
+        "rows_measured": lengths.rows_measured,
+        "rows_unreadable": lengths.rows_unreadable,
+        "sampled": lengths.sampled,
+        "prompt_tokens": percentiles(lengths.prompt_tokens),
+        "completion_tokens": percentiles(lengths.completion_tokens),
+        "sequence_tokens": percentiles(lengths.sequence_tokens),
+        "raw": [list(pair) for pair in lengths.raw],
+    }
+
+
+def _from_row(row: DatasetTokenLengths) -> DatasetLengths:
+    def percentiles(p: dict[str, Any] | None) -> Percentiles | None:
+        return Percentiles(**p) if p is not None else None
+
+    return DatasetLengths(
+        dataset_id=row.dataset_id,
+        model=row.model,
+        rows=row.rows,
+        rows_measured=row.rows_measured,
+        rows_unreadable=row.rows_unreadable,
+        sampled=row.sampled,
+        prompt_tokens=percentiles(row.prompt_tokens),
+        completion_tokens=percentiles(row.completion_tokens),
+        sequence_tokens=percentiles(row.sequence_tokens),
+        cached=True,
+        raw=tuple((int(p), int(c)) for p, c in row.raw),
+    )
 
 
 def _busy(running: int) -> LengthsBusy:
@@ -186,7 +240,6 @@ def sample_offsets(rows: int, limit: int = SAMPLE_ROWS, seed: int = SAMPLE_SEED)
 def _measure_here(task: LengthsTask, settings: Settings) -> forked.Outcome:
     """("ok", DatasetLengths), ("invalid_model", message, param), or ("unreadable", message)."""
     from api.core.storage import storage_from_url
-    from api.datasets.models import Dataset
     from api.datasets.service import preview_rows
 
     storage = storage_from_url(settings.resolved_storage_url)

@@ -8,15 +8,20 @@ that scoring and the preview use; the first request of a test process starts its
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from dataclasses import replace as dataclass_replace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from api.core.settings import Settings
 from api.core.storage import storage_from_url
-from api.datasets.models import Dataset
+from api.datasets.models import Dataset, DatasetTokenLengths
 from api.datasets.service import index_key
 from api.plan import lengths
 from api.plan.estimate import PlanInput, shape_from_config
@@ -34,11 +39,6 @@ def model(settings: Settings) -> str:
     build_tiny_tokenizer(folder)
     (folder / "config.json").write_text(json.dumps(QWEN_05B))
     return MODEL
-
-
-@pytest.fixture(autouse=True)
-def empty_cache() -> None:
-    lengths._cache.clear()
 
 
 def pairs(prompt_lengths: list[int], completion: int) -> bytes:
@@ -128,7 +128,46 @@ def test_the_lengths_are_measured_once_per_dataset_and_model(
     second = plan(client, auth, dataset_id=dataset, algorithms=["sft"]).json()
     assert (first["dataset"]["cached"], second["dataset"]["cached"]) == (False, True)
     assert first["dataset"]["prompt_tokens"] == second["dataset"]["prompt_tokens"]
-    assert list(lengths._cache) == [(dataset, MODEL)]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_the_lengths_are_stored_in_the_database_once_even_when_two_requests_measure_them(
+    client: TestClient, auth: dict[str, str], model: str, session: Session
+) -> None:
+    dataset = upload_ok(client, auth, pairs([10, 20], 40))["id"]
+    first = plan(client, auth, dataset_id=dataset).json()["dataset"]
+    stored = session.scalars(select(DatasetTokenLengths)).all()
+    assert [(row.dataset_id, row.model, row.raw) for row in stored] == [
+        (dataset, MODEL, [[10, 41], [20, 41]])
+    ]  # completion: + its EOS
+    found = lengths.cached(session, dataset, f" {MODEL} ")  # the reference as given, stripped
+    assert found is not None and found.cached and found.raw == ((10, 41), (20, 41))
+    assert (found.rows, found.rows_measured, found.rows_unreadable, found.sampled) == (2, 2, 0, False)
+    assert found.prompt_tokens == Percentiles(**first["prompt_tokens"])
+    assert found.completion_tokens == Percentiles(**first["completion_tokens"])
+    assert found.sequence_tokens == Percentiles(**first["sequence_tokens"])
+    session.rollback()
+    # a second process that measured the same dataset meanwhile: its insert is a no-op, not an error
+    lengths._store(session, dataclass_replace(found, rows_unreadable=7, cached=False))
+    again = lengths.cached(session, dataset, MODEL)
+    assert again is not None and again.rows_unreadable == 0
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_deleting_a_dataset_deletes_its_lengths(
+    client: TestClient, auth: dict[str, str], model: str, session: Session
+) -> None:
+    kept, deleted, purged = (upload_ok(client, auth, pairs([10 + i], 40))["id"] for i in range(3))
+    for dataset in (kept, deleted, purged):
+        assert plan(client, auth, dataset_id=dataset).status_code == 200
+    assert client.delete(f"/v1/datasets/{deleted}", headers=auth).status_code == 204
+    session.execute(delete(Dataset).where(Dataset.id == purged))  # the row itself (its tenant deleted): CASCADE
+    session.commit()
+    assert session.scalars(select(DatasetTokenLengths.dataset_id)).all() == [kept]
+    # a plan that measured the dataset while it was being deleted stores nothing
+    late = DatasetLengths(deleted, MODEL, 1, 1, 0, False, None, None, None, raw=((11, 41),))
+    lengths._store(session, late)
+    assert session.scalars(select(DatasetTokenLengths.dataset_id)).all() == [kept]
 
 
 def test_another_tenants_dataset_is_a_404_like_an_unknown_one(
@@ -210,8 +249,13 @@ def test_the_planned_lengths_follow_the_trainers_truncation() -> None:
     assert at_data_lengths("dpo", x, None) is x
 
 
-def test_job_creation_plans_at_the_lengths_a_plan_measured(
-    client: TestClient, auth: dict[str, str], model: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_job_creation_plans_at_the_lengths_a_plan_measured_in_another_api_process(
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    model: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from api.core import reset_caches
     from api.plan.estimate import GIB, Hardware, estimate_plan, job_plan_input
@@ -232,9 +276,42 @@ def test_job_creation_plans_at_the_lengths_a_plan_measured(
     monkeypatch.setenv("ALIGND_WORKER_GPU_MEMORY_GB", f"{(at_data + at_caps) / 2 / GIB:.1f}")
     reset_caches()
     assert_error(client.post("/v1/jobs", headers=auth, json=job), 422, "job_does_not_fit")  # nothing measured yet
-    measured = plan(client, auth, dataset_id=dataset).json()["dataset"]
+    # the plan is answered by another API process on the same database (`alignd serve --processes N`, or
+    # before a restart): what it measured is what this process plans the job at
+    measured = plan_in_another_process(auth, dataset)["dataset"]
     assert measured["prompt_tokens"]["max"] == 20 and measured["completion_tokens"]["max"] <= 41
+    assert measured["cached"] is False
     assert client.post("/v1/jobs", headers=auth, json=job).status_code == 201
+    # another tenant's dataset id gives its lengths to nobody: the job is refused as for an unknown dataset
+    theirs = upload_ok(client, other_auth, pairs([10, 20], 40))["id"]
+    assert plan(client, other_auth, dataset_id=theirs).status_code == 200
+    assert_error(
+        client.post("/v1/jobs", headers=auth, json={**job, "dataset_id": theirs}), 422, "invalid_request", "dataset_id"
+    )
+
+
+def plan_in_another_process(auth: dict[str, str], dataset: str) -> Any:
+    """POST /v1/plan through an app of its own in a fresh Python process (this test's settings: its env)."""
+    script = (
+        "import json, sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from api.main import create_app\n"
+        "with TestClient(create_app()) as c:\n"
+        "    r = c.post('/v1/plan', headers=json.loads(sys.argv[1]), json=json.loads(sys.argv[2]))\n"
+        "    print(json.dumps({'status': r.status_code, 'body': r.json()}))\n"
+    )
+    body = {"base_model": MODEL, "algorithms": ["dpo"], "hardware": {"kind": "gpu", "gpu": "H100"}}
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(auth), json.dumps({**body, "dataset_id": dataset})],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["status"] == 200, answer
+    return answer["body"]
 
 
 def test_under_auto_checkpointing_short_rows_plan_the_unrecomputed_step_the_trainer_will_run(
