@@ -13,6 +13,11 @@ submissions one after another (each with its own Idempotency-Key) and reports:
 - with `--profile FILE`, a cProfile of the API process over the timed submissions (the event loop's
   thread and each submission's thread, merged) written as pstats to FILE.
 
+With `--get N` it measures job reads instead: it submits one job, then sends N sequential
+GET /v1/jobs/{id} over one kept-alive connection (http.client, so the client costs little) and
+reports wall p50/p99 and the API process's CPU ms per GET; `--py-spy FILE` samples the API process
+over the timed GETs (all threads, py-spy next to this Python) into FILE (speedscope JSON).
+
 The machine's load average is printed beside the figures: CPU ms is the steadier figure on a shared box.
 Sends the messages to Redis; no worker runs, so the jobs stay queued.
 """
@@ -20,6 +25,7 @@ Sends the messages to Redis; no worker runs, so the jobs stay queued.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -114,6 +120,56 @@ def _statements(log: Path, start: int) -> list[str]:
     return found
 
 
+def _commit(repo: Path) -> str:
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return git.stdout.strip() or "?"
+
+
+def _measure_gets(
+    args: argparse.Namespace, repo: Path, api: subprocess.Popen, port: int, key: str, job_id: str
+) -> dict[str, Any]:
+    """`args.get` sequential job GETs over one kept-alive connection: wall and the API's CPU per GET."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def get() -> float:
+        t0 = time.perf_counter()
+        conn.request("GET", f"/v1/jobs/{job_id}", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        elapsed = time.perf_counter() - t0
+        if response.status != 200:
+            raise RuntimeError(f"GET: {response.status}")
+        return elapsed
+
+    for _ in range(args.warmup):
+        get()
+    spy = None
+    if args.py_spy:
+        py_spy = Path(sys.executable).parent / "py-spy"
+        cmd = [str(py_spy), "record", "--pid", str(api.pid), "--format", "speedscope", "-o", args.py_spy]
+        spy = subprocess.Popen([*cmd, "--rate", "500", "--nonblocking", "--gil"], stdout=subprocess.DEVNULL)
+        time.sleep(1)
+    load_before = os.getloadavg()[0]
+    cpu0 = _cpu_seconds(api.pid)
+    walls = sorted(get() for _ in range(args.get))
+    cpu = _cpu_seconds(api.pid) - cpu0
+    load_after = os.getloadavg()[0]
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+    conn.close()
+    return {
+        "repo": str(repo),
+        "commit": _commit(repo),
+        "gets": args.get,
+        "wall_ms_p50": round(statistics.median(walls) * 1000, 3),
+        "wall_ms_p99": round(walls[int(len(walls) * 0.99)] * 1000, 3),
+        "cpu_ms_per_get": round(cpu / args.get * 1000, 3),
+        "load_average_1min": [load_before, load_after],
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     from tests.services import create_database, free_port, postgres_server, redis_server
 
@@ -172,6 +228,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     raise RuntimeError(f"submission {i}: {r.status_code} {r.text[:300]}")
                 return elapsed
 
+            if args.get:
+                job_id = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "get"}).json()["id"]
+                return _measure_gets(args, repo, api, port, key, job_id)
             for i in range(args.warmup):
                 submit(-1 - i)
             if args.profile:
@@ -187,10 +246,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(1)
             result: dict[str, Any] = {
                 "repo": str(repo),
-                "commit": subprocess.run(
-                    ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-                ).stdout.strip()
-                or "?",
+                "commit": _commit(repo),
                 "jobs": args.jobs,
                 "wall_ms_p50": round(statistics.median(walls) * 1000, 2),
                 "wall_ms_mean": round(statistics.fmean(walls) * 1000, 2),
@@ -231,6 +287,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--count", type=int, default=20, help="submissions whose statements are counted (0: none)")
     parser.add_argument("--profile", help="write a cProfile (pstats) of the timed submissions here")
+    parser.add_argument("--get", type=int, default=0, help="measure this many job GETs instead of submissions")
+    parser.add_argument("--py-spy", help="with --get: py-spy's samples of the API over the GETs (speedscope JSON)")
     parser.add_argument("--show-sql", type=int, default=0, help="print this many last characters of the SQL log")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--setup", help=argparse.SUPPRESS)

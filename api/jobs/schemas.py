@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -156,8 +156,17 @@ class JobPublic(BaseModel):
     best_metric: BestMetric | None = None
     """Which metric picked best_checkpoint_id, its direction, its value there and that step."""
 
+    COLUMNS: ClassVar[tuple[str, ...]] = (
+        *("id", "name", "algorithm", "status", "base_model", "dataset_id", "eval_dataset_id", "reward_model_id"),
+        *("reward", "models", "hyperparameters", "lora", "seed", "metadata", "integrations", "progress"),
+        *("metrics", "results", "attempt", "error_code", "error_message", "created_at", "started_at"),
+        *("finished_at", "output_checkpoint_id", "best_checkpoint_id", "best_metric"),
+    )
+    """The jobs table's columns `of` reads (service.read_job selects only these)."""
+
     @classmethod
     def of(cls, job: Any) -> JobPublic:
+        """From a Job, or a row of COLUMNS with `metadata` labelled `job_metadata`."""
         return cls(
             id=job.id,
             name=job.name,

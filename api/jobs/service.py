@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,7 @@ from api.datasets.models import Dataset
 from api.jobs import dispatch, evaluation, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
-from api.jobs.schemas import JobCreate
+from api.jobs.schemas import JobCreate, JobPublic
 from api.models_dir import references
 from api.reward_models.models import RewardModel
 from trainer.config import (
@@ -241,6 +241,26 @@ def parse_components(values: Any, param: str) -> list[Any]:
         return TypeAdapter(list[RewardComponent]).validate_python(values)
     except ValidationError as exc:
         raise invalid_from_pydantic(exc, param) from exc
+
+
+_jobs = Job.__table__.c
+_READ_JOB = select(
+    *(_jobs[name] for name in JobPublic.COLUMNS if name != "metadata"), _jobs["metadata"].label("job_metadata")
+).where(_jobs.id == bindparam("job_id"), _jobs.tenant_id == bindparam("tenant_id"))
+
+
+def read_job(session: Session, tenant_id: str, job_id: str) -> JobPublic:
+    """A job as the API shows it, read with one Core SELECT of the columns JobPublic needs: no ORM object,
+    identity map or attribute instrumentation (a job GET's hot path: clients poll it), on a connection of
+    the session's engine rather than through the session's transaction bookkeeping. Another tenant's job
+    is not found, as in get_job."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)  # the API's sessionmakers bind engines (api/core/db.py)
+    with engine.connect() as connection:
+        row = connection.execute(_READ_JOB, {"job_id": job_id, "tenant_id": tenant_id}).one_or_none()
+    if row is None:
+        raise JobNotFound(f"no job {job_id!r}", param="job_id")
+    return JobPublic.of(row)
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> Job:

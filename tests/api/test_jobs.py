@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from pydantic import TypeAdapter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from api.jobs import dispatch
 from api.jobs.events import append_events, lock_job
 from api.jobs.lifecycle import transition
 from api.jobs.models import Job, JobEvent
+from api.jobs.schemas import JobPublic
 from tests.api.helpers import MODEL, assert_error
 from trainer.config import DPOConfig
 
@@ -311,6 +313,38 @@ def test_cancel_of_running_job_asks_the_worker_by_setting_cancelling(
     assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth).json()["status"] == "cancelling"
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()["data"]
     assert [e["data"]["status"] for e in events] == ["queued", "running", "cancelling"]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_a_job_get_sends_the_bytes_of_job_public_of_the_orm_row_and_another_tenant_gets_a_404(
+    client: TestClient,
+    auth: dict[str, str],
+    other_auth: dict[str, str],
+    session: Session,
+    model: str,
+    pairs: str,
+    backend: str,
+) -> None:
+    # The route reads columns with a Core SELECT and renders JobPublic itself: every field, filled in
+    # (non-ASCII, floats, nested JSON, an error, timestamps), must come out as FastAPI rendered the ORM job.
+    job_id = client.post("/v1/jobs", headers=auth, json=dpo(pairs, name="ünï ✓", metadata={"k": "é"})).json()["id"]
+    set_job_status(session, job_id, "running")
+    job = session.get(Job, job_id)
+    assert job is not None
+    job.progress = {"step": 3, "total_steps": 7, "epoch": 0.4285714285714286, "eta_seconds": 1e-07}
+    job.metrics = {"train/loss": 0.6931471805599453, "train/reward_margin": -12.5, "note": "日本"}
+    job.best_checkpoint_id, job.output_checkpoint_id = "ckpt_best", "ckpt_out"
+    job.best_metric = {"name": "eval/loss", "mode": "min", "value": 0.1, "step": 2}
+    job.error_code, job.error_message = "oom", "CUDA out of memory\n(tried 2 GiB)"
+    session.commit()
+    session.expire_all()
+    resp = client.get(f"/v1/jobs/{job_id}", headers=auth)
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+    orm_job = session.get(Job, job_id)
+    assert resp.content == TypeAdapter(JobPublic).dump_json(JobPublic.of(orm_job), by_alias=True)
+    assert resp.json()["error"] == {"code": "oom", "message": "CUDA out of memory\n(tried 2 GiB)"}
+    assert_error(client.get(f"/v1/jobs/{job_id}", headers=other_auth), 404, "not_found")
+    assert_error(client.get("/v1/jobs/job_missing", headers=auth), 404, "not_found")
 
 
 @pytest.mark.parametrize("final", ["succeeded", "failed"])
