@@ -74,3 +74,20 @@ def assert_no_dataset_stored(session: Session, settings: Settings) -> None:
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(Dataset)) == 0
     assert stored_files(settings) == []
+
+
+def dataset_row(session: Session, tenant_id: str) -> Dataset:
+    """A dataset row whose file does not exist, added and flushed: it only satisfies a job's foreign key."""
+    dataset = Dataset(
+        tenant_id=tenant_id,
+        name="pairs.jsonl",
+        kind="preference",
+        format="openai_dpo",
+        rows=1,
+        bytes=1,
+        sha256="0" * 64,
+        storage_key="datasets/none",
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset

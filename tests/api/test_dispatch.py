@@ -17,28 +17,16 @@ from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
 from api.core.db import utcnow
-from api.datasets.models import Dataset
 from api.jobs import dispatch, lifecycle
 from api.jobs.models import Job
-from tests.api.helpers import MODEL
+from tests.api.helpers import MODEL, dataset_row
 from tests.conftest import TenantKey
 from worker.reaper import resend_unsent
 
 
 def queued_jobs(session: Session, tenant: TenantKey, n: int) -> list[str]:
     """`n` committed queued jobs, never sent (as a submission leaves them for the dispatcher)."""
-    dataset = Dataset(
-        tenant_id=tenant.id,
-        name="d",
-        kind="preference",
-        format="openai_dpo",
-        rows=1,
-        bytes=1,
-        sha256="0",
-        storage_key="k",
-    )
-    session.add(dataset)
-    session.flush()
+    dataset = dataset_row(session, tenant.id)
     jobs = [
         Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=dataset.id, hyperparameters={})
         for _ in range(n)

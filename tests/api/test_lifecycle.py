@@ -15,11 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from api.core.settings import Settings
-from api.datasets.models import Dataset
 from api.jobs import dispatch, lifecycle
 from api.jobs.events import lock_job
 from api.jobs.lifecycle import TRANSITIONS, ForbiddenTransition, transition
 from api.jobs.models import FINAL_STATUSES, Job, JobEvent
+from tests.api.helpers import dataset_row
 from tests.conftest import TenantKey
 
 STATUSES = sorted(TRANSITIONS)
@@ -42,18 +42,7 @@ def path_to(status: str) -> list[str]:
 @pytest.fixture
 def new_job(session: Session, tenant: TenantKey) -> Iterator[Job]:
     """A queued job with its first event, committed (its dataset row only satisfies the foreign key)."""
-    dataset = Dataset(
-        tenant_id=tenant.id,
-        name="pairs.jsonl",
-        kind="preference",
-        format="openai_dpo",
-        rows=1,
-        bytes=1,
-        sha256="0" * 64,
-        storage_key="datasets/none",
-    )
-    session.add(dataset)
-    session.flush()
+    dataset = dataset_row(session, tenant.id)
     job = Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=dataset.id, hyperparameters={})
     lifecycle.submit(session, job)
     session.commit()
@@ -338,18 +327,7 @@ def test_a_pausing_job_whose_worker_died_or_shut_down_is_paused_not_requeued(ses
 def test_a_job_id_is_sent_only_once_its_row_is_visible_to_another_session(
     session: Session, tenant: TenantKey, settings: Settings, backend: str
 ) -> None:
-    dataset = Dataset(
-        tenant_id=tenant.id,
-        name="d",
-        kind="preference",
-        format="openai_dpo",
-        rows=1,
-        bytes=1,
-        sha256="0",
-        storage_key="k",
-    )
-    session.add(dataset)
-    session.flush()
+    dataset = dataset_row(session, tenant.id)
     job = Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=dataset.id, hyperparameters={})
     lifecycle.submit(session, job)  # added, not committed
     seen: list[tuple[str, str | None, bool]] = []
@@ -405,17 +383,7 @@ def test_the_api_sends_a_new_job_after_its_commit(
     client: TestClient, tenant: TenantKey, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with second_session(settings) as s:
-        dataset = Dataset(
-            tenant_id=tenant.id,
-            name="d",
-            kind="preference",
-            format="openai_dpo",
-            rows=1,
-            bytes=1,
-            sha256="0",
-            storage_key="k",
-        )
-        s.add(dataset)
+        dataset = dataset_row(s, tenant.id)
         s.commit()
         dataset_id = dataset.id
     (settings.resolved_models_dir / "m").mkdir(parents=True)
@@ -443,17 +411,7 @@ def test_a_job_submitted_at_once_is_one_statement_with_its_status_event_and_stay
 ) -> None:
     from sqlalchemy import event
 
-    dataset = Dataset(
-        tenant_id=tenant.id,
-        name="d",
-        kind="preference",
-        format="openai_dpo",
-        rows=1,
-        bytes=1,
-        sha256="0",
-        storage_key="k",
-    )
-    session.add(dataset)
+    dataset = dataset_row(session, tenant.id)
     session.commit()
     job = Job(tenant_id=tenant.id, algorithm="dpo", base_model="m", dataset_id=dataset.id, hyperparameters={})
     statements: list[str] = []
