@@ -156,12 +156,14 @@ def _check_dataset(
     session: Session, tenant_id: str, dataset_id: str, param: str, algorithm: str, needed: tuple[str, ...]
 ) -> str:
     """The dataset's kind, once it is this tenant's and of a kind in `needed`."""
-    # Locked until the job is committed, so a concurrent DELETE of the dataset either waits and then
-    # sees this job as live (409), or wins and this check sees the dataset gone.
+    # Share-locked until the job is committed, so a concurrent DELETE of the dataset (FOR UPDATE) either
+    # waits and then sees this job as live (409), or wins and this check sees the dataset gone. A share
+    # lock, not FOR UPDATE: submissions to one dataset do not wait for each other's commits (under load
+    # they queued behind one another for up to half a second each, in Postgres's slow-statement log).
     dataset = session.execute(
         select(Dataset)
         .where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, Dataset.deleted_at.is_(None))
-        .with_for_update()
+        .with_for_update(read=True)
     ).scalar_one_or_none()
     if dataset is None:
         raise InvalidRequest(f"no dataset {dataset_id!r}", param=param)

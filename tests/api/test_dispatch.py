@@ -116,6 +116,22 @@ def test_a_failed_send_leaves_the_batch_queued_and_unsent_and_the_reaper_sends_i
     assert sorted(resent) == sorted(job_ids) and unsent(session, job_ids) == []
 
 
+def test_a_job_paused_before_its_dispatcher_sent_it_stays_unmarked_as_its_pause_left_it(
+    session: Session, tenant: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paused, queued = queued_jobs(session, tenant, 2)
+    session.execute(update(Job).where(Job.id == paused).values(status="paused"))  # paused while in the dispatcher
+    session.commit()
+    monkeypatch.setattr(dispatch, "send_jobs", lambda ids: None)
+    dispatcher = dispatch.Dispatcher(lambda ids: dispatch._enqueue_batch(ids))
+    dispatcher.put(paused)
+    dispatcher.put(queued)
+    assert dispatcher.flush(10)
+    # the stale send's mark skips the paused job: resuming it sends it again, and should that send fail,
+    # the reaper resends it after its short grace instead of after ALIGND_RESEND_UNCLAIMED_SECONDS
+    assert unsent(session, [paused, queued]) == [paused]
+
+
 def test_a_job_its_api_process_never_sent_is_created_all_the_same_and_sent_by_the_reaper(
     client: TestClient, auth: dict[str, str], session: Session, model: str, pairs: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

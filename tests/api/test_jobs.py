@@ -656,3 +656,31 @@ def test_concurrent_requests_with_one_idempotency_key_create_one_job(
     assert sum(created for _, created in results) == 1
     assert job_count(session) == 1
     assert len(broker_messages(settings)) == 1
+
+
+def test_submissions_to_one_dataset_do_not_wait_for_each_other_but_its_delete_waits_for_them(
+    pairs: str, settings: Settings
+) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.orm import sessionmaker
+    from sqlalchemy.pool import NullPool
+
+    from api.datasets.models import Dataset
+    from api.jobs.service import _check_dataset
+
+    sessions = sessionmaker(create_engine(settings.resolved_database_url, poolclass=NullPool))
+    with sessions() as first, sessions() as second:
+        tenant_id = first.scalars(select(Dataset.tenant_id).where(Dataset.id == pairs)).one()
+        first.rollback()
+        # the first submission has checked the dataset and not committed its job yet
+        assert _check_dataset(first, tenant_id, pairs, "dataset_id", "dpo", ("preference",)) == "preference"
+        second.execute(text("SET lock_timeout = '1s'"))
+        # a second submission's check goes through at once (it used to wait for the first's commit)
+        assert _check_dataset(second, tenant_id, pairs, "dataset_id", "dpo", ("preference",)) == "preference"
+        second.rollback()
+        second.execute(text("SET lock_timeout = '1s'"))
+        # the dataset's delete (its row FOR UPDATE) waits for the submissions in flight
+        with pytest.raises(OperationalError, match="lock timeout"):
+            second.execute(select(Dataset).where(Dataset.id == pairs).with_for_update())
+        first.rollback()
