@@ -347,12 +347,12 @@ def _mark_sent(session: Session, job_ids: list[str]) -> None:
     """Record that `job_ids` reached the broker, in one UPDATE. On Postgres one statement that commits
     on its own (autocommit): a lone UPDATE needs no BEGIN and COMMIT round trips around it. The session
     holds no transaction here (enqueue committed it), so the connection it checks out for this
-    statement can be put in autocommit. Only jobs still queued are marked: a job paused (or claimed)
-    between its send and this mark keeps `enqueued_at` NULL, as entering `paused` left it (a send from
-    the dispatcher thread can land after the pause of a job it sent)."""
+    statement can be put in autocommit. A job paused between its send and this mark is not marked: it
+    keeps `enqueued_at` NULL, as entering `paused` left it (a send from the dispatcher thread can land
+    after the pause of the job it sent). One claimed meanwhile is marked, as before."""
     if session.get_bind().dialect.name == "postgresql":
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-    session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(enqueued_at=utcnow()))
+    session.execute(update(Job).where(Job.id.in_(job_ids), Job.status != "paused").values(enqueued_at=utcnow()))
     session.commit()  # in autocommit, nothing was begun: no COMMIT goes to the server
 
 

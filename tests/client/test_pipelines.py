@@ -44,7 +44,9 @@ def test_a_pipeline_runs_its_second_stage_on_the_first_stages_output(
     server: LiveServer, alignd: Client, dataset: Dataset
 ) -> None:
     created = alignd.pipelines.create(name="twice", stages=two_dpo_stages(server.model, dataset))
-    assert created.status == "running" and [s.status for s in created.stages] == ["queued", "pending"]
+    # the answer is read after the first stage's job was sent: a fast worker may have claimed it already
+    assert created.status == "running" and created.stages[0].status in ("queued", "running")
+    assert created.stages[1].status == "pending"
 
     done = alignd.pipelines.wait(created.id, timeout=120, poll_interval=0.2)
 
